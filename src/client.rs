@@ -1,0 +1,376 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, Result};
+use crate::keys::{redact_url, validate_prefix};
+use crate::mutex::Mutex;
+use crate::notifier::{self, NotifierConfig};
+use crate::options::MutexOptions;
+use crate::reentrant::{ReentrantMutex, ReentrantState};
+use crate::registry::Registry;
+use crate::single::{ConnectSettings, Manager, SingleServer};
+use crate::stats::{Counters, Stats};
+use crate::wait::Core;
+use crate::watchdog::Watchdog;
+
+/// A connection to one Redis deployment, from which [`Mutex`] handles are made.
+///
+/// Holds an r2d2 pool of connections, one pub/sub connection owned by the
+/// `redis-mutex-notifier` thread (waiters sleep until it hears a release), and the
+/// `redis-mutex-watchdog` thread that renews leases. Cloning is cheap and shares all
+/// of it; make one per process and Redis deployment. The threads and connections end
+/// once the last clone, [`Mutex`] and guard made from it are dropped.
+///
+/// # Examples
+///
+/// ```no_run
+/// use redis_mutex::LockClient;
+///
+/// let client = LockClient::open("redis://127.0.0.1:6379/")?;
+/// let m = client.mutex("invoice:42");
+/// let guard = m.lock()?;
+/// // ... only one holder in the whole fleet runs this ...
+/// drop(guard);
+/// # Ok::<(), redis_mutex::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct LockClient {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+pub(crate) struct ClientInner {
+    pub core: Arc<Core>,
+    pub watchdog: Watchdog,
+    pub prefix: String,
+    pub client_id: String,
+    url: String,
+    pool_max_size: u32,
+    pub reentrant: StdMutex<HashMap<String, Weak<ReentrantState>>>,
+    /// Dropping it stops the notifier thread.
+    _notifier_stop: Sender<()>,
+}
+
+impl fmt::Debug for LockClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockClient")
+            .field("url", &self.inner.url)
+            .field("key_prefix", &self.inner.prefix)
+            .field("pool_max_size", &self.inner.pool_max_size)
+            .field("client_id", &self.inner.client_id)
+            .finish()
+    }
+}
+
+impl LockClient {
+    /// Connects with default options. Shorthand for `LockClient::builder().build(url)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a URL that does not parse; [`Error::Connection`] when
+    /// nothing answers; [`Error::Auth`] when the server rejects the credentials.
+    pub fn open(url: &str) -> Result<LockClient> {
+        LockClient::builder().build(url)
+    }
+
+    /// A builder with every option at its default.
+    pub fn builder() -> LockClientBuilder {
+        LockClientBuilder::default()
+    }
+
+    /// A lock named `name` with default [`MutexOptions`] (30 s lease, renewed while
+    /// held). Cheap: no I/O. An invalid name is reported by the first locking call.
+    pub fn mutex(&self, name: &str) -> Mutex {
+        self.mutex_with(name, MutexOptions::default())
+    }
+
+    /// A lock named `name` with the given options. Cheap: no I/O. An invalid name or
+    /// option is reported by the first locking call, before any I/O.
+    pub fn mutex_with(&self, name: &str, options: MutexOptions) -> Mutex {
+        Mutex::new(self.clone(), name, options)
+    }
+
+    /// A lock that the thread holding it may lock again without waiting (a hold count
+    /// per thread); other threads and processes wait. All handles for `name` from this
+    /// client share the hold count.
+    pub fn reentrant_mutex(&self, name: &str) -> ReentrantMutex {
+        self.reentrant_mutex_with(name, MutexOptions::default())
+    }
+
+    /// [`reentrant_mutex`](Self::reentrant_mutex) with options. When a handle for
+    /// `name` already exists, it is shared, with the options it was made with.
+    pub fn reentrant_mutex_with(&self, name: &str, options: MutexOptions) -> ReentrantMutex {
+        let mut map = self.inner.reentrant.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = map.get(name).and_then(Weak::upgrade) {
+            return ReentrantMutex::from_state(state);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let m = ReentrantMutex::new(self.mutex_with(name, options));
+        map.insert(name.to_owned(), m.downgrade());
+        m
+    }
+
+    /// A snapshot of this client's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.core.stats.snapshot()
+    }
+
+    /// The key prefix of every lock of this client.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// This client's id: the payload of its release messages, which its own notifier
+    /// ignores. Its connections are named `redis-mutex:<id>` in `CLIENT LIST` (the
+    /// notifier's `redis-mutex:<id>:notifier`).
+    pub fn id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// Whether the notifier is subscribed right now. While it is not, waiters poll
+    /// Redis with backoff.
+    pub fn is_notifier_connected(&self) -> bool {
+        self.inner.core.notifier_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Guards whose leases the watchdog is renewing right now.
+    pub fn renewing(&self) -> usize {
+        self.inner.watchdog.len()
+    }
+}
+
+/// Configures a [`LockClient`]. Every option has a documented default.
+///
+/// ```no_run
+/// use redis_mutex::LockClient;
+/// use std::time::Duration;
+///
+/// let client = LockClient::builder()
+///     .key_prefix("billing")
+///     .pool_max_size(16)
+///     .read_timeout(Duration::from_secs(1))
+///     .build("redis://127.0.0.1:6379/")?;
+/// # Ok::<(), redis_mutex::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LockClientBuilder {
+    key_prefix: String,
+    pool_max_size: u32,
+    pool_timeout: Duration,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    outage_tolerance: Duration,
+    recheck_interval: Duration,
+    ping_interval: Duration,
+    handoff_limit: u32,
+}
+
+impl Default for LockClientBuilder {
+    fn default() -> Self {
+        LockClientBuilder {
+            key_prefix: "redis-mutex".into(),
+            pool_max_size: 8,
+            pool_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(3),
+            write_timeout: Duration::from_secs(3),
+            outage_tolerance: Duration::from_secs(30),
+            recheck_interval: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(5),
+            handoff_limit: 8,
+        }
+    }
+}
+
+impl LockClientBuilder {
+    /// The prefix of every key and channel: lock `name` lives at `<prefix>:{<name>}`.
+    /// Clients that should exclude each other must share it. No glob characters
+    /// (`* ? [ ] \`) or braces. Defaults to `"redis-mutex"`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Most pooled connections. Waiting threads hold none while they sleep, so this
+    /// bounds concurrent *attempts*, not waiters. Defaults to 8.
+    pub fn pool_max_size(mut self, n: u32) -> Self {
+        self.pool_max_size = n;
+        self
+    }
+
+    /// How long an operation waits for a pooled connection. Defaults to 5 s.
+    pub fn pool_timeout(mut self, d: Duration) -> Self {
+        self.pool_timeout = d;
+        self
+    }
+
+    /// TCP connect (and handshake) timeout of every connection. Defaults to 2 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Read timeout of every connection: a server that does not answer within it is
+    /// treated as unreachable. Defaults to 3 s.
+    pub fn read_timeout(mut self, d: Duration) -> Self {
+        self.read_timeout = d;
+        self
+    }
+
+    /// Write timeout of every connection. Defaults to 3 s.
+    pub fn write_timeout(mut self, d: Duration) -> Self {
+        self.write_timeout = d;
+        self
+    }
+
+    /// How long [`Mutex::lock`] keeps retrying through Redis errors (with backoff)
+    /// before returning the last one. Calls with a deadline retry until the deadline
+    /// instead. Defaults to 30 s.
+    pub fn outage_tolerance(mut self, d: Duration) -> Self {
+        self.outage_tolerance = d;
+        self
+    }
+
+    /// The longest a waiter sleeps without asking Redis while release messages are
+    /// being heard. Sleeps also end when the holder's lease would run out. A safety
+    /// net: releases wake waiters by message. Defaults to 60 s.
+    pub fn recheck_interval(mut self, d: Duration) -> Self {
+        self.recheck_interval = d;
+        self
+    }
+
+    /// After this long without a message, the notifier PINGs its connection to find
+    /// out whether it is still alive. Defaults to 5 s.
+    pub fn ping_interval(mut self, d: Duration) -> Self {
+        self.ping_interval = d;
+        self
+    }
+
+    /// A release hands the lock straight to a waiting thread of the same client (one
+    /// round trip). While threads of *other* clients also wait, at most this many
+    /// handoffs follow each other before a release goes to everyone. Defaults to 8.
+    pub fn handoff_limit(mut self, n: u32) -> Self {
+        self.handoff_limit = n;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        validate_prefix(&self.key_prefix)?;
+        if self.pool_max_size == 0 {
+            return Err(Error::InvalidOption { option: "pool_max_size", reason: "must be at least 1".into() });
+        }
+        for (option, d) in [
+            ("pool_timeout", self.pool_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("recheck_interval", self.recheck_interval),
+            ("ping_interval", self.ping_interval),
+        ] {
+            if d.is_zero() {
+                return Err(Error::InvalidOption { option, reason: "must be longer than zero".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the client and checks, with one connection and a `PING`, that the server
+    /// answers and accepts the credentials.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] / [`Error::InvalidUrl`] before any I/O;
+    /// [`Error::Connection`] when nothing answers in time; [`Error::Auth`] when the
+    /// credentials are refused.
+    pub fn build(self, url: &str) -> Result<LockClient> {
+        self.check()?;
+        let settings = self.settings(url)?;
+        let mut con = settings.connect(":check").map_err(|e| Error::from_redis(e, None))?;
+        redis::cmd("PING").query::<()>(&mut con).map_err(|e| Error::from_redis(e, None))?;
+        self.start(url, settings)
+    }
+
+    /// Builds the client without contacting the server: connection problems show up
+    /// on first use, and the notifier keeps trying to subscribe in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] / [`Error::InvalidUrl`].
+    pub fn build_unchecked(self, url: &str) -> Result<LockClient> {
+        self.check()?;
+        let settings = self.settings(url)?;
+        self.start(url, settings)
+    }
+
+    fn settings(&self, url: &str) -> Result<ConnectSettings> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::InvalidUrl { url: redact_url(url), reason: e.to_string() })?;
+        Ok(ConnectSettings {
+            client,
+            name: format!("redis-mutex:{}", uuid::Uuid::new_v4().simple()),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+        })
+    }
+
+    fn start(self, url: &str, settings: ConnectSettings) -> Result<LockClient> {
+        let client_id = settings.name.trim_start_matches("redis-mutex:").to_owned();
+        let pool = r2d2::Pool::builder()
+            .max_size(self.pool_max_size)
+            .min_idle(Some(0))
+            // A PING per check-out would double the round trips of every operation;
+            // a dead connection fails on use instead, and is retried once.
+            .test_on_check_out(false)
+            .connection_timeout(self.pool_timeout)
+            // Failures reach the caller as errors; r2d2 would log each retry.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(Manager(settings.clone()));
+        let registry = Registry::new();
+        let stats = Arc::new(Counters::default());
+        let up = Arc::new(AtomicBool::new(false));
+        let core = Arc::new(Core {
+            backend: Box::new(SingleServer::new(pool, self.pool_timeout, client_id.clone(), self.handoff_limit)),
+            registry: registry.clone(),
+            stats: stats.clone(),
+            notifier_up: up.clone(),
+            max_sleep: self.recheck_interval,
+            outage_tolerance: self.outage_tolerance,
+        });
+        let spawn_err = |e: std::io::Error| Error::InvalidOption {
+            option: "threads",
+            reason: format!("cannot start a background thread: {e}"),
+        };
+        let (watchdog, _) = Watchdog::spawn(core.clone()).map_err(spawn_err)?;
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        notifier::spawn(
+            NotifierConfig {
+                connect: settings,
+                prefix: self.key_prefix.clone(),
+                client_id: client_id.clone(),
+                ping_after: self.ping_interval,
+            },
+            notifier::Shared { registry, stats, up },
+            stop_rx,
+        )
+        .map_err(spawn_err)?;
+        log::debug!("redis-mutex: client {client_id} for {} (prefix {})", redact_url(url), self.key_prefix);
+        Ok(LockClient {
+            inner: Arc::new(ClientInner {
+                core,
+                watchdog,
+                prefix: self.key_prefix,
+                client_id,
+                url: redact_url(url),
+                pool_max_size: self.pool_max_size,
+                reentrant: StdMutex::default(),
+                _notifier_stop: stop_tx,
+            }),
+        })
+    }
+}

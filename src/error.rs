@@ -1,0 +1,169 @@
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong when talking to the lock service.
+///
+/// Contention is never an error: `try_lock*` return `Ok(None)` when another holder keeps
+/// the lock. The predicates ([`is_transient`](Error::is_transient),
+/// [`is_lock_lost`](Error::is_lock_lost)) answer the questions a caller usually asks
+/// without matching on variants.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server could not be reached or stopped answering (refused, reset, timed out).
+    /// Usually passes: retry later, or check that Redis runs at the configured URL.
+    Connection(redis::RedisError),
+    /// The server rejected the credentials or the ACL denied a command.
+    Auth(redis::RedisError),
+    /// The server answered with an error this crate does not expect.
+    Redis(redis::RedisError),
+    /// A key where this crate keeps a lock holds a value of another type, written by
+    /// something else. The key is left untouched.
+    WrongType {
+        /// The Redis key.
+        key: String,
+    },
+    /// The server's reply did not have the shape this crate's scripts return.
+    UnexpectedReply {
+        /// What was being done.
+        operation: &'static str,
+        /// The reply, for diagnosis.
+        reply: String,
+    },
+    /// No pooled connection became free (or could be opened) in time.
+    PoolTimeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// The last connection error, if the pool failed to open one.
+        last_error: Option<String>,
+    },
+    /// A lock name that cannot be used; reported before any I/O.
+    InvalidName {
+        /// The rejected name (truncated to 64 bytes).
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// An option value that cannot be used; reported before any I/O.
+    InvalidOption {
+        /// Which option.
+        option: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The Redis URL could not be parsed.
+    InvalidUrl {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The lock is no longer held by this guard: its lease ran out, or someone
+    /// force-unlocked it, and another owner (or nobody) has it now.
+    LockLost {
+        /// The Redis key of the lock.
+        key: String,
+    },
+}
+
+/// Shorthand for `Result<T, redis_mutex::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// `true` for failures that may pass by themselves: the server is unreachable, slow,
+    /// loading, or no pooled connection was free. Locking retries these until its
+    /// deadline or the client's outage tolerance.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connection(_) | Error::PoolTimeout { .. } => true,
+            Error::Redis(e) => matches!(
+                e.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::BusyLoading
+                        | redis::ServerErrorKind::TryAgain
+                        | redis::ServerErrorKind::MasterDown
+                        | redis::ServerErrorKind::ClusterDown
+                        | redis::ServerErrorKind::ReadOnly
+                )
+            ),
+            _ => false,
+        }
+    }
+
+    /// `true` when a guard found that it no longer owns its lock.
+    pub fn is_lock_lost(&self) -> bool {
+        matches!(self, Error::LockLost { .. })
+    }
+
+    /// Sorts a redis error into the variant a caller can act on.
+    pub(crate) fn from_redis(err: redis::RedisError, key: Option<&str>) -> Error {
+        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
+            return Error::Connection(err);
+        }
+        match err.kind() {
+            redis::ErrorKind::AuthenticationFailed
+            | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => Error::Auth(err),
+            _ if err.code() == Some("NOAUTH") || err.code() == Some("WRONGPASS") => Error::Auth(err),
+            _ if err.code() == Some("WRONGTYPE") || err.detail().is_some_and(|d| d.contains("not an integer")) => {
+                match key {
+                    Some(key) => Error::WrongType { key: key.to_owned() },
+                    None => Error::Redis(err),
+                }
+            }
+            _ => Error::Redis(err),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connection(e) => write!(
+                f,
+                "cannot reach Redis ({e}); check that the server runs at the configured URL, or retry later"
+            ),
+            Error::Auth(e) => write!(
+                f,
+                "Redis refused the credentials or the command ({e}); check the username and password \
+                 in the URL and the user's ACL (see the README for the ACL this crate needs)"
+            ),
+            Error::Redis(e) => write!(f, "Redis returned an error: {e}"),
+            Error::WrongType { key } => write!(
+                f,
+                "key `{key}` holds a value that is not a redis-mutex lock (written by something else); \
+                 it was left untouched: use another lock name or key prefix"
+            ),
+            Error::UnexpectedReply { operation, reply } => write!(
+                f,
+                "unexpected reply from Redis to {operation}: {reply}; is this a Redis-compatible server?"
+            ),
+            Error::PoolTimeout { waited, last_error } => {
+                write!(f, "no Redis connection became available within {waited:?}")?;
+                match last_error {
+                    Some(e) => write!(f, " (last connection error: {e})"),
+                    None => write!(f, "; raise `pool_max_size` or `pool_timeout`"),
+                }
+            }
+            Error::InvalidName { name, reason } => write!(f, "invalid lock name {name:?}: {reason}"),
+            Error::InvalidOption { option, reason } => write!(f, "invalid option `{option}`: {reason}"),
+            Error::InvalidUrl { url, reason } => write!(
+                f,
+                "invalid Redis URL {url:?}: {reason}; expected e.g. redis://[user:password@]host:6379/[db]"
+            ),
+            Error::LockLost { key } => write!(
+                f,
+                "lock `{key}` is no longer held by this guard (its lease ran out or it was force-unlocked); \
+                 work done under it since may have overlapped with another holder"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connection(e) | Error::Auth(e) | Error::Redis(e) => Some(e),
+            _ => None,
+        }
+    }
+}

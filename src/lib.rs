@@ -1,0 +1,80 @@
+//! A distributed mutex for threaded, synchronous Rust, backed by Redis.
+//!
+//! `lock()` blocks the calling thread until the lock is free anywhere in the fleet,
+//! without spinning on Redis: waiting threads sleep until the client's single pub/sub
+//! subscriber hears the holder release, and a release inside the same process hands
+//! the lock straight to the next waiting thread.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use redis_mutex::{LockClient, MutexOptions};
+//! use std::time::Duration;
+//!
+//! let client = LockClient::open("redis://127.0.0.1:6379/")?;
+//! let invoices = client.mutex("invoice:42");
+//!
+//! let guard = invoices.lock()?;          // waits while another process holds it
+//! // ... exclusive work ...
+//! drop(guard);                           // or guard.unlock()? to see release errors
+//!
+//! // Bounded waits, and fencing tokens for resources that can check them:
+//! let fenced = client.mutex_with("ledger", MutexOptions::default().fencing(true));
+//! if let Some(g) = fenced.try_lock_for(Duration::from_secs(2))? {
+//!     println!("holding ledger with fencing token {:?}", g.fencing_token());
+//! }
+//! # Ok::<(), redis_mutex::Error>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Owner-checked release and renewal**: every acquisition gets a fresh UUID v4
+//!   token; release and extend act only if Redis still stores that token.
+//! - **Leases that look after themselves**: each acquisition has a lease (30 s by
+//!   default); with `auto_renew` (default on) one watchdog thread per client renews
+//!   every live guard at a third of its lease. A renewal that finds the lock gone marks
+//!   the guard lost ([`MutexGuard::is_lost`]).
+//! - **No lost wake-ups**: a thread registers as a waiter before its attempt; every
+//!   failed attempt marks the holder, whose release then publishes; a waiter's sleep is
+//!   never longer than the holder's remaining lease.
+//! - **Fair inside a process**: a release hands the lock to the longest-waiting thread
+//!   of the same client; a thread that releases and locks again queues behind it.
+//!
+//! # Limits
+//!
+//! - **Leases and pauses.** A holder that stalls past its lease (GC pause, SIGSTOP,
+//!   partition) loses the lock while it still runs. The crate cannot prevent that;
+//!   it reports it ([`MutexGuard::is_lost`], [`Error::LockLost`]), and fencing tokens
+//!   ([`MutexOptions::fencing`]) let the protected resource refuse the stale holder.
+//! - **Clocks.** Leases are measured by the Redis server's clock; client clocks do not
+//!   matter, but a server whose clock jumps shortens or stretches leases.
+//! - **One Redis.** Locks live on one server. Without persistence, a Redis restart
+//!   forgets every lock; guards notice at their next renewal.
+//!
+//! See `ARCHITECTURE.md` for the Redis data layout, the Lua scripts and the waiting
+//! protocol.
+#![warn(missing_docs)]
+
+mod backend;
+mod client;
+mod error;
+mod guard;
+mod keys;
+mod mutex;
+mod notifier;
+mod options;
+mod reentrant;
+mod registry;
+mod single;
+mod stats;
+mod wait;
+mod watchdog;
+
+pub use backend::Holder;
+pub use client::{LockClient, LockClientBuilder};
+pub use error::{Error, Result};
+pub use guard::MutexGuard;
+pub use mutex::Mutex;
+pub use options::{MAX_LEASE, MutexOptions};
+pub use reentrant::{ReentrantMutex, ReentrantMutexGuard};
+pub use stats::Stats;

@@ -1,0 +1,12 @@
+-- Delete the lock whoever holds it, and wake every client's waiters.
+-- KEYS[1] lock hash. Returns 1 deleted, 0 nothing to delete.
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+  return 0
+end
+if kind ~= 'hash' then
+  return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a redis-mutex lock')
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[1], '*')
+return 1

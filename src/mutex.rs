@@ -1,0 +1,206 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::Holder;
+use crate::client::LockClient;
+use crate::error::{Error, Result};
+use crate::guard::MutexGuard;
+use crate::keys::LockKeys;
+use crate::options::MutexOptions;
+use crate::wait::{Acquired, Want};
+
+/// A named lock shared by every client that uses the same Redis and key prefix.
+///
+/// A cheap handle (`Clone + Send + Sync`), made by [`LockClient::mutex`]. Locking
+/// returns a [`MutexGuard`]; dropping the guard releases the lock.
+///
+/// # Differences from `std::sync::Mutex`
+///
+/// - The lock protects no data in memory: it names a resource shared across
+///   processes and machines.
+/// - Ownership is a *lease*. With `auto_renew` (the default) the client renews it while
+///   the guard lives; a holder that stalls past its lease (a long GC pause, SIGSTOP, a
+///   network partition) loses the lock without knowing until it checks
+///   ([`MutexGuard::is_lost`], [`MutexGuard::is_held`]). Use fencing tokens
+///   ([`MutexOptions::fencing`]) to make the protected resource reject such a holder.
+/// - Locking can fail with an [`Error`] (Redis unreachable, bad name); there is no
+///   poisoning.
+/// - Locking twice from one thread waits for the first guard, like `std`; see
+///   [`LockClient::reentrant_mutex`] for a re-entrant lock.
+///
+/// # Examples
+///
+/// ```no_run
+/// use redis_mutex::{LockClient, MutexOptions};
+/// use std::time::Duration;
+///
+/// let client = LockClient::open("redis://127.0.0.1:6379/")?;
+/// let m = client.mutex_with("report", MutexOptions::default().lease(Duration::from_secs(10)));
+/// if let Some(guard) = m.try_lock_for(Duration::from_secs(2))? {
+///     // ... exclusive work ...
+///     guard.unlock()?;
+/// }
+/// # Ok::<(), redis_mutex::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Mutex {
+    inner: Arc<MutexInner>,
+}
+
+struct MutexInner {
+    client: LockClient,
+    name: String,
+    options: MutexOptions,
+    /// The keys, or why the name/options are unusable (reported on use, before I/O).
+    checked: Result<(LockKeys, u64)>,
+}
+
+impl fmt::Debug for Mutex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutex").field("name", &self.inner.name).field("options", &self.inner.options).finish()
+    }
+}
+
+impl Mutex {
+    pub(crate) fn new(client: LockClient, name: &str, options: MutexOptions) -> Mutex {
+        let checked = LockKeys::new(&client.inner.prefix, name).and_then(|k| Ok((k, options.lease_ms()?)));
+        Mutex { inner: Arc::new(MutexInner { client, name: name.to_owned(), options, checked }) }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The options each acquisition uses.
+    pub fn options(&self) -> &MutexOptions {
+        &self.inner.options
+    }
+
+    /// The client this lock belongs to.
+    pub fn client(&self) -> &LockClient {
+        &self.inner.client
+    }
+
+    /// The Redis key of this lock (also its release channel).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for a name that cannot be used.
+    pub fn key(&self) -> Result<&str> {
+        Ok(&self.keys()?.0.key)
+    }
+
+    fn keys(&self) -> Result<&(LockKeys, u64)> {
+        self.inner.checked.as_ref().map_err(Clone::clone)
+    }
+
+    fn want(&self) -> Result<(&LockKeys, Want)> {
+        let (keys, lease_ms) = self.keys()?;
+        Ok((keys, Want { lease_ms: *lease_ms, fencing: self.inner.options.get_fencing() }))
+    }
+
+    /// Blocks until this thread holds the lock.
+    ///
+    /// The thread sleeps until a release is announced (or the holder's lease would
+    /// run out), without polling Redis; see the crate docs for the protocol.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] / [`Error::InvalidOption`] before any I/O; Redis failures
+    /// after retrying for the client's `outage_tolerance`; [`Error::WrongType`] when
+    /// something else wrote a key of another type where this lock lives.
+    pub fn lock(&self) -> Result<MutexGuard> {
+        let (keys, want) = self.want()?;
+        let started = Instant::now();
+        // Without a deadline, `acquire` returns only once acquired or failed.
+        let acquired = self.core().acquire(keys, want, None)?;
+        acquired.map(|a| self.guard(keys, want, a, started)).ok_or_else(|| Error::UnexpectedReply {
+            operation: "lock",
+            reply: "gave up without a deadline".into(),
+        })
+    }
+
+    /// One attempt: the guard if the lock was free, `Ok(None)` if someone holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), without retries.
+    pub fn try_lock(&self) -> Result<Option<MutexGuard>> {
+        let (keys, want) = self.want()?;
+        let started = Instant::now();
+        Ok(self.core().try_once(keys, want)?.map(|a| self.guard(keys, want, a, started)))
+    }
+
+    /// Waits at most `timeout` for the lock; `Ok(None)` if it is still held then.
+    /// A timeout too large to represent waits without deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock); Redis failures are retried until the deadline.
+    pub fn try_lock_for(&self, timeout: Duration) -> Result<Option<MutexGuard>> {
+        let (keys, want) = self.want()?;
+        let started = Instant::now();
+        let deadline = started.checked_add(timeout);
+        Ok(self.core().acquire(keys, want, deadline)?.map(|a| self.guard(keys, want, a, started)))
+    }
+
+    /// Waits until `deadline` at the latest; `Ok(None)` if the lock is still held then.
+    /// A deadline in the past makes exactly one attempt.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_for`](Self::try_lock_for).
+    pub fn try_lock_until(&self, deadline: Instant) -> Result<Option<MutexGuard>> {
+        let (keys, want) = self.want()?;
+        let started = Instant::now();
+        Ok(self.core().acquire(keys, want, Some(deadline))?.map(|a| self.guard(keys, want, a, started)))
+    }
+
+    /// Whether anyone holds the lock right now (one round trip).
+    ///
+    /// # Errors
+    ///
+    /// Redis failures, without retries.
+    pub fn is_locked(&self) -> Result<bool> {
+        Ok(self.holder()?.is_some())
+    }
+
+    /// The current holder as Redis sees it, for diagnostics: its token, lease left,
+    /// and whether someone waited for it.
+    ///
+    /// # Errors
+    ///
+    /// Redis failures, without retries.
+    pub fn holder(&self) -> Result<Option<Holder>> {
+        let (keys, _) = self.keys()?;
+        self.core().backend.holder(keys)
+    }
+
+    /// Deletes the lock whoever holds it and wakes waiters everywhere. Returns whether
+    /// there was a lock to delete. The holder's guard notices at its next renewal
+    /// ([`MutexGuard::is_lost`]) or use. An operator's tool for a stuck lock, not a
+    /// way to unlock: mutual exclusion is broken while the old holder keeps working.
+    ///
+    /// # Errors
+    ///
+    /// Redis failures; [`Error::WrongType`] if the key is not a lock (left untouched).
+    pub fn force_unlock(&self) -> Result<bool> {
+        let (keys, _) = self.keys()?;
+        self.core().backend.force_unlock(keys)
+    }
+
+    /// Threads of this client waiting for this lock right now.
+    pub fn waiting_threads(&self) -> usize {
+        self.core().registry.waiting(&self.inner.name)
+    }
+
+    fn core(&self) -> &crate::wait::Core {
+        &self.inner.client.inner.core
+    }
+
+    fn guard(&self, keys: &LockKeys, want: Want, a: Acquired, started: Instant) -> MutexGuard {
+        MutexGuard::new(self.clone(), keys.clone(), a, want, started)
+    }
+}

@@ -1,0 +1,141 @@
+//! The notifier: one pub/sub connection per client, outside the pool, owned by the
+//! `redis-mutex-notifier` thread. It `PSUBSCRIBE`s every release channel of the
+//! client's prefix once per connection and turns each release message into a wake-up
+//! of one local waiter. Waiters never talk to it; it only writes to the registry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::keys::{channel_pattern, name_from_channel};
+use crate::registry::Registry;
+use crate::single::ConnectSettings;
+use crate::stats::{Counters, bump};
+use crate::wait::Backoff;
+
+/// How often the thread looks up from a quiet connection (to see whether the client
+/// was dropped).
+const TICK: Duration = Duration::from_millis(250);
+
+pub(crate) struct NotifierConfig {
+    pub connect: ConnectSettings,
+    pub prefix: String,
+    pub client_id: String,
+    /// Silence after which the connection is probed with PING.
+    pub ping_after: Duration,
+}
+
+pub(crate) struct Shared {
+    pub registry: Arc<Registry>,
+    pub stats: Arc<Counters>,
+    pub up: Arc<AtomicBool>,
+}
+
+/// Starts the notifier thread. It exits soon after `shutdown`'s sender is dropped.
+pub(crate) fn spawn(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("redis-mutex-notifier".into()).spawn(move || run(cfg, shared, shutdown))
+}
+
+fn stopped(shutdown: &Receiver<()>) -> bool {
+    matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
+}
+
+fn run(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) {
+    let pattern = channel_pattern(&cfg.prefix);
+    let mut backoff = Backoff::new();
+    let mut connected_before = false;
+    let mut last_error: Option<String> = None;
+    while !stopped(&shutdown) {
+        match subscribe(&cfg, &pattern) {
+            Ok(mut con) => {
+                backoff = Backoff::new();
+                if connected_before {
+                    bump(&shared.stats.notifier_reconnects);
+                    log::warn!("redis-mutex: notifier subscribed again to {pattern}");
+                } else {
+                    log::debug!("redis-mutex: notifier subscribed to {pattern}");
+                }
+                connected_before = true;
+                last_error = None;
+                shared.up.store(true, Ordering::Release);
+                // Releases may have gone unheard while disconnected: everyone re-checks.
+                shared.registry.wake_all();
+                let err = listen(&cfg, &shared, &mut con, &shutdown);
+                shared.up.store(false, Ordering::Release);
+                match err {
+                    None => return,
+                    Some(e) => log::warn!("redis-mutex: notifier lost its connection ({e}); waiters poll until it is back"),
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    log::warn!("redis-mutex: notifier cannot subscribe ({msg}); retrying with backoff");
+                    last_error = Some(msg);
+                }
+            }
+        }
+        // Back off, but wake at once if the client goes away.
+        match shutdown.recv_timeout(backoff.next_delay().max(Duration::from_millis(50))) {
+            Err(RecvTimeoutError::Timeout) | Ok(()) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn subscribe(cfg: &NotifierConfig, pattern: &str) -> redis::RedisResult<redis::Connection> {
+    let mut con = cfg.connect.connect(":notifier")?;
+    con.as_pubsub().psubscribe(pattern)?;
+    Ok(con)
+}
+
+/// Serves one connection. `None` when the client was dropped, else why it broke.
+fn listen(
+    cfg: &NotifierConfig,
+    shared: &Shared,
+    con: &mut redis::Connection,
+    shutdown: &Receiver<()>,
+) -> Option<redis::RedisError> {
+    let mut pubsub = con.as_pubsub();
+    if let Err(e) = pubsub.set_read_timeout(Some(TICK)) {
+        return Some(e);
+    }
+    let mut last_heard = Instant::now();
+    loop {
+        if stopped(shutdown) {
+            return None;
+        }
+        match pubsub.get_message() {
+            Ok(msg) => {
+                last_heard = Instant::now();
+                let payload = msg.get_payload_bytes();
+                // Our own releases woke a local waiter directly.
+                if payload == cfg.client_id.as_bytes() {
+                    continue;
+                }
+                if let Some(name) = name_from_channel(&cfg.prefix, msg.get_channel_name()) {
+                    let woke = shared.registry.notify(name);
+                    log::trace!("redis-mutex: release of {name} heard; woke a waiter: {woke}");
+                }
+            }
+            Err(e) if e.is_timeout() => {
+                if last_heard.elapsed() >= cfg.ping_after {
+                    // A quiet connection may be a dead one: PING must answer within the
+                    // read timeout.
+                    let probe = pubsub
+                        .set_read_timeout(Some(cfg.connect.read_timeout))
+                        .and_then(|()| pubsub.ping::<()>())
+                        .and_then(|()| pubsub.set_read_timeout(Some(TICK)));
+                    if let Err(e) = probe {
+                        return Some(e);
+                    }
+                    last_heard = Instant::now();
+                }
+            }
+            Err(e) => return Some(e),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The local waiter registry: lock name → FIFO of this client's waiting threads.
+//!
+//! A waiter registers *before* its first acquire attempt, so a release that lands
+//! between a failed attempt and the sleep still finds it. Each waiter has a wake-up
+//! slot (a `bounded(1)` channel: wake-ups coalesce, none is lost while the waiter is
+//! busy). A release heard of wakes the first waiter only; a waiter that leaves holding
+//! an unconsumed wake-up passes it on.
+//!
+//! A releasing thread of this client can *claim* the first waiter and hand the lock
+//! straight to it (see `wait::release`). While claimed, the waiter cannot leave: a
+//! waiter whose deadline passes waits for the claim's outcome, which is bounded by the
+//! releaser's round trip.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+
+/// What a releaser needs to hand the lock to a waiter.
+#[derive(Debug, Clone)]
+pub(crate) struct HandoffTarget {
+    pub token: String,
+    pub lease_ms: u64,
+    pub fencing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Queued,
+    /// A releaser is handing the lock to this waiter; `leaving` once the waiter wants out.
+    Claimed { leaving: bool },
+    /// The lock was handed over with this fence value (0 = no fencing).
+    Granted(u64),
+}
+
+struct Waiter {
+    id: u64,
+    name: Arc<str>,
+    target: HandoffTarget,
+    state: Mutex<State>,
+    tx: Sender<()>,
+    rx: Receiver<()>,
+}
+
+/// Why a sleep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woken {
+    Notified,
+    TimedOut,
+}
+
+/// What became of a waiter that asked to leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leave {
+    Left,
+    /// It was handed the lock before it could leave: it holds it now.
+    Granted(u64),
+}
+
+/// A registered waiter, owned by its thread. Dropping it leaves the queue.
+pub(crate) struct WaitHandle {
+    registry: Arc<Registry>,
+    waiter: Arc<Waiter>,
+    done: bool,
+}
+
+/// A waiter claimed by a releaser. Dropping it without [`Claim::grant`] puts the
+/// waiter back in the queue, so a failed or panicking release never strands it.
+pub(crate) struct Claim {
+    registry: Arc<Registry>,
+    waiter: Arc<Waiter>,
+    settled: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    queues: Mutex<HashMap<Arc<str>, VecDeque<Arc<Waiter>>>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves the queue itself consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    pub fn register(self: &Arc<Self>, name: Arc<str>, target: HandoffTarget) -> WaitHandle {
+        let (tx, rx) = bounded(1);
+        let waiter = Arc::new(Waiter {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            name: name.clone(),
+            target,
+            state: Mutex::new(State::Queued),
+            tx,
+            rx,
+        });
+        lock(&self.queues).entry(name).or_default().push_back(waiter.clone());
+        WaitHandle { registry: self.clone(), waiter, done: false }
+    }
+
+    /// Wakes the first waiter of `name`. Returns whether there was one.
+    pub fn notify(&self, name: &str) -> bool {
+        let queues = lock(&self.queues);
+        match queues.get(name).and_then(|q| q.front()) {
+            Some(w) => {
+                let _ = w.tx.try_send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wakes every waiter once (after the notifier reconnects: messages may be lost).
+    pub fn wake_all(&self) -> usize {
+        let queues = lock(&self.queues);
+        let mut n = 0;
+        for w in queues.values().flatten() {
+            let _ = w.tx.try_send(());
+            n += 1;
+        }
+        n
+    }
+
+    /// Number of threads of this client waiting for `name`.
+    pub fn waiting(&self, name: &str) -> usize {
+        lock(&self.queues).get(name).map_or(0, VecDeque::len)
+    }
+
+    /// Claims the first queued (not already claimed) waiter of `name` for a handoff.
+    pub fn claim_first(self: &Arc<Self>, name: &str) -> Option<Claim> {
+        let queues = lock(&self.queues);
+        let waiter = queues.get(name)?.iter().find(|w| {
+            let mut st = lock(&w.state);
+            if *st == State::Queued {
+                *st = State::Claimed { leaving: false };
+                true
+            } else {
+                false
+            }
+        })?;
+        Some(Claim { registry: self.clone(), waiter: waiter.clone(), settled: false })
+    }
+
+    fn remove(&self, queues: &mut HashMap<Arc<str>, VecDeque<Arc<Waiter>>>, waiter: &Waiter) {
+        if let Some(q) = queues.get_mut(&waiter.name) {
+            q.retain(|w| w.id != waiter.id);
+            if q.is_empty() {
+                queues.remove(&waiter.name);
+            }
+        }
+    }
+}
+
+impl Claim {
+    pub fn target(&self) -> &HandoffTarget {
+        &self.waiter.target
+    }
+
+    /// The waiter now owns the lock: take it out of the queue and wake it.
+    pub fn grant(mut self, fence: u64) {
+        self.settled = true;
+        let mut queues = lock(&self.registry.queues);
+        *lock(&self.waiter.state) = State::Granted(fence);
+        self.registry.remove(&mut queues, &self.waiter);
+        let _ = self.waiter.tx.try_send(());
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let _queues = lock(&self.registry.queues);
+        let mut st = lock(&self.waiter.state);
+        if let State::Claimed { leaving } = *st {
+            *st = State::Queued;
+            if leaving {
+                let _ = self.waiter.tx.try_send(());
+            }
+        }
+    }
+}
+
+impl WaitHandle {
+    /// The fence value if a releaser handed this waiter the lock.
+    pub fn granted(&self) -> Option<u64> {
+        match *lock(&self.waiter.state) {
+            State::Granted(fence) => Some(fence),
+            _ => None,
+        }
+    }
+
+    /// Sleeps until woken or `until`.
+    pub fn sleep_until(&self, until: Instant) -> Woken {
+        match self.waiter.rx.recv_deadline(until) {
+            Ok(()) => Woken::Notified,
+            Err(RecvTimeoutError::Timeout) => Woken::TimedOut,
+            // The handle owns a sender too, so the channel never disconnects.
+            Err(RecvTimeoutError::Disconnected) => Woken::TimedOut,
+        }
+    }
+
+    /// The waiter acquired the lock itself: leave the queue without passing anything on.
+    pub fn finish(mut self) {
+        self.done = true;
+        let mut queues = lock(&self.registry.queues);
+        self.registry.remove(&mut queues, &self.waiter);
+    }
+
+    /// Leaves the queue. If a releaser is handing the lock over right now, waits for
+    /// the outcome: the caller may come out holding the lock.
+    pub fn leave(mut self) -> Leave {
+        loop {
+            {
+                let mut queues = lock(&self.registry.queues);
+                let mut st = lock(&self.waiter.state);
+                match *st {
+                    State::Granted(fence) => {
+                        self.done = true;
+                        return Leave::Granted(fence);
+                    }
+                    State::Queued => {
+                        drop(st);
+                        self.done = true;
+                        self.registry.remove(&mut queues, &self.waiter);
+                        // A wake-up this waiter never used belongs to the next one.
+                        if self.waiter.rx.try_recv().is_ok()
+                            && let Some(next) = queues.get(&self.waiter.name).and_then(|q| q.front())
+                        {
+                            let _ = next.tx.try_send(());
+                        }
+                        return Leave::Left;
+                    }
+                    State::Claimed { .. } => *st = State::Claimed { leaving: true },
+                }
+            }
+            // Bounded by the releaser's round trip; it always settles its claim.
+            let _ = self.waiter.rx.recv();
+        }
+    }
+}
+
+impl Drop for WaitHandle {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut queues = lock(&self.registry.queues);
+            self.registry.remove(&mut queues, &self.waiter);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn target(t: &str) -> HandoffTarget {
+        HandoffTarget { token: t.into(), lease_ms: 1000, fencing: false }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_millis(20)
+    }
+
+    #[test]
+    fn notify_wakes_only_the_first_waiter() {
+        let r = Registry::new();
+        let a = r.register("x".into(), target("a"));
+        let b = r.register("x".into(), target("b"));
+        assert!(r.notify("x"));
+        assert!(!r.notify("y"));
+        assert_eq!(a.sleep_until(soon()), Woken::Notified);
+        assert_eq!(b.sleep_until(soon()), Woken::TimedOut);
+    }
+
+    #[test]
+    fn wake_ups_coalesce_and_are_kept_while_busy() {
+        let r = Registry::new();
+        let a = r.register("x".into(), target("a"));
+        r.notify("x");
+        r.notify("x");
+        assert_eq!(a.sleep_until(soon()), Woken::Notified);
+        assert_eq!(a.sleep_until(soon()), Woken::TimedOut);
+    }
+
+    #[test]
+    fn a_leaving_waiter_passes_its_wake_up_on() {
+        let r = Registry::new();
+        let a = r.register("x".into(), target("a"));
+        let b = r.register("x".into(), target("b"));
+        r.notify("x");
+        assert_eq!(a.leave(), Leave::Left);
+        assert_eq!(b.sleep_until(soon()), Woken::Notified);
+        assert_eq!(r.waiting("x"), 1);
+        b.finish();
+        assert_eq!(r.waiting("x"), 0);
+        assert!(lock(&r.queues).is_empty(), "empty queues are removed");
+    }
+
+    #[test]
+    fn a_finished_waiter_passes_nothing_on() {
+        let r = Registry::new();
+        let a = r.register("x".into(), target("a"));
+        let b = r.register("x".into(), target("b"));
+        r.notify("x");
+        a.finish();
+        assert_eq!(b.sleep_until(soon()), Woken::TimedOut);
+    }
+
+    #[test]
+    fn claims_go_to_the_first_unclaimed_waiter_and_grant_wakes_it() {
+        let r = Registry::new();
+        let a = r.register("x".into(), target("a"));
+        let b = r.register("x".into(), target("b"));
+        let c1 = r.claim_first("x").unwrap();
+        assert_eq!(c1.target().token, "a");
+        let c2 = r.claim_first("x").unwrap();
+        assert_eq!(c2.target().token, "b");
+        assert!(r.claim_first("x").is_none());
+        c1.grant(7);
+        assert_eq!(a.sleep_until(soon()), Woken::Notified);
+        assert_eq!(a.granted(), Some(7));
+        assert_eq!(r.waiting("x"), 1);
+        drop(c2); // not granted: b is queued again and can be claimed again
+        assert_eq!(b.granted(), None);
+        assert!(r.claim_first("x").is_some());
+    }
+
+    #[test]
+    fn a_claimed_waiter_that_leaves_waits_for_the_outcome() {
+        for grant in [true, false] {
+            let r = Registry::new();
+            let a = r.register("x".into(), target("a"));
+            let claim = r.claim_first("x").unwrap();
+            let releaser = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                if grant {
+                    claim.grant(3);
+                }
+            });
+            let out = a.leave();
+            releaser.join().unwrap();
+            assert_eq!(out, if grant { Leave::Granted(3) } else { Leave::Left });
+            assert_eq!(r.waiting("x"), 0);
+        }
+    }
+
+    #[test]
+    fn wake_all_reaches_every_waiter() {
+        let r = Registry::new();
+        let ws: Vec<_> = (0..5).map(|i| r.register(format!("n{}", i % 2).into(), target("t"))).collect();
+        assert_eq!(r.wake_all(), 5);
+        for w in &ws {
+            assert_eq!(w.sleep_until(soon()), Woken::Notified);
+        }
+        drop(ws);
+        assert!(lock(&r.queues).is_empty());
+    }
+}

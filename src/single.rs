@@ -1,0 +1,211 @@
+//! The single-server backend: the Redis protocol of DESIGN §2 over an r2d2 pool.
+
+use std::time::{Duration, Instant};
+
+use redis::{Connection, ConnectionLike, RedisError, Script, Value};
+
+use crate::backend::{Attempt, AttemptArgs, Backend, Holder, Released};
+use crate::error::{Error, Result};
+use crate::keys::LockKeys;
+use crate::registry::HandoffTarget;
+
+/// Connection settings shared by the pool and the notifier's connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectSettings {
+    pub client: redis::Client,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// `CLIENT SETNAME` of pooled connections (`redis-mutex:<client id>`); the notifier
+    /// appends `:notifier`. Lets operators and tests tell a client's connections apart.
+    pub name: String,
+}
+
+impl ConnectSettings {
+    /// A connection with every timeout set: nothing blocks forever on a dead socket.
+    pub fn connect(&self, role: &str) -> std::result::Result<Connection, RedisError> {
+        let mut con = self.client.get_connection_with_timeout(self.connect_timeout)?;
+        con.set_read_timeout(Some(self.read_timeout))?;
+        con.set_write_timeout(Some(self.write_timeout))?;
+        redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}{role}", self.name)).query::<()>(&mut con)?;
+        Ok(con)
+    }
+}
+
+/// r2d2 manager that sets our timeouts (redis-rs's own manager connects without any).
+#[derive(Debug)]
+pub(crate) struct Manager(pub ConnectSettings);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = RedisError;
+
+    fn connect(&self) -> std::result::Result<Connection, RedisError> {
+        self.0.connect("")
+    }
+
+    fn is_valid(&self, con: &mut Connection) -> std::result::Result<(), RedisError> {
+        redis::cmd("PING").query(con)
+    }
+
+    fn has_broken(&self, con: &mut Connection) -> bool {
+        !con.is_open()
+    }
+}
+
+struct Scripts {
+    acquire: Script,
+    release: Script,
+    extend: Script,
+    force_unlock: Script,
+}
+
+pub(crate) struct SingleServer {
+    pool: r2d2::Pool<Manager>,
+    pool_timeout: Duration,
+    scripts: Scripts,
+    client_id: String,
+    handoff_limit: u32,
+}
+
+/// The reply `{a, b}` of our scripts.
+fn pair(v: &Value, operation: &'static str) -> Result<(i64, i64)> {
+    if let Value::Array(items) = v
+        && let [Value::Int(a), Value::Int(b)] = items.as_slice()
+    {
+        return Ok((*a, *b));
+    }
+    Err(Error::UnexpectedReply { operation, reply: format!("{v:?}") })
+}
+
+fn flag(on: bool) -> &'static str {
+    if on { "1" } else { "0" }
+}
+
+impl SingleServer {
+    pub fn new(pool: r2d2::Pool<Manager>, pool_timeout: Duration, client_id: String, handoff_limit: u32) -> Self {
+        SingleServer {
+            pool,
+            pool_timeout,
+            scripts: Scripts {
+                acquire: Script::new(include_str!("lua/acquire.lua")),
+                release: Script::new(include_str!("lua/release.lua")),
+                extend: Script::new(include_str!("lua/extend.lua")),
+                force_unlock: Script::new(include_str!("lua/force_unlock.lua")),
+            },
+            client_id,
+            handoff_limit,
+        }
+    }
+
+    /// Runs `op` on a pooled connection. A connection the server dropped while it sat
+    /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried once on
+    /// a fresh one. Every operation here is safe to repeat (see `release`).
+    fn with_conn<T>(
+        &self,
+        key: Option<&str>,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
+    ) -> Result<(T, bool)> {
+        let mut retried = false;
+        loop {
+            let started = Instant::now();
+            // While Redis is down the pool waits its whole timeout; a caller's deadline
+            // must not wait longer than that.
+            let wait = deadline.map_or(self.pool_timeout, |d| {
+                d.saturating_duration_since(started).clamp(Duration::from_millis(1), self.pool_timeout)
+            });
+            let mut con = self.pool.get_timeout(wait).map_err(|e| Error::PoolTimeout {
+                waited: started.elapsed(),
+                last_error: Some(e.to_string()).filter(|s| !s.is_empty() && s != "timed out waiting for connection"),
+            })?;
+            match op(&mut con) {
+                Ok(v) => return Ok((v, retried)),
+                Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
+                    log::debug!("redis-mutex: retrying on a fresh connection after: {e}");
+                    retried = true;
+                }
+                Err(e) => return Err(Error::from_redis(e, key)),
+            }
+        }
+    }
+}
+
+impl Backend for SingleServer {
+    fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        inv.key(&keys.key)
+            .key(&keys.fence)
+            .arg(a.token)
+            .arg(a.lease_ms)
+            .arg(flag(a.fencing))
+            .arg(&self.client_id)
+            .arg(flag(a.will_wait));
+        let (v, _) = self.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
+        match pair(&v, "acquire")? {
+            (1, fence) => Ok(Attempt::Acquired { fence: fence.max(0) as u64 }),
+            (0, pttl) => Ok(Attempt::Held { remaining: u64::try_from(pttl).ok().map(Duration::from_millis) }),
+            _ => Err(Error::UnexpectedReply { operation: "acquire", reply: format!("{v:?}") }),
+        }
+    }
+
+    fn release(&self, keys: &LockKeys, token: &str, handoff: Option<&HandoffTarget>) -> Result<Released> {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(&keys.key).key(&keys.fence).arg(token).arg(&self.client_id);
+        match handoff {
+            Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(flag(t.fencing)),
+            None => inv.arg("").arg(0).arg("0"),
+        };
+        inv.arg(self.handoff_limit);
+        let (v, retried) = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
+        match pair(&v, "release")? {
+            // The first try may have run before its connection broke; then the retry
+            // finds the lock gone, which is the outcome the caller wanted.
+            (0, _) if retried => Ok(Released::Deleted { published: false }),
+            (0, _) => Ok(Released::NotOwner),
+            (1, published) => Ok(Released::Deleted { published: published == 1 }),
+            (2, fence) => Ok(Released::Handed { fence: fence.max(0) as u64 }),
+            (3, _) => Ok(Released::DeletedForAll),
+            _ => Err(Error::UnexpectedReply { operation: "release", reply: format!("{v:?}") }),
+        }
+    }
+
+    fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hash = self.scripts.extend.get_hash().to_owned();
+        let mut pipe = redis::pipe();
+        for (keys, token, lease_ms) in items {
+            pipe.cmd("EVALSHA").arg(&hash).arg(1).arg(&keys.key).arg(*token).arg(*lease_ms);
+        }
+        let run = |c: &mut Connection| match pipe.query::<Vec<i64>>(c) {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.scripts.extend.load(c)?;
+                pipe.query::<Vec<i64>>(c)
+            }
+            other => other,
+        };
+        let (replies, _) = self.with_conn(items.first().map(|i| i.0.key.as_str()), None, run)?;
+        Ok(replies.into_iter().map(|r| r == 1).collect())
+    }
+
+    fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("w").cmd("PTTL").arg(&keys.key);
+        let ((fields, pttl), _) =
+            self.with_conn(Some(&keys.key), None, |c| pipe.query::<((Option<String>, Option<String>), i64)>(c))?;
+        Ok(fields.0.map(|token| Holder {
+            token,
+            remaining_lease: u64::try_from(pttl).ok().map(Duration::from_millis),
+            contended: fields.1.is_some(),
+        }))
+    }
+
+    fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
+        let mut inv = self.scripts.force_unlock.prepare_invoke();
+        inv.key(&keys.key);
+        let (deleted, _) = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
+        Ok(deleted == 1)
+    }
+}

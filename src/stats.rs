@@ -1,0 +1,65 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a client's counters, from [`LockClient::stats`](crate::LockClient::stats).
+///
+/// Counters only grow; subtract two snapshots to measure an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Locks acquired (by any of `lock`, `try_lock*`), handoffs included.
+    pub acquisitions: u64,
+    /// Acquisitions that had to wait: the first attempt found the lock held.
+    pub contended_acquisitions: u64,
+    /// Acquire attempts sent to Redis (one round trip each).
+    pub attempts: u64,
+    /// Locks released by this client (explicitly or on drop), handoffs included.
+    pub releases: u64,
+    /// Releases that handed the lock straight to a waiting thread of this client.
+    pub handoffs: u64,
+    /// Sleeps ended by a wake-up: a release message, a local release or a handoff.
+    pub wakeups_notified: u64,
+    /// Sleeps ended by their time bound (remaining lease, polling fallback, deadline).
+    pub wakeups_timeout: u64,
+    /// Times the notifier lost its pub/sub connection and subscribed again.
+    pub notifier_reconnects: u64,
+    /// Lease renewals sent by the watchdog.
+    pub renewals: u64,
+    /// Guards found to have lost their lock (by the watchdog or on use).
+    pub leases_lost: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub acquisitions: AtomicU64,
+    pub contended_acquisitions: AtomicU64,
+    pub attempts: AtomicU64,
+    pub releases: AtomicU64,
+    pub handoffs: AtomicU64,
+    pub wakeups_notified: AtomicU64,
+    pub wakeups_timeout: AtomicU64,
+    pub notifier_reconnects: AtomicU64,
+    pub renewals: AtomicU64,
+    pub leases_lost: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Stats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            acquisitions: g(&self.acquisitions),
+            contended_acquisitions: g(&self.contended_acquisitions),
+            attempts: g(&self.attempts),
+            releases: g(&self.releases),
+            handoffs: g(&self.handoffs),
+            wakeups_notified: g(&self.wakeups_notified),
+            wakeups_timeout: g(&self.wakeups_timeout),
+            notifier_reconnects: g(&self.notifier_reconnects),
+            renewals: g(&self.renewals),
+            leases_lost: g(&self.leases_lost),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The watchdog: one `redis-mutex-watchdog` thread per client renews every live guard
+//! with `auto_renew` at a third of its lease, all due guards in one pipelined batch.
+//! A renewal that finds another owner (or no key) marks the guard lost; one that
+//! fails on a connection error is retried until the lease would have run out, and
+//! then marks the guard lost too.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::keys::LockKeys;
+use crate::stats::bump;
+use crate::wait::Core;
+
+/// Most renewals sent in one pipeline.
+pub(crate) const BATCH: usize = 512;
+
+/// The lease state of one guard, shared by the guard and the watchdog.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub keys: LockKeys,
+    pub token: String,
+    lease_ms: AtomicU64,
+    lost: AtomicBool,
+    released: AtomicBool,
+    /// When Redis last confirmed the lease (acquisition or renewal), and when to retry
+    /// after a failed renewal.
+    times: Mutex<(Instant, Option<Instant>)>,
+}
+
+impl Lease {
+    pub fn new(keys: LockKeys, token: String, lease_ms: u64, confirmed: Instant) -> Lease {
+        Lease {
+            keys,
+            token,
+            lease_ms: AtomicU64::new(lease_ms),
+            lost: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            times: Mutex::new((confirmed, None)),
+        }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Marks the lease lost; `true` the first time (so it is counted and logged once).
+    pub fn mark_lost(&self, core: &Core, why: &str) -> bool {
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        bump(&core.stats.leases_lost);
+        log::warn!("redis-mutex: lost lock {}: {why}", self.keys.key);
+        true
+    }
+
+    /// Redis confirmed ownership for `lease_ms` from `at`.
+    pub fn confirmed(&self, at: Instant, lease_ms: u64) {
+        self.lease_ms.store(lease_ms, Ordering::Release);
+        *self.times.lock().unwrap_or_else(|e| e.into_inner()) = (at, None);
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.load(Ordering::Acquire))
+    }
+
+    /// When the next renewal is due.
+    fn due(&self) -> Instant {
+        let (confirmed, retry) = *self.times.lock().unwrap_or_else(|e| e.into_inner());
+        retry.unwrap_or(confirmed + self.lease() / 3)
+    }
+}
+
+type Table = Arc<Mutex<HashMap<u64, Arc<Lease>>>>;
+
+/// The client's handle on its watchdog. Dropping it stops the thread.
+pub(crate) struct Watchdog {
+    table: Table,
+    next_id: AtomicU64,
+    wake: Sender<()>,
+}
+
+impl Watchdog {
+    pub fn spawn(core: Arc<Core>) -> std::io::Result<(Watchdog, JoinHandle<()>)> {
+        let table: Table = Arc::default();
+        let (wake, rx) = crossbeam_channel::bounded(1);
+        let t = table.clone();
+        let handle =
+            std::thread::Builder::new().name("redis-mutex-watchdog".into()).spawn(move || run(&core, &t, &rx))?;
+        Ok((Watchdog { table, next_id: AtomicU64::new(0), wake }, handle))
+    }
+
+    /// Starts renewing `lease`; returns the id to stop with.
+    pub fn register(&self, lease: Arc<Lease>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).insert(id, lease);
+        let _ = self.wake.try_send(());
+        id
+    }
+
+    /// Stops renewing; after this returns, no renewal of this lease is started.
+    pub fn deregister(&self, id: u64, lease: &Lease) {
+        lease.released.store(true, Ordering::Release);
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// Guards being renewed.
+    pub fn len(&self) -> usize {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+fn run(core: &Core, table: &Table, wake: &Receiver<()>) {
+    log::debug!("redis-mutex: watchdog started");
+    loop {
+        let now = Instant::now();
+        // Renew whatever is at least half-way to due, so guards taken at different
+        // moments share a batch instead of a round trip each.
+        let (batch, next_due): (Vec<(u64, Arc<Lease>)>, Option<Instant>) = {
+            let t = table.lock().unwrap_or_else(|e| e.into_inner());
+            let mut batch = Vec::new();
+            let mut next_due: Option<Instant> = None;
+            for (id, lease) in t.iter() {
+                let due = lease.due();
+                if due <= now + lease.lease() / 6 {
+                    batch.push((*id, lease.clone()));
+                } else {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                }
+            }
+            (batch, next_due)
+        };
+        for chunk in batch.chunks(BATCH) {
+            renew(core, table, chunk);
+        }
+        if !batch.is_empty() {
+            continue;
+        }
+        let wait_until = next_due.unwrap_or(now + Duration::from_secs(3600));
+        match wake.recv_deadline(wait_until) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                log::debug!("redis-mutex: watchdog stopped");
+                return;
+            }
+        }
+    }
+}
+
+fn renew(core: &Core, table: &Table, chunk: &[(u64, Arc<Lease>)]) {
+    let sent = Instant::now();
+    let items: Vec<(&LockKeys, &str, u64)> =
+        chunk.iter().map(|(_, l)| (&l.keys, l.token.as_str(), l.lease_ms.load(Ordering::Acquire))).collect();
+    match core.backend.extend(&items) {
+        Ok(owned) => {
+            let mut gone = Vec::new();
+            for (i, ((id, lease), (_, _, lease_ms))) in chunk.iter().zip(&items).enumerate() {
+                // `extend` answers one flag per item; a short answer counts as not owned.
+                if owned.get(i).copied().unwrap_or(false) {
+                    bump(&core.stats.renewals);
+                    lease.confirmed(sent, *lease_ms);
+                } else {
+                    // A guard released while this renewal was in flight lost nothing.
+                    if !lease.released.load(Ordering::Acquire) {
+                        lease.mark_lost(core, "a renewal found another owner or no lock (lease ran out or force-unlocked)");
+                    }
+                    gone.push(*id);
+                }
+            }
+            if !gone.is_empty() {
+                let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+                for id in gone {
+                    t.remove(&id);
+                }
+            }
+        }
+        Err(e) => {
+            let mut gone = Vec::new();
+            for (id, lease) in chunk {
+                let (confirmed, _) = *lease.times.lock().unwrap_or_else(|e| e.into_inner());
+                if sent >= confirmed + lease.lease() {
+                    lease.mark_lost(core, &format!("renewals failed until the lease ran out ({e})"));
+                    gone.push(*id);
+                } else {
+                    let retry = sent + (lease.lease() / 10).clamp(Duration::from_millis(1), Duration::from_millis(250));
+                    lease.times.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(retry);
+                }
+            }
+            log::debug!("redis-mutex: renewal of {} leases failed, retrying: {e}", chunk.len());
+            let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+            for id in gone {
+                t.remove(&id);
+            }
+        }
+    }
+}
