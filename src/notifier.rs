@@ -49,36 +49,38 @@ fn run(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) {
     let mut connected_before = false;
     let mut last_error: Option<String> = None;
     while !stopped(&shutdown) {
-        match subscribe(&cfg, &pattern) {
-            Ok(mut con) => {
-                backoff = Backoff::new();
-                if connected_before {
-                    bump(&shared.stats.notifier_reconnects);
-                    log::warn!("redis-mutex: notifier subscribed again to {pattern}");
-                } else {
-                    log::debug!("redis-mutex: notifier subscribed to {pattern}");
-                }
-                connected_before = true;
-                last_error = None;
-                shared.up.store(true, Ordering::Release);
-                // Releases may have gone unheard while disconnected: everyone re-checks.
-                shared.registry.wake_all();
-                let err = listen(&cfg, &shared, &mut con, &shutdown);
-                shared.up.store(false, Ordering::Release);
-                match err {
-                    None => return,
-                    Some(e) => log::warn!("redis-mutex: notifier lost its connection ({e}); waiters poll until it is back"),
-                }
+        let outcome = cfg.connect.connect(":notifier").and_then(|mut con| {
+            // The `PubSub` lives as long as the connection: dropping it unsubscribes.
+            let mut pubsub = con.as_pubsub();
+            pubsub.psubscribe(&pattern)?;
+            pubsub.set_read_timeout(Some(TICK))?;
+            backoff = Backoff::new();
+            last_error = None;
+            if connected_before {
+                bump(&shared.stats.notifier_reconnects);
+                log::warn!("redis-mutex: notifier subscribed again to {pattern}");
+            } else {
+                log::debug!("redis-mutex: notifier subscribed to {pattern}");
             }
+            connected_before = true;
+            shared.up.store(true, Ordering::Release);
+            // Releases may have gone unheard while disconnected: everyone re-checks.
+            shared.registry.wake_all();
+            let broke = listen(&cfg, &shared, &mut pubsub, &shutdown);
+            shared.up.store(false, Ordering::Release);
+            broke.map_or(Ok(()), Err)
+        });
+        match outcome {
+            Ok(()) => return,
             Err(e) => {
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
-                    log::warn!("redis-mutex: notifier cannot subscribe ({msg}); retrying with backoff");
+                    log::warn!("redis-mutex: notifier disconnected ({msg}); waiters poll Redis until it is back");
                     last_error = Some(msg);
                 }
             }
         }
-        // Back off, but wake at once if the client goes away.
+        // Back off, but stop at once if the client goes away.
         match shutdown.recv_timeout(backoff.next_delay().max(Duration::from_millis(50))) {
             Err(RecvTimeoutError::Timeout) | Ok(()) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -86,23 +88,13 @@ fn run(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) {
     }
 }
 
-fn subscribe(cfg: &NotifierConfig, pattern: &str) -> redis::RedisResult<redis::Connection> {
-    let mut con = cfg.connect.connect(":notifier")?;
-    con.as_pubsub().psubscribe(pattern)?;
-    Ok(con)
-}
-
 /// Serves one connection. `None` when the client was dropped, else why it broke.
 fn listen(
     cfg: &NotifierConfig,
     shared: &Shared,
-    con: &mut redis::Connection,
+    pubsub: &mut redis::PubSub<'_>,
     shutdown: &Receiver<()>,
 ) -> Option<redis::RedisError> {
-    let mut pubsub = con.as_pubsub();
-    if let Err(e) = pubsub.set_read_timeout(Some(TICK)) {
-        return Some(e);
-    }
     let mut last_heard = Instant::now();
     loop {
         if stopped(shutdown) {

@@ -75,7 +75,14 @@ impl Lease {
     }
 }
 
-type Table = Arc<Mutex<HashMap<u64, Arc<Lease>>>>;
+#[derive(Default)]
+struct Shared {
+    leases: Mutex<HashMap<u64, Arc<Lease>>>,
+    /// When the thread next looks at the table unless woken (`None`: it is working).
+    sleeping_until: Mutex<Option<Instant>>,
+}
+
+type Table = Arc<Shared>;
 
 /// The client's handle on its watchdog. Dropping it stops the thread.
 pub(crate) struct Watchdog {
@@ -97,20 +104,25 @@ impl Watchdog {
     /// Starts renewing `lease`; returns the id to stop with.
     pub fn register(&self, lease: Arc<Lease>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).insert(id, lease);
-        let _ = self.wake.try_send(());
+        let due = lease.due();
+        lock(&self.table.leases).insert(id, lease);
+        // Wake the thread only if it would sleep past this lease's first renewal: a
+        // wake-up per acquisition would cost a context switch on the hot path.
+        if lock(&self.table.sleeping_until).is_some_and(|until| due < until) {
+            let _ = self.wake.try_send(());
+        }
         id
     }
 
     /// Stops renewing; after this returns, no renewal of this lease is started.
     pub fn deregister(&self, id: u64, lease: &Lease) {
         lease.released.store(true, Ordering::Release);
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        lock(&self.table.leases).remove(&id);
     }
 
     /// Guards being renewed.
     pub fn len(&self) -> usize {
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.table.leases).len()
     }
 }
 
@@ -121,7 +133,7 @@ fn run(core: &Core, table: &Table, wake: &Receiver<()>) {
         // Renew whatever is at least half-way to due, so guards taken at different
         // moments share a batch instead of a round trip each.
         let (batch, next_due): (Vec<(u64, Arc<Lease>)>, Option<Instant>) = {
-            let t = table.lock().unwrap_or_else(|e| e.into_inner());
+            let t = lock(&table.leases);
             let mut batch = Vec::new();
             let mut next_due: Option<Instant> = None;
             for (id, lease) in t.iter() {
@@ -141,7 +153,15 @@ fn run(core: &Core, table: &Table, wake: &Receiver<()>) {
             continue;
         }
         let wait_until = next_due.unwrap_or(now + Duration::from_secs(3600));
-        match wake.recv_deadline(wait_until) {
+        *lock(&table.sleeping_until) = Some(wait_until);
+        // A lease registered between the scan and here is covered: it saw this time.
+        if next_due_changed(table, wait_until) {
+            *lock(&table.sleeping_until) = None;
+            continue;
+        }
+        let woke = wake.recv_deadline(wait_until);
+        *lock(&table.sleeping_until) = None;
+        match woke {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 log::debug!("redis-mutex: watchdog stopped");
@@ -149,6 +169,15 @@ fn run(core: &Core, table: &Table, wake: &Receiver<()>) {
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a lease registered while the thread was not yet asleep is due before `until`.
+fn next_due_changed(table: &Table, until: Instant) -> bool {
+    lock(&table.leases).values().any(|l| l.due() < until)
 }
 
 fn renew(core: &Core, table: &Table, chunk: &[(u64, Arc<Lease>)]) {
@@ -172,7 +201,7 @@ fn renew(core: &Core, table: &Table, chunk: &[(u64, Arc<Lease>)]) {
                 }
             }
             if !gone.is_empty() {
-                let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+                let mut t = lock(&table.leases);
                 for id in gone {
                     t.remove(&id);
                 }
@@ -191,7 +220,7 @@ fn renew(core: &Core, table: &Table, chunk: &[(u64, Arc<Lease>)]) {
                 }
             }
             log::debug!("redis-mutex: renewal of {} leases failed, retrying: {e}", chunk.len());
-            let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = lock(&table.leases);
             for id in gone {
                 t.remove(&id);
             }
