@@ -308,8 +308,8 @@ impl LockClientBuilder {
     }
 
     fn settings(&self, url: &str) -> Result<ConnectSettings> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::InvalidUrl { url: redact_url(url), reason: e.to_string() })?;
+        let client =
+            redis::Client::open(url).map_err(|e| Error::InvalidUrl { url: redact_url(url), reason: e.to_string() })?;
         Ok(ConnectSettings {
             client,
             name: format!("redis-mutex:{}", uuid::Uuid::new_v4().simple()),

@@ -101,8 +101,9 @@ impl Error {
             return Error::Connection(err);
         }
         match err.kind() {
-            redis::ErrorKind::AuthenticationFailed
-            | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => Error::Auth(err),
+            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                Error::Auth(err)
+            }
             _ if err.code() == Some("NOAUTH") || err.code() == Some("WRONGPASS") => Error::Auth(err),
             _ if err.code() == Some("WRONGTYPE") || err.detail().is_some_and(|d| d.contains("not an integer")) => {
                 match key {
@@ -118,10 +119,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Connection(e) => write!(
-                f,
-                "cannot reach Redis ({e}); check that the server runs at the configured URL, or retry later"
-            ),
+            Error::Connection(e) => {
+                write!(f, "cannot reach Redis ({e}); check that the server runs at the configured URL, or retry later")
+            }
             Error::Auth(e) => write!(
                 f,
                 "Redis refused the credentials or the command ({e}); check the username and password \
@@ -133,10 +133,9 @@ impl fmt::Display for Error {
                 "key `{key}` holds a value that is not a redis-mutex lock (written by something else); \
                  it was left untouched: use another lock name or key prefix"
             ),
-            Error::UnexpectedReply { operation, reply } => write!(
-                f,
-                "unexpected reply from Redis to {operation}: {reply}; is this a Redis-compatible server?"
-            ),
+            Error::UnexpectedReply { operation, reply } => {
+                write!(f, "unexpected reply from Redis to {operation}: {reply}; is this a Redis-compatible server?")
+            }
             Error::PoolTimeout { waited, last_error } => {
                 write!(f, "no Redis connection became available within {waited:?}")?;
                 match last_error {
@@ -146,10 +145,9 @@ impl fmt::Display for Error {
             }
             Error::InvalidName { name, reason } => write!(f, "invalid lock name {name:?}: {reason}"),
             Error::InvalidOption { option, reason } => write!(f, "invalid option `{option}`: {reason}"),
-            Error::InvalidUrl { url, reason } => write!(
-                f,
-                "invalid Redis URL {url:?}: {reason}; expected e.g. redis://[user:password@]host:6379/[db]"
-            ),
+            Error::InvalidUrl { url, reason } => {
+                write!(f, "invalid Redis URL {url:?}: {reason}; expected e.g. redis://[user:password@]host:6379/[db]")
+            }
             Error::LockLost { key } => write!(
                 f,
                 "lock `{key}` is no longer held by this guard (its lease ran out or it was force-unlocked); \

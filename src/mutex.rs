@@ -116,10 +116,9 @@ impl Mutex {
         let started = Instant::now();
         // Without a deadline, `acquire` returns only once acquired or failed.
         let acquired = self.core().acquire(keys, want, None)?;
-        acquired.map(|a| self.guard(keys, want, a, started)).ok_or_else(|| Error::UnexpectedReply {
-            operation: "lock",
-            reply: "gave up without a deadline".into(),
-        })
+        acquired
+            .map(|a| self.guard(keys, want, a, started))
+            .ok_or_else(|| Error::UnexpectedReply { operation: "lock", reply: "gave up without a deadline".into() })
     }
 
     /// One attempt: the guard if the lock was free, `Ok(None)` if someone holds it.

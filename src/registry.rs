@@ -30,7 +30,9 @@ pub(crate) struct HandoffTarget {
 enum State {
     Queued,
     /// A releaser is handing the lock to this waiter; `leaving` once the waiter wants out.
-    Claimed { leaving: bool },
+    Claimed {
+        leaving: bool,
+    },
     /// The lock was handed over with this fence value (0 = no fencing).
     Granted(u64),
 }

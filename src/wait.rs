@@ -96,8 +96,13 @@ impl Core {
     pub fn try_once(&self, keys: &LockKeys, want: Want) -> Result<Option<Acquired>> {
         let token = new_token();
         bump(&self.stats.attempts);
-        let args =
-            AttemptArgs { token: &token, lease_ms: want.lease_ms, fencing: want.fencing, will_wait: false, deadline: None };
+        let args = AttemptArgs {
+            token: &token,
+            lease_ms: want.lease_ms,
+            fencing: want.fencing,
+            will_wait: false,
+            deadline: None,
+        };
         match self.backend.attempt(keys, args)? {
             Attempt::Acquired { fence } => {
                 bump(&self.stats.acquisitions);
@@ -111,7 +116,8 @@ impl Core {
     /// How long to sleep after finding the lock held.
     fn sleep_bound(&self, remaining: Option<Duration>, backoff: &mut Backoff) -> Duration {
         // The holder's lease is the latest moment it can matter: expiry publishes nothing.
-        let lease_bound = remaining.map(|r| r + Duration::from_millis(1) + jitter((r / 10).min(Duration::from_millis(50))));
+        let lease_bound =
+            remaining.map(|r| r + Duration::from_millis(1) + jitter((r / 10).min(Duration::from_millis(50))));
         if self.notifier_up.load(Ordering::Acquire) {
             lease_bound.unwrap_or(self.max_sleep).min(self.max_sleep)
         } else {
@@ -147,7 +153,13 @@ impl Core {
             }
             attempts += 1;
             bump(&self.stats.attempts);
-            let args = AttemptArgs { token: &token, lease_ms: want.lease_ms, fencing: want.fencing, will_wait: true, deadline };
+            let args = AttemptArgs {
+                token: &token,
+                lease_ms: want.lease_ms,
+                fencing: want.fencing,
+                will_wait: true,
+                deadline,
+            };
             let (bound, failure) = match self.backend.attempt(keys, args) {
                 Ok(Attempt::Acquired { fence }) => {
                     waiter.finish();

@@ -195,7 +195,10 @@ fn renew(core: &Core, table: &Table, chunk: &[(u64, Arc<Lease>)]) {
                 } else {
                     // A guard released while this renewal was in flight lost nothing.
                     if !lease.released.load(Ordering::Acquire) {
-                        lease.mark_lost(core, "a renewal found another owner or no lock (lease ran out or force-unlocked)");
+                        lease.mark_lost(
+                            core,
+                            "a renewal found another owner or no lock (lease ran out or force-unlocked)",
+                        );
                     }
                     gone.push(*id);
                 }

@@ -16,10 +16,7 @@ fn ping(con: &mut redis::Connection) -> redis::RedisResult<String> {
 fn start_answers_ping() {
     let server = RedisServer::start();
     assert_eq!(ping(&mut server.conn()).unwrap(), "PONG");
-    assert_eq!(
-        server.url(),
-        format!("redis://127.0.0.1:{}/", server.port())
-    );
+    assert_eq!(server.url(), format!("redis://127.0.0.1:{}/", server.port()));
     assert!(server.pid() > 0);
     assert!(server.log().contains("Ready to accept connections"));
 }
@@ -42,11 +39,7 @@ fn restart_uses_same_port_and_loses_unpersisted_data() {
     let mut server = RedisServer::start();
     let port = server.port();
     let old_pid = server.pid();
-    redis::cmd("SET")
-        .arg("k")
-        .arg("v")
-        .query::<()>(&mut server.conn())
-        .unwrap();
+    redis::cmd("SET").arg("k").arg("v").query::<()>(&mut server.conn()).unwrap();
 
     server.restart();
 
@@ -78,11 +71,7 @@ fn command_stats_count_calls() {
     assert_eq!(server.command_calls("set"), 0, "stats start at zero");
     let mut con = server.conn();
     for i in 0..3 {
-        redis::cmd("SET")
-            .arg("k")
-            .arg(i)
-            .query::<()>(&mut con)
-            .unwrap();
+        redis::cmd("SET").arg("k").arg(i).query::<()>(&mut con).unwrap();
     }
     assert_eq!(server.command_calls("set"), 3);
     assert_eq!(server.command_calls("SET"), 3);
@@ -98,8 +87,7 @@ fn command_stats_count_calls() {
 fn pause_and_resume() {
     let server = RedisServer::start();
     let mut con = server.conn();
-    con.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    con.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
 
     server.pause();
     let err = ping(&mut con).expect_err("a paused server must not answer");

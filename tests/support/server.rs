@@ -95,14 +95,8 @@ impl RedisServer {
             .prefix("redis-mutex-test-")
             .tempdir()
             .expect("failed to create a temporary directory for redis-server");
-        let mut server = RedisServer {
-            child: None,
-            port: 0,
-            extra_args,
-            password,
-            dir,
-            log_shown: AtomicBool::new(false),
-        };
+        let mut server =
+            RedisServer { child: None, port: 0, extra_args, password, dir, log_shown: AtomicBool::new(false) };
         for _ in 0..START_ATTEMPTS {
             server.port = free_port();
             if let Ok(child) = server.launch() {
@@ -259,10 +253,7 @@ impl RedisServer {
     /// `"set"`, `"client|setinfo"`) was executed since the last stats reset;
     /// 0 if never.
     pub fn command_calls(&self, cmd_name: &str) -> u64 {
-        self.command_stats()
-            .get(&cmd_name.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(0)
+        self.command_stats().get(&cmd_name.to_ascii_lowercase()).copied().unwrap_or(0)
     }
 
     /// Sum of `calls` over all commands since the last stats reset, except
@@ -302,9 +293,7 @@ impl RedisServer {
             .append(true)
             .open(&stdio_path)
             .expect("failed to create the redis-server stdio file");
-        let stdio_clone = stdio
-            .try_clone()
-            .expect("failed to clone the redis-server stdio file");
+        let stdio_clone = stdio.try_clone().expect("failed to clone the redis-server stdio file");
         let mut cmd = Command::new(REDIS_SERVER);
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -334,10 +323,7 @@ impl RedisServer {
                         return Err(AddrInUse);
                     }
                     self.log_shown.store(true, Ordering::Relaxed);
-                    panic!(
-                        "redis-server on port {} exited during startup ({status}); log:\n{log}",
-                        self.port
-                    );
+                    panic!("redis-server on port {} exited during startup ({status}); log:\n{log}", self.port);
                 }
                 Err(e) => {
                     kill_and_reap(&mut child);
@@ -365,28 +351,16 @@ impl RedisServer {
     /// One readiness probe: `PING` must answer `PONG`, and the answering
     /// server must be our child (not another process that won the port).
     fn probe(&self, pid: u32) -> Result<(), String> {
-        let mut con = self
-            .try_admin_conn(PROBE_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        let pong: String = redis::cmd("PING")
-            .query(&mut con)
-            .map_err(|e| e.to_string())?;
+        let mut con = self.try_admin_conn(PROBE_TIMEOUT).map_err(|e| e.to_string())?;
+        let pong: String = redis::cmd("PING").query(&mut con).map_err(|e| e.to_string())?;
         if pong != "PONG" {
             return Err(format!("PING answered {pong:?}"));
         }
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query(&mut con)
-            .map_err(|e| e.to_string())?;
-        let server_pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .and_then(|p| p.trim().parse::<u32>().ok());
+        let info: String = redis::cmd("INFO").arg("server").query(&mut con).map_err(|e| e.to_string())?;
+        let server_pid =
+            info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|p| p.trim().parse::<u32>().ok());
         if server_pid != Some(pid) {
-            return Err(format!(
-                "port {} is served by pid {server_pid:?}, not by our child {pid}",
-                self.port
-            ));
+            return Err(format!("port {} is served by pid {server_pid:?}, not by our child {pid}", self.port));
         }
         Ok(())
     }
@@ -407,10 +381,7 @@ impl RedisServer {
     /// Log file and stdout/stderr written since the given `(log, stdio)`
     /// offsets, i.e. by the latest incarnation.
     fn output_since(&self, (log_offset, stdio_offset): (u64, u64)) -> String {
-        with_stdio(
-            read_from(&self.log_path(), log_offset),
-            &read_from(&self.stdio_path(), stdio_offset),
-        )
+        with_stdio(read_from(&self.log_path(), log_offset), &read_from(&self.stdio_path(), stdio_offset))
     }
 
     /// The last `lines` lines of the log file, plus any stdout/stderr output.
@@ -492,11 +463,7 @@ fn parse_commandstats(info: &str) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|line| {
             let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = fields
-                .split(',')
-                .find_map(|f| f.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
+            let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
             Some((name.to_ascii_lowercase(), calls))
         })
         .collect()
