@@ -5,15 +5,20 @@
 -- ARGV[5] '1' = next owner wants a fencing token, ARGV[6] handoff limit
 -- Returns {0, 0} not the owner, {1, published} released, {2, fence} handed over,
 -- {3, 0} released to everyone because other clients waited through too many handoffs.
-if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then
+local held = redis.call('HMGET', KEYS[1], 'o', 'w', 'h', 'r')
+if held[1] ~= ARGV[1] then
   return {0, 0}
 end
 if ARGV[3] ~= '' then
-  local handoffs = tonumber(redis.call('HGET', KEYS[1], 'h') or '0')
-  if handoffs < tonumber(ARGV[6]) or redis.call('HEXISTS', KEYS[1], 'r') == 0 then
+  local handoffs = tonumber(held[3] or '0')
+  if handoffs < tonumber(ARGV[6]) or not held[4] then
     local fence = 0
-    if ARGV[5] == '1' then fence = redis.call('INCR', KEYS[2]) end
-    redis.call('HSET', KEYS[1], 'o', ARGV[3], 'f', fence, 'h', handoffs + 1)
+    if ARGV[5] == '1' then
+      fence = redis.call('INCR', KEYS[2])
+      redis.call('HSET', KEYS[1], 'o', ARGV[3], 'f', fence, 'h', handoffs + 1)
+    else
+      redis.call('HSET', KEYS[1], 'o', ARGV[3], 'h', handoffs + 1)
+    end
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
     return {2, fence}
   end
@@ -22,9 +27,9 @@ if ARGV[3] ~= '' then
   redis.call('PUBLISH', KEYS[1], '*')
   return {3, 0}
 end
-local waited = redis.call('HEXISTS', KEYS[1], 'w')
 redis.call('DEL', KEYS[1])
-if waited == 1 then
+if held[2] then
   redis.call('PUBLISH', KEYS[1], ARGV[2])
+  return {1, 1}
 end
-return {1, waited}
+return {1, 0}
