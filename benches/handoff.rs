@@ -8,13 +8,14 @@
 //! run's length (default 10).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis_mutex::LockClient;
+
+mod common;
 
 const HOLD: Duration = Duration::from_micros(100);
 const LOCK: &str = "bench";
@@ -331,35 +332,6 @@ fn scenario(strategy: Strategy, url: &str, procs: u32, threads: u32, secs: f64) 
     }
 }
 
-/// The server process and its temp dir (removed when dropped).
-struct Server(Child, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server() -> (String, Server) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server not found: install it with `apt-get install -y redis-server`");
-    let url = format!("redis://127.0.0.1:{port}/");
-    for _ in 0..400 {
-        if redis::Client::open(url.as_str()).unwrap().get_connection().is_ok() {
-            return (url, Server(child, dir));
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server did not start");
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
@@ -378,7 +350,8 @@ fn main() {
         return; // `cargo bench -- --list` compatibility
     }
     let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
-    let (url, _server) = start_server();
+    let server = common::start_server();
+    let url = server.url.clone();
     println!("loopback redis-server 7 at {url}; {secs} s per run; hold 100 µs, 0.5–1.5 ms between acquisitions");
     println!(
         "{:<26} {:>9} {:>17} {:>26} {:>9} {:>7} {:>6} {:>6} {:>9} {:>9} {:>8}",

@@ -16,6 +16,9 @@ use crate::keys::LockKeys;
 use crate::stats::bump;
 use crate::wait::Core;
 
+/// Longest the thread sleeps without looking at the table.
+const IDLE: Duration = Duration::from_secs(1);
+
 /// Most renewals sent in one pipeline.
 pub(crate) const BATCH: usize = 512;
 
@@ -70,8 +73,19 @@ impl Lease {
 
     /// When the next renewal is due.
     fn due(&self) -> Instant {
+        self.schedule().0
+    }
+
+    /// When the next renewal is due, and how much earlier it may join a batch: a
+    /// scheduled renewal may go half-way early, a retry after a failed one not at all
+    /// (its delay is shorter than that window, so a server that fails fast would
+    /// otherwise be retried in a tight loop until the lease runs out).
+    fn schedule(&self) -> (Instant, Duration) {
         let (confirmed, retry) = *self.times.lock().unwrap_or_else(|e| e.into_inner());
-        retry.unwrap_or(confirmed + self.lease() / 3)
+        match retry {
+            Some(at) => (at, Duration::ZERO),
+            None => (confirmed + self.lease() / 3, self.lease() / 6),
+        }
     }
 }
 
@@ -137,8 +151,8 @@ fn run(core: &Core, table: &Table, wake: &Receiver<()>) {
             let mut batch = Vec::new();
             let mut next_due: Option<Instant> = None;
             for (id, lease) in t.iter() {
-                let due = lease.due();
-                if due <= now + lease.lease() / 6 {
+                let (due, early) = lease.schedule();
+                if due <= now + early {
                     batch.push((*id, lease.clone()));
                 } else {
                     next_due = Some(next_due.map_or(due, |d| d.min(due)));
@@ -152,7 +166,9 @@ fn run(core: &Core, table: &Table, wake: &Receiver<()>) {
         if !batch.is_empty() {
             continue;
         }
-        let wait_until = next_due.unwrap_or(now + Duration::from_secs(3600));
+        // Never asleep for long: a new guard due later than this needs no wake-up,
+        // which keeps the thread off the acquisition path for leases ≥ 3 × IDLE.
+        let wait_until = next_due.unwrap_or(now + IDLE).min(now + IDLE);
         *lock(&table.sleeping_until) = Some(wait_until);
         // A lease registered between the scan and here is covered: it saw this time.
         if next_due_changed(table, wait_until) {
