@@ -68,6 +68,18 @@ pub(crate) struct SingleServer {
     handoff_limit: u32,
 }
 
+/// r2d2 gives up with the last connection error as text when it could not connect:
+/// that is an unreachable server, not a busy pool.
+fn pool_error(e: r2d2::Error, waited: Duration) -> Error {
+    let text = e.to_string();
+    match text.strip_prefix("timed out waiting for connection") {
+        Some(rest) if !rest.trim_start_matches(':').trim().is_empty() => Error::Connection(RedisError::from(
+            std::io::Error::new(std::io::ErrorKind::NotConnected, rest.trim_start_matches(':').trim().to_owned()),
+        )),
+        _ => Error::PoolTimeout { waited, last_error: None },
+    }
+}
+
 /// The reply `{a, b}` of our scripts.
 fn pair(v: &Value, operation: &'static str) -> Result<(i64, i64)> {
     if let Value::Array(items) = v
@@ -100,13 +112,14 @@ impl SingleServer {
 
     /// Runs `op` on a pooled connection. A connection the server dropped while it sat
     /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried once on
-    /// a fresh one. Every operation here is safe to repeat (see `release`).
+    /// a fresh one. Acquire and extend are safe to repeat; a repeated release that
+    /// finds the lock gone reports it lost (see `release`).
     fn with_conn<T>(
         &self,
         key: Option<&str>,
         deadline: Option<Instant>,
         mut op: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
-    ) -> Result<(T, bool)> {
+    ) -> Result<T> {
         let mut retried = false;
         loop {
             let started = Instant::now();
@@ -115,12 +128,9 @@ impl SingleServer {
             let wait = deadline.map_or(self.pool_timeout, |d| {
                 d.saturating_duration_since(started).clamp(Duration::from_millis(1), self.pool_timeout)
             });
-            let mut con = self.pool.get_timeout(wait).map_err(|e| Error::PoolTimeout {
-                waited: started.elapsed(),
-                last_error: Some(e.to_string()).filter(|s| !s.is_empty() && s != "timed out waiting for connection"),
-            })?;
+            let mut con = self.pool.get_timeout(wait).map_err(|e| pool_error(e, started.elapsed()))?;
             match op(&mut con) {
-                Ok(v) => return Ok((v, retried)),
+                Ok(v) => return Ok(v),
                 Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
                     log::debug!("redis-mutex: retrying on a fresh connection after: {e}");
                     retried = true;
@@ -141,7 +151,7 @@ impl Backend for SingleServer {
             .arg(flag(a.fencing))
             .arg(&self.client_id)
             .arg(flag(a.will_wait));
-        let (v, _) = self.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
+        let v = self.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
         match pair(&v, "acquire")? {
             (1, fence) => Ok(Attempt::Acquired { fence: fence.max(0) as u64 }),
             (0, pttl) => Ok(Attempt::Held { remaining: u64::try_from(pttl).ok().map(Duration::from_millis) }),
@@ -157,11 +167,11 @@ impl Backend for SingleServer {
             None => inv.arg("").arg(0).arg("0"),
         };
         inv.arg(self.handoff_limit);
-        let (v, retried) = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
+        let v = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
         match pair(&v, "release")? {
-            // The first try may have run before its connection broke; then the retry
-            // finds the lock gone, which is the outcome the caller wanted.
-            (0, _) if retried => Ok(Released::Deleted { published: false }),
+            // After a retry this may also mean the first try ran before its connection
+            // broke. Reporting a loss that did not happen is the safe mistake; the
+            // other would hide a lease that ran out.
             (0, _) => Ok(Released::NotOwner),
             (1, published) => Ok(Released::Deleted { published: published == 1 }),
             (2, fence) => Ok(Released::Handed { fence: fence.max(0) as u64 }),
@@ -186,14 +196,14 @@ impl Backend for SingleServer {
             }
             other => other,
         };
-        let (replies, _) = self.with_conn(items.first().map(|i| i.0.key.as_str()), None, run)?;
+        let replies = self.with_conn(items.first().map(|i| i.0.key.as_str()), None, run)?;
         Ok(replies.into_iter().map(|r| r == 1).collect())
     }
 
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("w").cmd("PTTL").arg(&keys.key);
-        let ((fields, pttl), _) =
+        let (fields, pttl) =
             self.with_conn(Some(&keys.key), None, |c| pipe.query::<((Option<String>, Option<String>), i64)>(c))?;
         Ok(fields.0.map(|token| Holder {
             token,
@@ -205,7 +215,7 @@ impl Backend for SingleServer {
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
         let mut inv = self.scripts.force_unlock.prepare_invoke();
         inv.key(&keys.key);
-        let (deleted, _) = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
+        let deleted: i64 = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
         Ok(deleted == 1)
     }
 }

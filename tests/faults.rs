@@ -1,0 +1,135 @@
+//! Outages: a stopped, restarted or paused Redis. Deadlines end retries with an error,
+//! `lock()` rides out an outage shorter than its tolerance and reports a longer one,
+//! and waiters keep making progress once the server is back.
+
+mod support;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis_mutex::{LockClient, MutexOptions};
+use support::RedisServer;
+
+fn client(server: &RedisServer, tolerance: Duration) -> LockClient {
+    LockClient::builder()
+        .outage_tolerance(tolerance)
+        .connect_timeout(Duration::from_millis(500))
+        .read_timeout(Duration::from_secs(1))
+        .pool_timeout(Duration::from_secs(1))
+        .build(&server.url())
+        .unwrap()
+}
+
+#[test]
+fn try_lock_for_during_an_outage_errs_at_its_deadline() {
+    let mut server = RedisServer::start();
+    let c = client(&server, Duration::from_secs(60));
+    let m = c.mutex("outage");
+    server.stop();
+    let t = Instant::now();
+    let err = m.try_lock_for(Duration::from_secs(3)).unwrap_err();
+    let took = t.elapsed();
+    assert!(err.is_transient(), "an outage is a transient error: {err}");
+    assert!(took >= Duration::from_secs(3), "retried until the deadline, returned after {took:?}");
+    assert!(took < Duration::from_secs(5), "no longer than the deadline plus one bounded attempt: {took:?}");
+}
+
+#[test]
+fn lock_rides_out_an_outage_shorter_than_its_tolerance() {
+    let mut server = RedisServer::start();
+    let c = client(&server, Duration::from_secs(20));
+    let m = c.mutex("recover");
+    drop(m.lock().unwrap()); // the pool has a connection the restart will break
+    server.stop();
+    let t = Instant::now();
+    let waiter = thread::spawn(move || m.lock().map(|g| g.token().to_owned()));
+    thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let token = waiter.join().unwrap().expect("lock() recovers once Redis is back");
+    assert!(t.elapsed() < Duration::from_secs(10), "recovered soon after the restart: {:?}", t.elapsed());
+    assert!(!token.is_empty());
+}
+
+#[test]
+fn lock_reports_an_outage_longer_than_its_tolerance() {
+    let mut server = RedisServer::start();
+    let c = client(&server, Duration::from_secs(2));
+    let m = c.mutex("gone");
+    server.stop();
+    let t = Instant::now();
+    let err = m.lock().unwrap_err();
+    let took = t.elapsed();
+    assert!(err.is_transient(), "{err}");
+    assert!(took >= Duration::from_secs(2), "kept retrying for the tolerance: {took:?}");
+    assert!(took < Duration::from_secs(5), "gave up soon after it: {took:?}");
+    assert!(err.to_string().contains("cannot reach Redis"), "says what went wrong: {err}");
+}
+
+#[test]
+fn waiters_make_progress_after_a_restart_that_lost_every_lock() {
+    let mut server = RedisServer::start();
+    let holder = client(&server, Duration::from_secs(20));
+    let waiters = client(&server, Duration::from_secs(20));
+    let held = holder.mutex("restart").lock().unwrap();
+    let m = waiters.mutex("restart");
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let m = m.clone();
+            thread::spawn(move || {
+                let g = m.lock().unwrap();
+                thread::sleep(Duration::from_millis(5));
+                drop(g);
+            })
+        })
+        .collect();
+    while m.waiting_threads() < 4 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    // A restart without persistence forgets the lock; nobody releases it.
+    server.restart();
+    let t = Instant::now();
+    for th in threads {
+        th.join().unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "waiters acquired after the restart: {:?}", t.elapsed());
+    let s = waiters.stats();
+    assert_eq!(s.acquisitions, 4);
+    assert!(s.notifier_reconnects >= 1, "the notifier subscribed again: {s:?}");
+    // The old holder finds out at its next use.
+    assert!(held.unlock().unwrap_err().is_lock_lost());
+}
+
+#[test]
+fn a_paused_server_delays_but_does_not_break_the_lock() {
+    let server = RedisServer::start();
+    let a = client(&server, Duration::from_secs(20));
+    let b = client(&server, Duration::from_secs(20));
+    let held = a.mutex_with("pause", MutexOptions::default().lease(Duration::from_secs(10))).lock().unwrap();
+    let m = b.mutex("pause");
+    let waiter = thread::spawn(move || m.lock().map(|g| g.token().to_owned()));
+    thread::sleep(Duration::from_millis(300));
+    server.pause();
+    thread::sleep(Duration::from_secs(2));
+    server.resume();
+    // The holder may have seen errors while Redis was stopped, but it still owns the lock.
+    assert!(held.is_held().unwrap());
+    let token = held.token().to_owned();
+    held.unlock().unwrap();
+    let got = waiter.join().unwrap().unwrap();
+    assert_ne!(got, token);
+}
+
+#[test]
+fn client_pause_holds_commands_without_errors() {
+    let server = RedisServer::start();
+    let c = Arc::new(client(&server, Duration::from_secs(20)));
+    let m = c.mutex("client-pause");
+    drop(m.lock().unwrap());
+    let mut admin = server.conn();
+    redis::cmd("CLIENT").arg("PAUSE").arg(700).query::<()>(&mut admin).unwrap();
+    let t = Instant::now();
+    let g = m.lock().expect("a pause shorter than the read timeout is only a delay");
+    assert!(t.elapsed() >= Duration::from_millis(500), "the lock waited for the pause: {:?}", t.elapsed());
+    g.unlock().unwrap();
+}
