@@ -104,11 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut waits = std::mem::take(&mut *waits.lock().unwrap());
     waits.sort();
     let s = client.stats();
-    println!(
-        "{} acquisitions in {elapsed:.2?} ({:.0}/s)",
-        waits.len(),
-        waits.len() as f64 / elapsed.as_secs_f64()
-    );
+    println!("{} acquisitions in {elapsed:.2?} ({:.0}/s)", waits.len(), waits.len() as f64 / elapsed.as_secs_f64());
     println!(
         "wait for the lock: p50 {:.2?}  p99 {:.2?}  max {:.2?}",
         percentile(&waits, 0.5),

@@ -13,7 +13,7 @@ use crate::notifier::{self, NotifierConfig};
 use crate::options::MutexOptions;
 use crate::reentrant::{ReentrantMutex, ReentrantState};
 use crate::registry::Registry;
-use crate::single::{ConnectSettings, Manager, SingleServer};
+use crate::single::{ConnectSettings, SingleServer};
 use crate::stats::{Counters, Stats};
 use crate::wait::Core;
 use crate::watchdog::Watchdog;
@@ -321,21 +321,17 @@ impl LockClientBuilder {
 
     fn start(self, url: &str, settings: ConnectSettings) -> Result<LockClient> {
         let client_id = settings.name.trim_start_matches("redis-mutex:").to_owned();
-        let pool = r2d2::Pool::builder()
-            .max_size(self.pool_max_size)
-            .min_idle(Some(0))
-            // A PING per check-out would double the round trips of every operation;
-            // a dead connection fails on use instead, and is retried once.
-            .test_on_check_out(false)
-            .connection_timeout(self.pool_timeout)
-            // Failures reach the caller as errors; r2d2 would log each retry.
-            .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build_unchecked(Manager(settings.clone()));
         let registry = Registry::new();
         let stats = Arc::new(Counters::default());
         let up = Arc::new(AtomicBool::new(false));
         let core = Arc::new(Core {
-            backend: Box::new(SingleServer::new(pool, self.pool_timeout, client_id.clone(), self.handoff_limit)),
+            backend: Box::new(SingleServer::new(
+                settings.clone(),
+                self.pool_max_size,
+                self.pool_timeout,
+                client_id.clone(),
+                self.handoff_limit,
+            )),
             registry: registry.clone(),
             stats: stats.clone(),
             notifier_up: up.clone(),

@@ -100,17 +100,21 @@ impl Error {
         if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
             return Error::Connection(err);
         }
+        // A pipeline's error (`holder`, batched renewals) has no `code()` when the
+        // server's code is one redis-rs does not name (WRONGTYPE): take its first item's.
+        let code = err.code().map(str::to_owned).or_else(|| {
+            err.clone().into_server_errors().and_then(|items| items.first().map(|(_, e)| e.code().to_owned()))
+        });
+        let code = code.as_deref();
         match err.kind() {
             redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
                 Error::Auth(err)
             }
-            _ if err.code() == Some("NOAUTH") || err.code() == Some("WRONGPASS") => Error::Auth(err),
-            _ if err.code() == Some("WRONGTYPE") || err.detail().is_some_and(|d| d.contains("not an integer")) => {
-                match key {
-                    Some(key) => Error::WrongType { key: key.to_owned() },
-                    None => Error::Redis(err),
-                }
-            }
+            _ if code == Some("NOAUTH") || code == Some("WRONGPASS") => Error::Auth(err),
+            _ if code == Some("WRONGTYPE") || err.detail().is_some_and(|d| d.contains("not an integer")) => match key {
+                Some(key) => Error::WrongType { key: key.to_owned() },
+                None => Error::Redis(err),
+            },
             _ => Error::Redis(err),
         }
     }

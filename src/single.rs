@@ -1,5 +1,6 @@
 //! The single-server backend: the Redis protocol of DESIGN §2 over an r2d2 pool.
 
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use redis::{Connection, ConnectionLike, RedisError, Script, Value};
@@ -60,24 +61,38 @@ struct Scripts {
     force_unlock: Script,
 }
 
+/// The pool's last failure to open a connection. r2d2 keeps only its text; we keep the
+/// error itself, so an unreachable server and a refused password stay apart.
+#[derive(Debug, Default, Clone)]
+struct LastConnectError(Arc<StdMutex<Option<(Instant, RedisError)>>>);
+
+impl r2d2::HandleError<RedisError> for LastConnectError {
+    fn handle_error(&self, error: RedisError) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), error));
+    }
+}
+
+impl LastConnectError {
+    /// The error, if the pool failed to connect within `recent`.
+    fn recent(&self, recent: Duration) -> Option<RedisError> {
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().filter(|(at, _)| at.elapsed() < recent).map(|(_, e)| e.clone())
+    }
+}
+
+/// The shortest wait for a pooled connection, even close to a caller's deadline: many
+/// waiters sharing a deadline make their last attempts together.
+const MIN_POOL_WAIT: Duration = Duration::from_millis(100);
+
 pub(crate) struct SingleServer {
     pool: r2d2::Pool<Manager>,
     pool_timeout: Duration,
+    last_connect_error: LastConnectError,
+    /// Opens the direct connection that checks an unreachable server.
+    probe: ConnectSettings,
     scripts: Scripts,
     client_id: String,
     handoff_limit: u32,
-}
-
-/// r2d2 gives up with the last connection error as text when it could not connect:
-/// that is an unreachable server, not a busy pool.
-fn pool_error(e: r2d2::Error, waited: Duration) -> Error {
-    let text = e.to_string();
-    match text.strip_prefix("timed out waiting for connection") {
-        Some(rest) if !rest.trim_start_matches(':').trim().is_empty() => Error::Connection(RedisError::from(
-            std::io::Error::new(std::io::ErrorKind::NotConnected, rest.trim_start_matches(':').trim().to_owned()),
-        )),
-        _ => Error::PoolTimeout { waited, last_error: None },
-    }
 }
 
 /// The reply `{a, b}` of our scripts.
@@ -95,10 +110,29 @@ fn flag(on: bool) -> &'static str {
 }
 
 impl SingleServer {
-    pub fn new(pool: r2d2::Pool<Manager>, pool_timeout: Duration, client_id: String, handoff_limit: u32) -> Self {
+    pub fn new(
+        settings: ConnectSettings,
+        max_size: u32,
+        pool_timeout: Duration,
+        client_id: String,
+        handoff_limit: u32,
+    ) -> Self {
+        let last_connect_error = LastConnectError::default();
+        let pool = r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(0))
+            // A PING per check-out would double the round trips of every operation;
+            // a dead connection fails on use instead, and is retried once.
+            .test_on_check_out(false)
+            .connection_timeout(pool_timeout)
+            // Failures reach the caller as errors (r2d2 would log every retry).
+            .error_handler(Box::new(last_connect_error.clone()))
+            .build_unchecked(Manager(settings.clone()));
         SingleServer {
             pool,
             pool_timeout,
+            last_connect_error,
+            probe: settings,
             scripts: Scripts {
                 acquire: Script::new(include_str!("lua/acquire.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
@@ -107,6 +141,15 @@ impl SingleServer {
             },
             client_id,
             handoff_limit,
+        }
+    }
+
+    /// A pool that gave up: an unreachable server or refused credentials if it failed to
+    /// connect meanwhile, else a busy pool.
+    fn pool_error(&self, _: r2d2::Error, waited: Duration) -> Error {
+        match self.last_connect_error.recent(waited + Duration::from_millis(10)) {
+            Some(e) => Error::from_redis(e, None),
+            None => Error::PoolTimeout { waited, last_error: None },
         }
     }
 
@@ -123,12 +166,21 @@ impl SingleServer {
         let mut retried = false;
         loop {
             let started = Instant::now();
-            // While Redis is down the pool waits its whole timeout; a caller's deadline
-            // must not wait longer than that.
+            // While Redis is down the pool would wait its whole timeout for a connection
+            // it cannot open. When it has none and failed to open one lately, one direct
+            // connect tells at once whether the server is back, and if not, why.
+            if self.pool.state().idle_connections == 0
+                && let Some(e) = self.last_connect_error.recent(self.pool_timeout)
+            {
+                match self.probe.connect(":probe") {
+                    Ok(_) => log::debug!("redis-mutex: Redis answers again (after: {e})"),
+                    Err(e) => return Err(Error::from_redis(e, None)),
+                }
+            }
             let wait = deadline.map_or(self.pool_timeout, |d| {
-                d.saturating_duration_since(started).clamp(Duration::from_millis(1), self.pool_timeout)
+                d.saturating_duration_since(started).clamp(MIN_POOL_WAIT.min(self.pool_timeout), self.pool_timeout)
             });
-            let mut con = self.pool.get_timeout(wait).map_err(|e| pool_error(e, started.elapsed()))?;
+            let mut con = self.pool.get_timeout(wait).map_err(|e| self.pool_error(e, started.elapsed()))?;
             match op(&mut con) {
                 Ok(v) => return Ok(v),
                 Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
