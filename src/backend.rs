@@ -30,6 +30,9 @@ pub(crate) enum Attempt {
     Acquired { fence: u64 },
     /// Someone else holds it, for at most this much longer (`None`: no expiry set).
     Held { remaining: Option<Duration> },
+    /// Reserved for other clients for at most this much longer, after this client
+    /// released it to everyone (see `LockClientBuilder::fairness_window`).
+    Reserved { remaining: Option<Duration> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

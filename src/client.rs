@@ -168,6 +168,7 @@ pub struct LockClientBuilder {
     recheck_interval: Duration,
     ping_interval: Duration,
     handoff_limit: u32,
+    fairness_window: Duration,
 }
 
 impl Default for LockClientBuilder {
@@ -183,6 +184,7 @@ impl Default for LockClientBuilder {
             recheck_interval: Duration::from_secs(60),
             ping_interval: Duration::from_secs(5),
             handoff_limit: 8,
+            fairness_window: Duration::from_millis(10),
         }
     }
 }
@@ -259,6 +261,16 @@ impl LockClientBuilder {
         self
     }
 
+    /// When a release goes to everyone after `handoff_limit` handoffs, the lock is
+    /// reserved this long for the *other* clients: the releasing client's own threads
+    /// would otherwise win the race it starts. Long enough for another client to hear
+    /// the release and attempt (a round trip and two thread wake-ups); the reservation
+    /// ends as soon as one does. Defaults to 10 ms.
+    pub fn fairness_window(mut self, d: Duration) -> Self {
+        self.fairness_window = d;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         validate_prefix(&self.key_prefix)?;
         if self.pool_max_size == 0 {
@@ -271,6 +283,7 @@ impl LockClientBuilder {
             ("write_timeout", self.write_timeout),
             ("recheck_interval", self.recheck_interval),
             ("ping_interval", self.ping_interval),
+            ("fairness_window", self.fairness_window),
         ] {
             if d.is_zero() {
                 return Err(Error::InvalidOption { option, reason: "must be longer than zero".into() });
@@ -331,6 +344,7 @@ impl LockClientBuilder {
                 self.pool_timeout,
                 client_id.clone(),
                 self.handoff_limit,
+                self.fairness_window,
             )),
             registry: registry.clone(),
             stats: stats.clone(),

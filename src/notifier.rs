@@ -104,8 +104,14 @@ fn listen(
             Ok(msg) => {
                 last_heard = Instant::now();
                 let payload = msg.get_payload_bytes();
-                // Our own releases woke a local waiter directly.
-                if payload == cfg.client_id.as_bytes() {
+                // Our own releases woke a local waiter directly; `>id` is meant for the
+                // client `id` only (another client took a lock reserved against it).
+                let mine = cfg.client_id.as_bytes();
+                let skip = match payload.strip_prefix(b">") {
+                    Some(target) => target != mine,
+                    None => payload == mine,
+                };
+                if skip {
                     continue;
                 }
                 if let Some(name) = name_from_channel(&cfg.prefix, msg.get_channel_name()) {

@@ -12,7 +12,7 @@
 //! releaser's round trip.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -42,6 +42,9 @@ struct Waiter {
     name: Arc<str>,
     target: HandoffTarget,
     state: Mutex<State>,
+    /// Sleeping without a time bound of its own, relying on the first waiter (see
+    /// `wait::Core::acquire`, reservations): it must be woken if it becomes first.
+    relies_on_first: AtomicBool,
     tx: Sender<()>,
     rx: Receiver<()>,
 }
@@ -99,6 +102,7 @@ impl Registry {
             name: name.clone(),
             target,
             state: Mutex::new(State::Queued),
+            relies_on_first: AtomicBool::new(false),
             tx,
             rx,
         });
@@ -191,6 +195,17 @@ impl Drop for Claim {
 }
 
 impl WaitHandle {
+    /// Marks whether this waiter's next sleep relies on the first waiter to wake it.
+    pub fn rely_on_first(&self, on: bool) {
+        self.waiter.relies_on_first.store(on, Ordering::Release);
+    }
+
+    /// Whether this is the first waiter of its name.
+    pub fn is_first(&self) -> bool {
+        let queues = lock(&self.registry.queues);
+        queues.get(&self.waiter.name).and_then(|q| q.front()).is_some_and(|w| w.id == self.waiter.id)
+    }
+
     /// The fence value if a releaser handed this waiter the lock.
     pub fn granted(&self) -> Option<u64> {
         match *lock(&self.waiter.state) {
@@ -231,10 +246,17 @@ impl WaitHandle {
                     State::Queued => {
                         drop(st);
                         self.done = true;
+                        let was_first = queues
+                            .get(&self.waiter.name)
+                            .and_then(|q| q.front())
+                            .is_some_and(|w| w.id == self.waiter.id);
                         self.registry.remove(&mut queues, &self.waiter);
-                        // A wake-up this waiter never used belongs to the next one.
-                        if self.waiter.rx.try_recv().is_ok()
-                            && let Some(next) = queues.get(&self.waiter.name).and_then(|q| q.front())
+                        // A wake-up this waiter never used belongs to the next one; and
+                        // a first waiter that leaves hands its watch to the next, if that
+                        // one sleeps relying on it.
+                        let unused = self.waiter.rx.try_recv().is_ok();
+                        if let Some(next) = queues.get(&self.waiter.name).and_then(|q| q.front())
+                            && (unused || (was_first && next.relies_on_first.load(Ordering::Acquire)))
                         {
                             let _ = next.tx.try_send(());
                         }
@@ -304,6 +326,24 @@ mod tests {
         b.finish();
         assert_eq!(r.waiting("x"), 0);
         assert!(lock(&r.queues).is_empty(), "empty queues are removed");
+    }
+
+    #[test]
+    fn a_first_waiter_that_leaves_wakes_the_next_if_it_relies_on_it() {
+        let r = Registry::new();
+        let a = r.register("x".into(), target("a"));
+        let b = r.register("x".into(), target("b"));
+        let c = r.register("x".into(), target("c"));
+        let d = r.register("x".into(), target("d"));
+        assert!(a.is_first() && !b.is_first());
+        c.rely_on_first(true);
+        assert_eq!(b.leave(), Leave::Left);
+        assert_eq!(c.sleep_until(soon()), Woken::TimedOut, "a waiter behind the first leaves quietly");
+        assert_eq!(a.leave(), Leave::Left);
+        assert!(c.is_first());
+        assert_eq!(c.sleep_until(soon()), Woken::Notified, "the new first waiter takes over the watch");
+        assert_eq!(c.leave(), Leave::Left);
+        assert_eq!(d.sleep_until(soon()), Woken::TimedOut, "a waiter with its own time bound is not woken");
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub(crate) struct SingleServer {
     scripts: Scripts,
     client_id: String,
     handoff_limit: u32,
+    reservation_ms: u64,
 }
 
 /// The reply `{a, b}` of our scripts.
@@ -116,13 +117,14 @@ impl SingleServer {
         pool_timeout: Duration,
         client_id: String,
         handoff_limit: u32,
+        reservation: Duration,
     ) -> Self {
         let last_connect_error = LastConnectError::default();
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(Some(0))
             // A PING per check-out would double the round trips of every operation;
-            // a dead connection fails on use instead, and is retried once.
+            // a dead connection fails on use instead, and the operation is retried.
             .test_on_check_out(false)
             .connection_timeout(pool_timeout)
             // Failures reach the caller as errors (r2d2 would log every retry).
@@ -141,6 +143,7 @@ impl SingleServer {
             },
             client_id,
             handoff_limit,
+            reservation_ms: reservation.as_millis().max(1) as u64,
         }
     }
 
@@ -154,8 +157,8 @@ impl SingleServer {
     }
 
     /// Runs `op` on a pooled connection. A connection the server dropped while it sat
-    /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried once on
-    /// a fresh one. Acquire and extend are safe to repeat; a repeated release that
+    /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried until it
+    /// reaches a live one. Acquire and extend are safe to repeat; a repeated release that
     /// finds the lock gone reports it lost (see `release`).
     fn with_conn<T>(
         &self,
@@ -163,7 +166,11 @@ impl SingleServer {
         deadline: Option<Instant>,
         mut op: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
     ) -> Result<T> {
-        let mut retried = false;
+        // A server restart or `CLIENT KILL` breaks every idle pooled connection at once,
+        // and each fails only on use (then r2d2 discards it): retrying just once could
+        // land on another dead one and fail a release although Redis answers. One retry
+        // per pooled connection, plus one, always reaches a fresh connection.
+        let mut retries = 0;
         loop {
             let started = Instant::now();
             // While Redis is down the pool would wait its whole timeout for a connection
@@ -183,9 +190,13 @@ impl SingleServer {
             let mut con = self.pool.get_timeout(wait).map_err(|e| self.pool_error(e, started.elapsed()))?;
             match op(&mut con) {
                 Ok(v) => return Ok(v),
-                Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
+                Err(e)
+                    if retries <= self.pool.max_size()
+                        && (e.is_connection_dropped() || e.is_io_error())
+                        && !e.is_timeout() =>
+                {
                     log::debug!("redis-mutex: retrying on a fresh connection after: {e}");
-                    retried = true;
+                    retries += 1;
                 }
                 Err(e) => return Err(Error::from_redis(e, key)),
             }
@@ -207,6 +218,7 @@ impl Backend for SingleServer {
         match pair(&v, "acquire")? {
             (1, fence) => Ok(Attempt::Acquired { fence: fence.max(0) as u64 }),
             (0, pttl) => Ok(Attempt::Held { remaining: u64::try_from(pttl).ok().map(Duration::from_millis) }),
+            (2, pttl) => Ok(Attempt::Reserved { remaining: u64::try_from(pttl).ok().map(Duration::from_millis) }),
             _ => Err(Error::UnexpectedReply { operation: "acquire", reply: format!("{v:?}") }),
         }
     }
@@ -218,7 +230,7 @@ impl Backend for SingleServer {
             Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(flag(t.fencing)),
             None => inv.arg("").arg(0).arg("0"),
         };
-        inv.arg(self.handoff_limit);
+        inv.arg(self.handoff_limit).arg(self.reservation_ms);
         let v = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
         match pair(&v, "release")? {
             // After a retry this may also mean the first try ran before its connection

@@ -109,7 +109,7 @@ impl Core {
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
                 Ok(Some(Acquired { token, fence }))
             }
-            Attempt::Held { .. } => Ok(None),
+            Attempt::Held { .. } | Attempt::Reserved { .. } => Ok(None),
         }
     }
 
@@ -160,6 +160,7 @@ impl Core {
                 will_wait: true,
                 deadline,
             };
+            waiter.rely_on_first(false);
             let (bound, failure) = match self.backend.attempt(keys, args) {
                 Ok(Attempt::Acquired { fence }) => {
                     waiter.finish();
@@ -168,6 +169,20 @@ impl Core {
                 Ok(Attempt::Held { remaining }) => {
                     outage_since = None;
                     (self.sleep_bound(remaining, &mut backoff), None)
+                }
+                // The first local waiter watches the reservation: woken when another
+                // client takes it, or attempting when it ends unused. The others are
+                // served by handoffs from the first, or woken when it leaves. The flag
+                // goes up before the check, so a first waiter leaving in between sees it.
+                Ok(Attempt::Reserved { remaining }) => {
+                    outage_since = None;
+                    waiter.rely_on_first(true);
+                    if waiter.is_first() {
+                        waiter.rely_on_first(false);
+                        (self.sleep_bound(remaining, &mut backoff), None)
+                    } else {
+                        (self.sleep_bound(None, &mut backoff), None)
+                    }
                 }
                 Err(e) if e.is_transient() => {
                     let since = *outage_since.get_or_insert_with(Instant::now);

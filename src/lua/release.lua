@@ -2,7 +2,8 @@
 -- KEYS[1] lock hash, KEYS[2] fence counter
 -- ARGV[1] token, ARGV[2] caller's client id (the release message's payload),
 -- ARGV[3] next owner's token ('' = no handoff), ARGV[4] next lease ms,
--- ARGV[5] '1' = next owner wants a fencing token, ARGV[6] handoff limit
+-- ARGV[5] '1' = next owner wants a fencing token, ARGV[6] handoff limit,
+-- ARGV[7] reservation ms
 -- Returns {0, 0} not the owner, {1, published} released, {2, fence} handed over,
 -- {3, 0} released to everyone because other clients waited through too many handoffs.
 local held = redis.call('HMGET', KEYS[1], 'o', 'w', 'h', 'r')
@@ -22,8 +23,14 @@ if ARGV[3] ~= '' then
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
     return {2, fence}
   end
+  -- Release to everyone but the caller's client, which would otherwise win the race
+  -- it starts (its threads retry at once; others first hear the message). The
+  -- reservation ends when another client acquires or after ARGV[7] ms.
   redis.call('DEL', KEYS[1])
-  -- '*': every client's notifier, the caller's included, wakes one waiter.
+  redis.call('HSET', KEYS[1], 'x', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  -- '*': every client's notifier, the caller's included, wakes one waiter (the
+  -- caller's finds the reservation and retries when it ends).
   redis.call('PUBLISH', KEYS[1], '*')
   return {3, 0}
 end

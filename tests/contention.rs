@@ -1,0 +1,660 @@
+//! Proves the waiting protocol under contention: no lost wake-ups, no starvation, one
+//! subscriber per client, quiet idle waiters, a polling fallback while pub/sub is down,
+//! and handoff to a waiting thread of the same client.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Barrier, OnceLock, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis_mutex::{LockClient, LockClientBuilder, MutexOptions, Stats};
+use support::RedisServer;
+
+// ---- helpers ----
+
+/// Polls `cond` every few milliseconds; panics with `what` after `limit`.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A client whose notifier is subscribed, so waiters start on the pub/sub path.
+fn connected_with(server: &RedisServer, builder: LockClientBuilder) -> LockClient {
+    let client = builder.build(&server.url()).expect("client connects");
+    wait_until(Duration::from_secs(10), "the notifier to subscribe", || client.is_notifier_connected());
+    client
+}
+
+fn connected(server: &RedisServer) -> LockClient {
+    connected_with(server, LockClient::builder())
+}
+
+/// Names of the server's connections (`CLIENT LIST [TYPE kind]`), unnamed ones as "".
+fn client_names(con: &mut redis::Connection, kind: Option<&str>) -> Vec<String> {
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("LIST");
+    if let Some(kind) = kind {
+        cmd.arg("TYPE").arg(kind);
+    }
+    let list: String = cmd.query(con).expect("CLIENT LIST");
+    list.lines()
+        .map(|line| line.split(' ').find_map(|field| field.strip_prefix("name=")).unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The connections of `client` (named `redis-mutex:<id>` or `redis-mutex:<id>:<role>`).
+fn connections_of<'a>(names: &'a [String], client: &LockClient) -> Vec<&'a str> {
+    let own = format!("redis-mutex:{}", client.id());
+    names.iter().map(String::as_str).filter(|n| *n == own || n.starts_with(&format!("{own}:"))).collect()
+}
+
+/// Acquire attempts Redis has run so far. Client stats count an attempt before it is
+/// sent; this counts it once it has reached Redis (and marked the holder).
+fn attempts_run(server: &RedisServer) -> u64 {
+    server.command_calls("evalsha")
+}
+
+/// Wake-ups by notification and by timeout, summed over `stats`.
+fn wakeups(stats: &[Stats]) -> (u64, u64) {
+    let notified = stats.iter().map(|s| s.wakeups_notified).sum();
+    let timeout = stats.iter().map(|s| s.wakeups_timeout).sum();
+    (notified, timeout)
+}
+
+fn sub(after: Stats, before: Stats) -> Stats {
+    let mut d = after;
+    d.acquisitions -= before.acquisitions;
+    d.contended_acquisitions -= before.contended_acquisitions;
+    d.attempts -= before.attempts;
+    d.releases -= before.releases;
+    d.handoffs -= before.handoffs;
+    d.wakeups_notified -= before.wakeups_notified;
+    d.wakeups_timeout -= before.wakeups_timeout;
+    d.notifier_reconnects -= before.notifier_reconnects;
+    d.renewals -= before.renewals;
+    d.leases_lost -= before.leases_lost;
+    d
+}
+
+/// CPU time (user + system) this process has used, all threads, dead ones included.
+fn process_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // Field 2 (comm) may contain spaces; fields after it start at 3 (state).
+    let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[14 - 3].parse::<u64>().unwrap() + fields[15 - 3].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+}
+
+/// `sysconf(_SC_CLK_TCK)`, the unit of `/proc` CPU times; asked once (it spawns a process).
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// Set in a test binary re-executed to run one test alone (see [`run_isolated`]).
+const ISOLATED_ENV: &str = "REDIS_MUTEX_ISOLATED";
+
+/// Runs test `name` in a fresh process of this test binary, alone, so that
+/// process-wide measurements (CPU time) see no other test. Forwards its output and
+/// fails if it fails or did not run.
+fn run_isolated(name: &str) {
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(ISOLATED_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("re-execute the test binary");
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().unwrap()));
+    let err = pipe(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the isolated test") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the isolated run of {name} did not finish within 120 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    println!("---- isolated {name}: stdout ----\n{out}");
+    eprintln!("---- isolated {name}: stderr ----\n{err}");
+    assert!(status.success(), "the isolated run of {name} failed ({status}); see its output above");
+    assert!(out.contains("test result: ok. 1 passed"), "the isolated run did not run {name}: {out}");
+}
+
+// ---- 1. no lost wake-ups ----
+
+#[test]
+fn no_lost_wakeups_under_contention() {
+    const CLIENTS: usize = 2;
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 300;
+    let server = RedisServer::start();
+    let clients: Vec<LockClient> = (0..CLIENTS).map(|_| connected(&server)).collect();
+    let inside = AtomicBool::new(false);
+    let overlaps = AtomicU64::new(0);
+    let start = Barrier::new(CLIENTS * THREADS);
+    // Which client held the lock, in order (for the report).
+    let order = std::sync::Mutex::new(Vec::with_capacity(CLIENTS * THREADS * ROUNDS));
+    let started = Instant::now();
+    let per_thread: Vec<(Duration, usize)> = thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .flat_map(|c| std::iter::repeat_n(c, THREADS))
+            .map(|(who, client)| {
+                let (inside, overlaps, start, order) = (&inside, &overlaps, &start, &order);
+                s.spawn(move || {
+                    let m = client.mutex("hot");
+                    let (mut longest, mut acquired) = (Duration::ZERO, 0);
+                    start.wait();
+                    for _ in 0..ROUNDS {
+                        let t = Instant::now();
+                        let guard = m.lock().expect("lock");
+                        longest = longest.max(t.elapsed());
+                        if inside.swap(true, Ordering::SeqCst) {
+                            overlaps.fetch_add(1, Ordering::SeqCst);
+                        }
+                        order.lock().unwrap().push(who);
+                        inside.store(false, Ordering::SeqCst);
+                        guard.unlock().expect("unlock");
+                        acquired += 1;
+                    }
+                    (longest, acquired)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+    let stats: Vec<Stats> = clients.iter().map(LockClient::stats).collect();
+    let acquired: usize = per_thread.iter().map(|t| t.1).sum();
+    let longest = per_thread.iter().map(|t| t.0).max().unwrap();
+    let (notified, timeout) = wakeups(&stats);
+    let order = order.into_inner().unwrap();
+    // While both clients still had work to do: once one is done, the other runs alone.
+    let mut done = [0; CLIENTS];
+    let both = order
+        .iter()
+        .position(|&who| {
+            done[who] += 1;
+            done[who] == THREADS * ROUNDS
+        })
+        .map_or(order.len(), |i| i + 1);
+    let streak = order[..both].chunk_by(|a, b| a == b).map(<[usize]>::len).max().unwrap_or(0);
+    let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+    println!("{acquired} acquisitions in {elapsed:?}; longest wait {longest:?}");
+    println!(
+        "the lock changed clients {switches} times; while both had work, the longest run of one client \
+         was {streak} acquisitions (of the first {both})"
+    );
+    println!("wake-ups: {notified} notified, {timeout} by timeout; stats: {stats:#?}");
+
+    assert_eq!(acquired, CLIENTS * THREADS * ROUNDS);
+    assert_eq!(stats.iter().map(|s| s.acquisitions).sum::<u64>(), (CLIENTS * THREADS * ROUNDS) as u64);
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
+    // The waiting path must actually have been exercised for the ratio to mean anything.
+    let contended: u64 = stats.iter().map(|s| s.contended_acquisitions).sum();
+    assert!(contended * 4 >= acquired as u64, "only {contended} of {acquired} acquisitions waited");
+    assert!(
+        notified * 100 >= (notified + timeout) * 99,
+        "only {notified} of {} wake-ups were notifications (need 99%)",
+        notified + timeout
+    );
+    assert!(
+        longest <= Duration::from_secs(2),
+        "a lock() call waited {longest:?} (limit 2 s); one client held the lock up to {streak} times in a row"
+    );
+}
+
+// ---- 2. no starvation ----
+
+#[test]
+fn no_thread_starves() {
+    const THREADS: usize = 8;
+    const RUN: Duration = Duration::from_secs(5);
+    const HOLD: Duration = Duration::from_micros(100);
+    let server = RedisServer::start();
+    let client = connected(&server);
+    let stop = AtomicBool::new(false);
+    let start = Barrier::new(THREADS + 1);
+    let counts: Vec<u64> = thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (client, stop, start) = (&client, &stop, &start);
+                s.spawn(move || {
+                    let m = client.mutex("shared");
+                    let mut n = 0u64;
+                    start.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let guard = m.lock().expect("lock");
+                        let t = Instant::now();
+                        while t.elapsed() < HOLD {
+                            std::hint::spin_loop();
+                        }
+                        guard.unlock().expect("unlock");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        start.wait();
+        thread::sleep(RUN);
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total: u64 = counts.iter().sum();
+    let shares: Vec<String> = counts.iter().map(|c| format!("{:.1}%", *c as f64 * 100.0 / total as f64)).collect();
+    println!("{total} acquisitions in {RUN:?} by {THREADS} threads: {counts:?} = {shares:?}");
+    println!("stats: {:#?}", client.stats());
+    assert!(total >= THREADS as u64 * 20, "too few acquisitions to judge fairness: {counts:?}");
+    for (i, c) in counts.iter().enumerate() {
+        assert!(c * 20 >= total, "thread {i} got {c} of {total} acquisitions (< 5%): {counts:?} = {shares:?}");
+    }
+}
+
+// ---- 3. one subscriber per client, bounded connections ----
+
+#[test]
+fn many_waiters_share_one_subscriber_and_the_pool() {
+    const LOCKS: usize = 64;
+    const POOL: u32 = 8;
+    let server = RedisServer::start();
+    let waiters = connected_with(&server, LockClient::builder().pool_max_size(POOL));
+    let holder = connected(&server);
+    let long = MutexOptions::default().lease(Duration::from_secs(60));
+    let held: Vec<_> = (0..LOCKS)
+        .map(|i| holder.mutex_with(&format!("slot-{i}"), long.clone()).try_lock().unwrap().expect("free lock"))
+        .collect();
+
+    // Sample the waiting client's connections for as long as anything happens.
+    let stop_sampling = AtomicBool::new(false);
+    let samples = AtomicUsize::new(0);
+    let most = AtomicUsize::new(0);
+    let before = waiters.stats();
+    let run_before = attempts_run(&server);
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut con = server.conn();
+            while !stop_sampling.load(Ordering::SeqCst) {
+                let names = client_names(&mut con, None);
+                most.fetch_max(connections_of(&names, &waiters).len(), Ordering::SeqCst);
+                samples.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        for i in 0..LOCKS {
+            let (m, tx) = (waiters.mutex(&format!("slot-{i}")), tx.clone());
+            s.spawn(move || {
+                let guard = m.lock().expect("lock");
+                let owns = m.holder().unwrap().is_some_and(|h| h.token == guard.token());
+                tx.send((i, owns)).unwrap();
+                guard.unlock().expect("unlock");
+            });
+        }
+        drop(tx);
+        wait_until(Duration::from_secs(20), "64 waiters to make their first attempt", || {
+            attempts_run(&server) - run_before >= LOCKS as u64
+        });
+        let mut con = server.conn();
+        let notifier = format!("redis-mutex:{}:notifier", waiters.id());
+        for _ in 0..5 {
+            let pubsub = client_names(&mut con, Some("pubsub"));
+            assert_eq!(connections_of(&pubsub, &waiters), [notifier.as_str()], "pub/sub connections: {pubsub:?}");
+            assert_eq!(pubsub.len(), 2, "one subscriber per client: {pubsub:?}");
+            let all = client_names(&mut con, None);
+            let own = connections_of(&all, &waiters);
+            assert!(own.len() <= POOL as usize + 1, "{} connections while waiting: {own:?}", own.len());
+            assert_eq!(waiters.stats().acquisitions, before.acquisitions, "nobody acquires while held");
+            thread::sleep(Duration::from_millis(100));
+        }
+
+        drop(held);
+        let mut got = [false; LOCKS];
+        for _ in 0..LOCKS {
+            let (i, owns) =
+                rx.recv_timeout(Duration::from_secs(15)).expect("every waiter acquires soon after the release");
+            assert!(owns, "waiter {i}'s guard does not own its key");
+            assert!(!got[i], "waiter {i} reported twice");
+            got[i] = true;
+        }
+        assert!(got.iter().all(|g| *g));
+        stop_sampling.store(true, Ordering::SeqCst);
+        sampler.join().unwrap();
+    });
+    let d = sub(waiters.stats(), before);
+    let most = most.load(Ordering::SeqCst);
+    println!(
+        "{} samples; at most {most} connections of the waiting client; stats {d:#?}",
+        samples.load(Ordering::SeqCst)
+    );
+    assert!(most <= POOL as usize + 1, "the waiting client had {most} connections (pool {POOL} + notifier)");
+    assert_eq!(d.acquisitions, LOCKS as u64);
+    assert_eq!(d.wakeups_timeout, 0, "every waiter was woken by the release message");
+    assert!(d.wakeups_notified >= LOCKS as u64);
+}
+
+// ---- 4. idle waiters are quiet ----
+
+/// One command as Redis's slow log recorded it.
+struct Logged {
+    id: i64,
+    /// Lower-case command name.
+    command: String,
+    /// `CLIENT SETNAME` of the connection that sent it ("" for commands a Lua script ran).
+    client: String,
+}
+
+/// The server's whole slow log. With `slowlog-log-slower-than 0` it records every
+/// command a connection sends, with that connection's name; commands run inside a
+/// Lua script are logged as coming from the script client (address `?:0`, no name).
+fn slowlog(con: &mut redis::Connection) -> Vec<Logged> {
+    type Entry = (i64, i64, i64, Vec<String>, String, String);
+    let entries: Vec<Entry> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(con).expect("SLOWLOG GET");
+    entries
+        .into_iter()
+        .map(|(id, _, _, args, _, client)| Logged {
+            id,
+            command: args.first().map(|c| c.to_ascii_lowercase()).unwrap_or_default(),
+            client,
+        })
+        .collect()
+}
+
+/// Id of the latest slow-log entry: entries logged after this call have larger ids.
+fn slowlog_mark(con: &mut redis::Connection) -> i64 {
+    slowlog(con).iter().map(|e| e.id).max().unwrap_or(-1)
+}
+
+/// Commands the pooled connections of `client` sent in slow-log ids `(after, upto]`,
+/// by command name.
+fn sent_by_pool(log: &[Logged], client: &LockClient, after: i64, upto: i64) -> BTreeMap<String, u64> {
+    let pooled = format!("redis-mutex:{}", client.id());
+    let mut sent = BTreeMap::new();
+    for e in log.iter().filter(|e| e.id > after && e.id <= upto && e.client == pooled) {
+        *sent.entry(e.command.clone()).or_default() += 1;
+    }
+    sent
+}
+
+/// Runs alone in its own process (see `run_isolated`): the CPU check reads the whole
+/// process's CPU time, which other tests running in parallel would inflate.
+///
+/// What counts as a waiter's Redis calls: the commands the waiting client's pooled
+/// connections send (waiters use nothing else), counted from before the waiters start
+/// (so each one's first attempt counts) to after all returned. `INFO commandstats`
+/// cannot be used as is: it also counts every command our Lua scripts run (three or
+/// four per attempt), which are part of one call. It is printed and cross-checked.
+/// `CLIENT` commands (a pooled connection's handshake, per connection, not per
+/// waiter) are reported separately.
+#[test]
+fn idle_waiters_are_quiet() {
+    if std::env::var_os(ISOLATED_ENV).is_none() {
+        return run_isolated("idle_waiters_are_quiet");
+    }
+    const WAITERS: usize = 100;
+    const WAIT: Duration = Duration::from_secs(3);
+    const POOL: u32 = 8;
+    let server = RedisServer::start_with(&["--slowlog-log-slower-than", "0", "--slowlog-max-len", "1000000"]);
+    let holder = connected(&server);
+    let client = connected_with(&server, LockClient::builder().pool_max_size(POOL));
+    let mut admin = server.admin_conn();
+    let _held = holder
+        .mutex_with("idle", MutexOptions::default().lease(Duration::from_secs(60)))
+        .try_lock()
+        .unwrap()
+        .expect("free lock");
+    let m = client.mutex("idle");
+    // Warm up: load the scripts and open pooled connections, so what is measured below
+    // is what waiting costs (try_lock does not mark the holder as waited for).
+    thread::scope(|s| {
+        for _ in 0..2 * POOL {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    assert!(m.try_lock().unwrap().is_none());
+                }
+            });
+        }
+    });
+
+    let before = client.stats();
+    let stats0 = server.command_stats();
+    let mark0 = slowlog_mark(&mut admin);
+    let cpu0 = process_cpu_time();
+    let start = Barrier::new(WAITERS + 1);
+    let (mark1, cpu1, cpu_idle, mark_idle, waits) = thread::scope(|s| {
+        let handles: Vec<_> = (0..WAITERS)
+            .map(|_| {
+                let (m, start) = (&m, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let t = Instant::now();
+                    let got = m.try_lock_for(WAIT);
+                    let waited = t.elapsed();
+                    assert!(got.expect("try_lock_for").is_none(), "the lock is held for 60 s");
+                    waited
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        // Counted where it lands: the stats count an attempt before it is sent.
+        wait_until(Duration::from_secs(10), "every waiter's first attempt", || {
+            let log = slowlog(&mut admin);
+            sent_by_pool(&log, &client, mark0, i64::MAX).get("evalsha").copied().unwrap_or(0) >= WAITERS as u64
+        });
+        // All are registered and asleep now: nothing should reach Redis before their
+        // deadlines.
+        let mark1 = slowlog_mark(&mut admin);
+        let cpu1 = process_cpu_time();
+        let idle_end = t0 + WAIT - Duration::from_millis(500);
+        assert!(Instant::now() < idle_end, "the first attempts took {:?}", t0.elapsed());
+        thread::sleep(idle_end - Instant::now());
+        let cpu_idle = process_cpu_time();
+        let mark_idle = slowlog_mark(&mut admin);
+        let waits: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (mark1, cpu1, cpu_idle, mark_idle, waits)
+    });
+    let cpu2 = process_cpu_time();
+    let stats2 = server.command_stats();
+    let log = slowlog(&mut admin);
+    let d = sub(client.stats(), before);
+    let whole = sent_by_pool(&log, &client, mark0, i64::MAX);
+    let asleep = sent_by_pool(&log, &client, mark1, mark_idle);
+    let commandstats: BTreeMap<&String, u64> = stats2
+        .iter()
+        .map(|(name, n)| (name, n - stats0.get(name).copied().unwrap_or(0)))
+        .filter(|(name, n)| *n > 0 && !["info", "config|resetstat", "slowlog"].contains(&name.as_str()))
+        .collect();
+    let (cpu_waiting, cpu_all) = (cpu2 - cpu1, cpu2 - cpu0);
+    println!("sent by the waiting client while {WAITERS} waiters lived: {whole:?}");
+    println!("sent while they slept: {asleep:?}");
+    println!("INFO commandstats delta (script-internal commands included): {commandstats:?}");
+    println!(
+        "CPU: {:?} while all slept, {cpu_waiting:?} from all asleep to all returned, {cpu_all:?} in all",
+        cpu_idle - cpu1
+    );
+    println!("waits: {:?} ..= {:?}; stats {d:#?}", waits.iter().min().unwrap(), waits.iter().max().unwrap());
+
+    for w in &waits {
+        assert!(*w >= WAIT && *w < WAIT + Duration::from_secs(2), "try_lock_for(3 s) returned after {w:?}");
+    }
+    assert!(asleep.is_empty(), "sleeping waiters talked to Redis: {asleep:?}");
+    let calls: u64 = whole.iter().filter(|(c, _)| *c != "client").map(|(_, n)| n).sum();
+    assert!(calls <= 2 * WAITERS as u64, "{calls} calls for {WAITERS} waiters (limit 2 each): {whole:?}");
+    let handshakes = whole.get("client").copied().unwrap_or(0);
+    assert!(handshakes <= 3 * POOL as u64, "{handshakes} CLIENT commands: more than a pool's worth of connections");
+    // The slow log saw the same attempts as the command statistics.
+    assert_eq!(
+        whole.get("evalsha").copied().unwrap_or(0),
+        commandstats.get(&"evalsha".to_owned()).copied().unwrap_or(0)
+    );
+    assert_eq!(d.attempts, 2 * WAITERS as u64, "one attempt on arrival, one at the deadline");
+    assert!(cpu_waiting < Duration::from_millis(300), "{WAITERS} idle waiters used {cpu_waiting:?} of CPU");
+}
+
+// ---- 5. fallback when pub/sub is cut ----
+
+/// Threads of `client` each lock `name` once, check that their guard owns the key, and
+/// release. Returns a receiver of (thread, owns) per acquisition.
+fn spawn_waiters<'s>(
+    s: &'s thread::Scope<'s, '_>,
+    client: &'s LockClient,
+    name: &str,
+    n: usize,
+    inside: &'s AtomicBool,
+) -> mpsc::Receiver<(usize, bool)> {
+    let (tx, rx) = mpsc::channel();
+    for i in 0..n {
+        let (m, tx) = (client.mutex(name), tx.clone());
+        s.spawn(move || {
+            let guard = m.lock().expect("lock");
+            let alone = !inside.swap(true, Ordering::SeqCst);
+            let owns = m.holder().unwrap().is_some_and(|h| h.token == guard.token());
+            thread::sleep(Duration::from_millis(2));
+            inside.store(false, Ordering::SeqCst);
+            guard.unlock().expect("unlock");
+            tx.send((i, alone && owns)).unwrap();
+        });
+    }
+    rx
+}
+
+#[test]
+fn waiters_survive_a_pubsub_outage() {
+    const N: usize = 8;
+    let server = RedisServer::start();
+    let a = connected(&server);
+    let b = connected(&server);
+    // The holder's lease is long: waiters that miss the release could only outwait it.
+    let long = MutexOptions::default().lease(Duration::from_secs(60));
+    let bm = b.mutex_with("outage", long);
+    let am = a.mutex("outage");
+    let inside = AtomicBool::new(false);
+    let mut admin = server.conn();
+
+    let before = a.stats();
+    let held = bm.try_lock().unwrap().expect("free lock");
+    let run_before = attempts_run(&server);
+    thread::scope(|s| {
+        let rx = spawn_waiters(s, &a, "outage", N, &inside);
+        wait_until(Duration::from_secs(10), "8 waiters to find the lock held", || {
+            am.waiting_threads() == N && attempts_run(&server) - run_before >= N as u64
+        });
+        let killed: u64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut admin).unwrap();
+        assert!(killed >= 2, "killed {killed} pub/sub connections, expected both notifiers");
+        // Released while the notifiers are down (reconnecting takes at least 50 ms):
+        // nobody hears this release message.
+        held.unlock().unwrap();
+        let released_at = Instant::now();
+        let subscribed: u64 = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut admin).unwrap();
+        println!("notifiers subscribed right after the release: {subscribed}");
+        for _ in 0..N {
+            let (i, ok) = rx.recv_timeout(Duration::from_secs(15)).expect("every waiter acquires after the outage");
+            assert!(ok, "waiter {i} did not hold the lock alone");
+        }
+        println!("all {N} waiters acquired {:?} after the release", released_at.elapsed());
+    });
+    wait_until(Duration::from_secs(5), "the notifier to subscribe again", || a.is_notifier_connected());
+    let d = sub(a.stats(), before);
+    println!("during the outage: {d:#?}");
+    assert!(d.notifier_reconnects >= 1, "{d:#?}");
+    assert_eq!(d.acquisitions, N as u64);
+    assert_eq!(d.contended_acquisitions, N as u64, "all waited through the outage");
+
+    // Pub/sub is back: wake-ups are notifications again.
+    let before = a.stats();
+    let held = bm.try_lock().unwrap().expect("free lock");
+    let run_before = attempts_run(&server);
+    thread::scope(|s| {
+        let rx = spawn_waiters(s, &a, "outage", N, &inside);
+        wait_until(Duration::from_secs(10), "8 waiters to find the lock held", || {
+            am.waiting_threads() == N && attempts_run(&server) - run_before >= N as u64
+        });
+        held.unlock().unwrap();
+        for _ in 0..N {
+            let (i, ok) = rx.recv_timeout(Duration::from_secs(15)).expect("every waiter acquires after the release");
+            assert!(ok, "waiter {i} did not hold the lock alone");
+        }
+    });
+    let d = sub(a.stats(), before);
+    println!("after the reconnect: {d:#?}");
+    assert_eq!(d.acquisitions, N as u64);
+    assert_eq!(d.contended_acquisitions, N as u64);
+    assert!(d.wakeups_notified >= N as u64, "{d:#?}");
+    assert_eq!(d.wakeups_timeout, 0, "{d:#?}");
+    assert_eq!(d.notifier_reconnects, 0, "{d:#?}");
+}
+
+// ---- 6. handoff inside one client ----
+
+#[test]
+fn a_release_hands_the_lock_to_a_waiting_thread() {
+    let server = RedisServer::start();
+    let client = connected(&server);
+    let m = client.mutex_with("baton", MutexOptions::default().fencing(true));
+    let first = m.lock().unwrap();
+    assert_eq!(first.fencing_token(), Some(1));
+    let before = client.stats();
+    let run_before = attempts_run(&server);
+    let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let waiter = m.clone();
+        s.spawn(move || {
+            let guard = waiter.lock().unwrap();
+            let holder = waiter.holder().unwrap().expect("someone holds it");
+            tx.send((guard.token().to_owned(), guard.fencing_token(), holder, guard.is_held().unwrap())).unwrap();
+            go_rx.recv().unwrap();
+            guard.unlock().unwrap();
+        });
+        wait_until(Duration::from_secs(10), "the waiter to find the lock held", || {
+            m.waiting_threads() == 1 && attempts_run(&server) - run_before >= 1
+        });
+        let first_token = first.token().to_owned();
+        first.unlock().unwrap();
+        let (token, fence, holder, held) = rx.recv_timeout(Duration::from_secs(10)).expect("the waiter acquires");
+        let d = sub(client.stats(), before);
+        println!("{d:#?}");
+        assert_eq!(d.handoffs, 1, "the release handed the lock over");
+        assert_ne!(token, first_token);
+        assert_eq!(holder.token, token, "Redis lists the handed-over guard as the owner");
+        assert!(held);
+        assert_eq!(fence, Some(2), "a handoff is an acquisition: the fencing token rises");
+        let lease = holder.remaining_lease.expect("a lease");
+        assert!(lease > Duration::from_secs(20), "the new owner's own 30 s lease: {lease:?}");
+        go_tx.send(()).unwrap();
+    });
+    assert!(!m.is_locked().unwrap(), "the handed-over guard released the lock");
+}

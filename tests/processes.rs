@@ -1,0 +1,286 @@
+//! Proves the lock across OS processes: a holder killed with SIGKILL is outwaited within
+//! its lease, and processes contending on one lock keep a non-atomic counter exact.
+//!
+//! Other processes are this test binary run again (`child_entry`, selected by the
+//! `REDIS_MUTEX_CHILD` environment variable); they report on stdout, one
+//! `CHILD-...` line per fact.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis_mutex::{LockClient, MutexOptions};
+use support::RedisServer;
+
+/// The child's role; absent in a normal test run.
+const CHILD_ENV: &str = "REDIS_MUTEX_CHILD";
+const URL_ENV: &str = "REDIS_MUTEX_URL";
+
+const VANISHING: &str = "vanishing";
+const VANISHING_LEASE: Duration = Duration::from_secs(2);
+
+const COUNTER_LOCK: &str = "counter";
+const COUNTER_KEY: &str = "test:counter";
+const GO_KEY: &str = "test:go";
+const PROCESSES: usize = 4;
+const THREADS: usize = 4;
+const INCREMENTS: usize = 100;
+
+// ---- the child side ----
+
+/// The entry point of child processes; does nothing in a normal test run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(CHILD_ENV) else { return };
+    let url = std::env::var(URL_ENV).expect("REDIS_MUTEX_URL is set for children");
+    match role.as_str() {
+        "hold" => child_hold(&url),
+        "increment" => child_increment(&url),
+        other => panic!("unknown child role {other:?}"),
+    }
+}
+
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Takes the lock with a short, auto-renewed lease and keeps it until killed. Exits
+/// (releasing) if its stdin closes, so it cannot outlive a parent that died.
+fn child_hold(url: &str) {
+    let client = LockClient::open(url).unwrap();
+    let m = client.mutex_with(VANISHING, MutexOptions::default().lease(VANISHING_LEASE).auto_renew(true));
+    let guard = m.lock().unwrap();
+    say(&format!("CHILD-LOCKED {}", guard.token()));
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(guard);
+}
+
+/// Waits for the start signal, then `THREADS` threads each add 1 to a Redis counter
+/// `INCREMENTS` times with GET then SET, under the lock; reports the client's stats.
+fn child_increment(url: &str) {
+    let client = LockClient::open(url).unwrap();
+    let redis = redis::Client::open(url).unwrap();
+    let mut con = redis.get_connection().unwrap();
+    say("CHILD-READY");
+    let go: Option<(String, String)> = redis::cmd("BLPOP").arg(GO_KEY).arg(30).query(&mut con).unwrap();
+    assert!(go.is_some(), "no start signal within 30 s");
+    thread::scope(|s| {
+        for _ in 0..THREADS {
+            let m = client.mutex(COUNTER_LOCK);
+            let mut con = redis.get_connection().unwrap();
+            s.spawn(move || {
+                for _ in 0..INCREMENTS {
+                    let guard = m.lock().unwrap();
+                    let n: i64 =
+                        redis::cmd("GET").arg(COUNTER_KEY).query::<Option<i64>>(&mut con).unwrap().unwrap_or(0);
+                    // Widen the window a lost update needs.
+                    thread::yield_now();
+                    redis::cmd("SET").arg(COUNTER_KEY).arg(n + 1).query::<()>(&mut con).unwrap();
+                    guard.unlock().unwrap();
+                }
+            });
+        }
+    });
+    let s = client.stats();
+    say(&format!(
+        "CHILD-STATS acquisitions={} contended_acquisitions={} attempts={} releases={} handoffs={} \
+         wakeups_notified={} wakeups_timeout={} notifier_reconnects={} renewals={} leases_lost={}",
+        s.acquisitions,
+        s.contended_acquisitions,
+        s.attempts,
+        s.releases,
+        s.handoffs,
+        s.wakeups_notified,
+        s.wakeups_timeout,
+        s.notifier_reconnects,
+        s.renewals,
+        s.leases_lost
+    ));
+}
+
+// ---- the parent side ----
+
+/// A child process of this test binary, its stdout lines arriving on a channel.
+struct ChildProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every stdout line so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl ChildProcess {
+    fn spawn(role: &str, url: &str) -> ChildProcess {
+        let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, role)
+            .env(URL_ENV, url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn a child process");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ChildProcess { child, lines, seen: Vec::new() }
+    }
+
+    /// What follows `prefix` in the first stdout line that has it, waiting at most `limit`.
+    fn expect_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    // libtest may have printed "test child_entry ... " on the same line.
+                    if let Some(at) = line.find(prefix) {
+                        return line[at + prefix.len()..].trim().to_owned();
+                    }
+                }
+                Err(e) => panic!("child {} printed no {prefix:?} line ({e}); stdout: {:?}", self.child.id(), self.seen),
+            }
+        }
+    }
+
+    /// Waits at most `limit` for the child to exit.
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll a child") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "child {} did not exit within {limit:?}", self.child.id());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        // Only reached with the child still running when the test failed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---- 7. a vanished holder ----
+
+#[test]
+fn a_killed_holder_is_outwaited_within_its_lease() {
+    let server = RedisServer::start();
+    let mut holder = ChildProcess::spawn("hold", &server.url());
+    let token = holder.expect_line("CHILD-LOCKED", Duration::from_secs(30));
+
+    let client = LockClient::open(&server.url()).unwrap();
+    let m = client.mutex(VANISHING);
+    assert_eq!(m.holder().unwrap().expect("held").token, token);
+    let (tx, rx) = mpsc::channel();
+    let waiter = {
+        let m = m.clone();
+        thread::spawn(move || {
+            let guard = m.lock().expect("lock");
+            let acquired_at = Instant::now();
+            let owner = m.holder().unwrap().map(|h| h.token);
+            tx.send((acquired_at, guard.token().to_owned(), owner)).unwrap();
+            guard.unlock().unwrap();
+        })
+    };
+    wait_until(Duration::from_secs(10), "the waiter to queue", || {
+        m.waiting_threads() == 1 && client.stats().attempts >= 1
+    });
+
+    // The holder renews its 2 s lease: for longer than the lease, it keeps the lock
+    // and the waiter keeps waiting.
+    let watch_until = Instant::now() + VANISHING_LEASE + Duration::from_millis(500);
+    while Instant::now() < watch_until {
+        let h = m.holder().unwrap().expect("the renewing holder keeps the lock");
+        assert_eq!(h.token, token);
+        assert!(rx.try_recv().is_err(), "the waiter acquired while the holder was alive");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let killed_at = Instant::now();
+    holder.child.kill().expect("SIGKILL the holder");
+    let status = holder.wait(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(9), "the holder died of SIGKILL: {status}");
+
+    let (acquired_at, new_token, owner) =
+        rx.recv_timeout(Duration::from_secs(30)).expect("the waiter acquires after the holder dies");
+    waiter.join().unwrap();
+    let waited = acquired_at - killed_at;
+    let s = client.stats();
+    println!("acquired {waited:?} after the kill; waiter stats {s:#?}");
+    assert!(waited <= VANISHING_LEASE + Duration::from_secs(1), "acquired {waited:?} after the kill");
+    assert_ne!(new_token, token);
+    assert_eq!(owner.as_deref(), Some(new_token.as_str()), "Redis lists the waiter as the owner");
+    assert!(s.wakeups_timeout >= 1, "a killed holder publishes nothing: the lease bound woke the waiter");
+}
+
+// ---- 8. mutual exclusion across processes ----
+
+/// A child's `name=value` stats line, by name.
+fn parse_stats(line: &str) -> BTreeMap<String, u64> {
+    line.split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("bad stats line {line:?}"));
+            (k.to_owned(), v.parse().unwrap_or_else(|_| panic!("bad stats line {line:?}")))
+        })
+        .collect()
+}
+
+#[test]
+fn processes_keep_a_shared_counter_exact() {
+    let server = RedisServer::start();
+    let mut children: Vec<ChildProcess> =
+        (0..PROCESSES).map(|_| ChildProcess::spawn("increment", &server.url())).collect();
+    for c in &mut children {
+        c.expect_line("CHILD-READY", Duration::from_secs(30));
+    }
+    let mut con = server.conn();
+    let started = Instant::now();
+    redis::cmd("RPUSH").arg(GO_KEY).arg(&["go"; PROCESSES]).query::<()>(&mut con).unwrap();
+
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, c) in children.iter_mut().enumerate() {
+        let line = c.expect_line("CHILD-STATS", Duration::from_secs(120));
+        let status = c.wait(Duration::from_secs(30));
+        println!("process {i}: {line}");
+        assert!(status.success(), "child {i} failed: {status}");
+        let stats = parse_stats(&line);
+        assert_eq!(stats["acquisitions"], (THREADS * INCREMENTS) as u64, "process {i}");
+        assert_eq!(stats["leases_lost"], 0, "process {i}");
+        for (k, v) in stats {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = started.elapsed();
+    let counter: Option<i64> = redis::cmd("GET").arg(COUNTER_KEY).query(&mut con).unwrap();
+    println!("{} increments in {elapsed:?}; all processes: {total:?}", counter.unwrap_or(0));
+    assert_eq!(counter, Some((PROCESSES * THREADS * INCREMENTS) as i64), "lost updates: two holders at once");
+    assert!(total["contended_acquisitions"] > 0, "the processes never contended");
+}
