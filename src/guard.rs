@@ -36,10 +36,10 @@ impl fmt::Debug for MutexGuard {
 }
 
 impl MutexGuard {
-    pub(crate) fn new(mutex: Mutex, keys: LockKeys, a: Acquired, want: Want, started: Instant) -> MutexGuard {
-        // The lease runs from the attempt at the latest; counting from the call's start
-        // makes renewals (and lost-lease detection) err on the early side.
-        let lease = Arc::new(Lease::new(keys, a.token, want.lease_ms, started));
+    pub(crate) fn new(mutex: Mutex, keys: LockKeys, a: Acquired, want: Want) -> MutexGuard {
+        // Timed from when the acquiring request was sent: no later than Redis started
+        // the lease, so renewals and lost-lease detection err on the early side.
+        let lease = Arc::new(Lease::new(keys, a.token, want.lease_ms, a.at));
         let client = &mutex.client().inner;
         let renewing = mutex.options().get_auto_renew().then(|| client.watchdog.register(lease.clone()));
         MutexGuard { fence: want.fencing.then_some(a.fence), mutex, lease, renewing, released: false }

@@ -74,6 +74,24 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
 
 /// `url` with the password (if any) replaced by `***`, for `Debug`, logs and errors.
 pub(crate) fn redact_url(url: &str) -> String {
+    redact_query(&redact_userinfo(url))
+}
+
+/// `redis+unix:///path?pass=secret`: redis-rs takes a unix socket's password from the
+/// query string.
+fn redact_query(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_owned() };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -130,5 +148,6 @@ mod tests {
         assert_eq!(redact_url("redis://host:6379/"), "redis://host:6379/");
         assert_eq!(redact_url("rediss://u:p@h/?x=a@b"), "rediss://u:***@h/?x=a@b");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("redis+unix:///tmp/r.sock?db=1&pass=pw"), "redis+unix:///tmp/r.sock?db=1&pass=***");
     }
 }

@@ -113,11 +113,10 @@ impl Mutex {
     /// something else wrote a key of another type where this lock lives.
     pub fn lock(&self) -> Result<MutexGuard> {
         let (keys, want) = self.want()?;
-        let started = Instant::now();
         // Without a deadline, `acquire` returns only once acquired or failed.
         let acquired = self.core().acquire(keys, want, None)?;
         acquired
-            .map(|a| self.guard(keys, want, a, started))
+            .map(|a| self.guard(keys, want, a))
             .ok_or_else(|| Error::UnexpectedReply { operation: "lock", reply: "gave up without a deadline".into() })
     }
 
@@ -128,8 +127,7 @@ impl Mutex {
     /// As [`lock`](Self::lock), without retries.
     pub fn try_lock(&self) -> Result<Option<MutexGuard>> {
         let (keys, want) = self.want()?;
-        let started = Instant::now();
-        Ok(self.core().try_once(keys, want)?.map(|a| self.guard(keys, want, a, started)))
+        Ok(self.core().try_once(keys, want)?.map(|a| self.guard(keys, want, a)))
     }
 
     /// Waits at most `timeout` for the lock; `Ok(None)` if it is still held then.
@@ -140,9 +138,8 @@ impl Mutex {
     /// As [`lock`](Self::lock); Redis failures are retried until the deadline.
     pub fn try_lock_for(&self, timeout: Duration) -> Result<Option<MutexGuard>> {
         let (keys, want) = self.want()?;
-        let started = Instant::now();
-        let deadline = started.checked_add(timeout);
-        Ok(self.core().acquire(keys, want, deadline)?.map(|a| self.guard(keys, want, a, started)))
+        let deadline = Instant::now().checked_add(timeout);
+        Ok(self.core().acquire(keys, want, deadline)?.map(|a| self.guard(keys, want, a)))
     }
 
     /// Waits until `deadline` at the latest; `Ok(None)` if the lock is still held then.
@@ -153,8 +150,7 @@ impl Mutex {
     /// As [`try_lock_for`](Self::try_lock_for).
     pub fn try_lock_until(&self, deadline: Instant) -> Result<Option<MutexGuard>> {
         let (keys, want) = self.want()?;
-        let started = Instant::now();
-        Ok(self.core().acquire(keys, want, Some(deadline))?.map(|a| self.guard(keys, want, a, started)))
+        Ok(self.core().acquire(keys, want, Some(deadline))?.map(|a| self.guard(keys, want, a)))
     }
 
     /// Whether anyone holds the lock right now (one round trip).
@@ -199,7 +195,7 @@ impl Mutex {
         &self.inner.client.inner.core
     }
 
-    fn guard(&self, keys: &LockKeys, want: Want, a: Acquired, started: Instant) -> MutexGuard {
-        MutexGuard::new(self.clone(), keys.clone(), a, want, started)
+    fn guard(&self, keys: &LockKeys, want: Want, a: Acquired) -> MutexGuard {
+        MutexGuard::new(self.clone(), keys.clone(), a, want)
     }
 }

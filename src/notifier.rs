@@ -53,6 +53,7 @@ fn run(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) {
             // The `PubSub` lives as long as the connection: dropping it unsubscribes.
             let mut pubsub = con.as_pubsub();
             pubsub.psubscribe(&pattern)?;
+            confirm_subscribed(&cfg, &mut pubsub, &pattern)?;
             pubsub.set_read_timeout(Some(TICK))?;
             backoff = Backoff::new();
             last_error = None;
@@ -85,6 +86,28 @@ fn run(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) {
             Err(RecvTimeoutError::Timeout) | Ok(()) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+/// redis-rs discards the reply to `PSUBSCRIBE`, so a refusal (`NOPERM`: the user's ACL
+/// does not list the pattern itself among its channels) would go unnoticed: the notifier
+/// would count as up and waiters would sleep without ever being woken. Subscribed, a
+/// RESP2 connection answers `PING` with `["pong", ""]`; a plain `PONG` means nothing was
+/// subscribed. (RESP3 answers `PONG` either way; it is not checked.)
+fn confirm_subscribed(cfg: &NotifierConfig, pubsub: &mut redis::PubSub<'_>, pattern: &str) -> redis::RedisResult<()> {
+    if cfg.connect.client.get_connection_info().redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
+        return Ok(());
+    }
+    match pubsub.ping::<redis::Value>()? {
+        redis::Value::SimpleString(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm),
+            "PSUBSCRIBE refused",
+            format!(
+                "not subscribed to {pattern}: the user's ACL must allow this channel pattern \
+                 literally, e.g. `&{pattern}`"
+            ),
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -33,8 +33,9 @@ enum State {
     Claimed {
         leaving: bool,
     },
-    /// The lock was handed over with this fence value (0 = no fencing).
-    Granted(u64),
+    /// The lock was handed over with this fence value (0 = no fencing), by a release
+    /// sent at this instant.
+    Granted(u64, Instant),
 }
 
 struct Waiter {
@@ -60,8 +61,9 @@ pub(crate) enum Woken {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Leave {
     Left,
-    /// It was handed the lock before it could leave: it holds it now.
-    Granted(u64),
+    /// It was handed the lock before it could leave: it holds it now (fence, and when
+    /// the handing release was sent).
+    Granted((u64, Instant)),
 }
 
 /// A registered waiter, owned by its thread. Dropping it leaves the queue.
@@ -168,11 +170,12 @@ impl Claim {
         &self.waiter.target
     }
 
-    /// The waiter now owns the lock: take it out of the queue and wake it.
-    pub fn grant(mut self, fence: u64) {
+    /// The waiter now owns the lock, by a release sent at `sent`: take it out of the
+    /// queue and wake it.
+    pub fn grant(mut self, fence: u64, sent: Instant) {
         self.settled = true;
         let mut queues = lock(&self.registry.queues);
-        *lock(&self.waiter.state) = State::Granted(fence);
+        *lock(&self.waiter.state) = State::Granted(fence, sent);
         self.registry.remove(&mut queues, &self.waiter);
         let _ = self.waiter.tx.try_send(());
     }
@@ -206,10 +209,11 @@ impl WaitHandle {
         queues.get(&self.waiter.name).and_then(|q| q.front()).is_some_and(|w| w.id == self.waiter.id)
     }
 
-    /// The fence value if a releaser handed this waiter the lock.
-    pub fn granted(&self) -> Option<u64> {
+    /// The fence value, and when the release was sent, if a releaser handed this
+    /// waiter the lock.
+    pub fn granted(&self) -> Option<(u64, Instant)> {
         match *lock(&self.waiter.state) {
-            State::Granted(fence) => Some(fence),
+            State::Granted(fence, at) => Some((fence, at)),
             _ => None,
         }
     }
@@ -239,9 +243,9 @@ impl WaitHandle {
                 let mut queues = lock(&self.registry.queues);
                 let mut st = lock(&self.waiter.state);
                 match *st {
-                    State::Granted(fence) => {
+                    State::Granted(fence, at) => {
                         self.done = true;
-                        return Leave::Granted(fence);
+                        return Leave::Granted((fence, at));
                     }
                     State::Queued => {
                         drop(st);
@@ -366,9 +370,10 @@ mod tests {
         let c2 = r.claim_first("x").unwrap();
         assert_eq!(c2.target().token, "b");
         assert!(r.claim_first("x").is_none());
-        c1.grant(7);
+        let sent = Instant::now();
+        c1.grant(7, sent);
         assert_eq!(a.sleep_until(soon()), Woken::Notified);
-        assert_eq!(a.granted(), Some(7));
+        assert_eq!(a.granted(), Some((7, sent)));
         assert_eq!(r.waiting("x"), 1);
         drop(c2); // not granted: b is queued again and can be claimed again
         assert_eq!(b.granted(), None);
@@ -377,6 +382,7 @@ mod tests {
 
     #[test]
     fn a_claimed_waiter_that_leaves_waits_for_the_outcome() {
+        let sent = Instant::now();
         for grant in [true, false] {
             let r = Registry::new();
             let a = r.register("x".into(), target("a"));
@@ -384,12 +390,12 @@ mod tests {
             let releaser = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
                 if grant {
-                    claim.grant(3);
+                    claim.grant(3, sent);
                 }
             });
             let out = a.leave();
             releaser.join().unwrap();
-            assert_eq!(out, if grant { Leave::Granted(3) } else { Leave::Left });
+            assert_eq!(out, if grant { Leave::Granted((3, sent)) } else { Leave::Left });
             assert_eq!(r.waiting("x"), 0);
         }
     }

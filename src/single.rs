@@ -127,6 +127,11 @@ impl SingleServer {
             // a dead connection fails on use instead, and the operation is retried.
             .test_on_check_out(false)
             .connection_timeout(pool_timeout)
+            // No reaper: its job keeps r2d2's worker threads alive ~30 s past the
+            // client. Idle connections stay open (at most `max_size`); broken ones are
+            // dropped on return.
+            .idle_timeout(None)
+            .max_lifetime(None)
             // Failures reach the caller as errors (r2d2 would log every retry).
             .error_handler(Box::new(last_connect_error.clone()))
             .build_unchecked(Manager(settings.clone()));

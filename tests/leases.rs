@@ -1,0 +1,395 @@
+//! Proves leases: renewal keeps a lock for as long as the guard lives, a lease that
+//! runs out (or is force-unlocked, or forgotten by a restarted Redis) is detected and
+//! reported as `LockLost`, refused renewals are retried at a bounded rate until the
+//! lease runs out, dropped guards are never renewed, one pipelined batch per period
+//! renews 1,000 guards, and fencing tokens rise strictly in acquisition order.
+
+mod support;
+use support::RedisServer;
+
+use std::sync::{Arc, Mutex as StdMutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis_mutex::{Error, LockClient, MutexGuard, MutexOptions};
+
+fn client(server: &RedisServer) -> LockClient {
+    LockClient::open(&server.url()).expect("client connects")
+}
+
+fn opts(lease_ms: u64, auto_renew: bool) -> MutexOptions {
+    MutexOptions::default().lease(Duration::from_millis(lease_ms)).auto_renew(auto_renew)
+}
+
+/// Polls `cond` every 10 ms until it holds (`true`) or `deadline` passes (`false`).
+fn wait_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn within(limit: Duration) -> Instant {
+    Instant::now() + limit
+}
+
+/// A numeric field of `INFO <section>`.
+fn info_u64(server: &RedisServer, section: &str, field: &str) -> u64 {
+    let info = server.info(section);
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}:\n{info}"))
+}
+
+fn assert_lock_lost<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) {
+    match result {
+        Err(e) if e.is_lock_lost() => {}
+        other => panic!("{what}: expected Err(LockLost), got {other:?}"),
+    }
+}
+
+#[test]
+fn a_renewed_lease_outlives_itself_and_the_next_waiter_is_woken_at_release() {
+    let server = RedisServer::start();
+    let (a, b, c) = (client(&server), client(&server), client(&server));
+    let lease = opts(1000, true);
+    let guard = a.mutex_with("renewed", lease.clone()).lock().unwrap();
+    let held_since = Instant::now();
+
+    // A waiter in another client, blocked in lock() for the whole hold.
+    let (acquired_tx, acquired_rx) = mpsc::channel();
+    let waiter_mutex = c.mutex_with("renewed", lease.clone());
+    let waiter = thread::spawn(move || {
+        let g = waiter_mutex.lock().unwrap();
+        acquired_tx.send(Instant::now()).unwrap();
+        g.unlock().unwrap();
+    });
+
+    // A third client polls try_lock every ~100 ms for 5 s: never gets the lock.
+    let poller = b.mutex_with("renewed", lease);
+    let mut polls = 0;
+    while held_since.elapsed() < Duration::from_secs(5) {
+        let got = poller.try_lock().unwrap();
+        assert!(got.is_none(), "another client acquired a renewed lock after {:?}", held_since.elapsed());
+        polls += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(polls >= 25, "only {polls} polls in 5 s");
+    assert!(!guard.is_lost());
+    assert!(guard.is_held().unwrap(), "the holder lost its lock after {:?}", held_since.elapsed());
+    assert!(a.stats().renewals >= 10, "5 s at a 1 s lease needs ~15 renewals: {:?}", a.stats());
+    assert_eq!(acquired_rx.try_recv(), Err(mpsc::TryRecvError::Empty), "the waiter got a held lock");
+    assert_eq!(c.mutex("renewed").waiting_threads(), 1);
+
+    // The waiter wakes by itself whenever the holder's lease could have run out (about
+    // every 0.7-1 s). Release just after such a wake-up, so that a wake-up by timeout
+    // cannot pass for the release's notification: the next one is >= 0.5 s away.
+    let timeouts = c.stats().wakeups_timeout;
+    assert!(
+        wait_until(within(Duration::from_secs(3)), || c.stats().wakeups_timeout > timeouts),
+        "a waiter bounded by a 1 s lease never woke by itself"
+    );
+    thread::sleep(Duration::from_millis(100));
+    let before = c.stats();
+    let released_at = Instant::now();
+    drop(guard);
+
+    let acquired_at =
+        acquired_rx.recv_timeout(Duration::from_secs(5)).expect("the waiter did not get the released lock");
+    waiter.join().unwrap();
+    let latency = acquired_at.saturating_duration_since(released_at);
+    let after = c.stats();
+    assert!(latency < Duration::from_millis(500), "the waiter got the lock {latency:?} after the release");
+    assert_eq!(
+        after.wakeups_notified - before.wakeups_notified,
+        1,
+        "the waiter must be woken by the release's notification: before {before:?}, after {after:?}"
+    );
+    assert_eq!(after.wakeups_timeout, before.wakeups_timeout, "no wake-up by timeout after the release");
+    assert_eq!(a.stats().leases_lost, 0);
+}
+
+#[test]
+fn an_unrenewed_lease_runs_out_and_the_stale_unlock_reports_lock_lost() {
+    let server = RedisServer::start();
+    let (a, b) = (client(&server), client(&server));
+    let started = Instant::now();
+    let stale = a.mutex_with("expiring", opts(1000, false)).lock().unwrap();
+    assert_eq!(a.renewing(), 0, "auto_renew(false) must not register with the watchdog");
+
+    let fresh = b
+        .mutex("expiring")
+        .try_lock_for(Duration::from_secs(10))
+        .unwrap()
+        .expect("another client must get the lock once the 1 s lease ran out");
+    let waited = started.elapsed();
+    // Redis's expiry is millisecond-grained, hence 990 ms rather than 1 s.
+    assert!(waited >= Duration::from_millis(990), "the lease ended early: acquired after {waited:?}");
+    assert!(waited < Duration::from_secs(2), "the next holder got the lock only after {waited:?}");
+
+    assert_lock_lost(stale.unlock(), "unlocking an expired guard");
+    assert_eq!(a.stats().leases_lost, 1);
+
+    let holder = b.mutex("expiring").holder().unwrap().expect("the new holder's lock must survive");
+    assert_eq!(holder.token, fresh.token(), "the stale unlock touched the new holder's key");
+    let left = holder.remaining_lease.expect("the new holder's lease");
+    assert!(left > Duration::from_secs(25), "the new holder's 30 s lease was changed: {left:?} left");
+    assert!(fresh.is_held().unwrap());
+    fresh.unlock().unwrap();
+}
+
+#[test]
+fn a_force_unlocked_guard_is_marked_lost_within_a_renewal_period() {
+    let server = RedisServer::start();
+    let (a, b) = (client(&server), client(&server));
+    let lease = Duration::from_secs(3);
+    let guard = a.mutex_with("forced", opts(3000, true)).lock().unwrap();
+    assert_eq!(a.renewing(), 1);
+
+    assert!(b.mutex("forced").force_unlock().unwrap(), "there was a lock to delete");
+    let forced_at = Instant::now();
+    // Someone else takes the lock at once; the old guard must not disturb it.
+    let usurper = b.mutex("forced").try_lock().unwrap().expect("the force-unlocked lock is free");
+
+    let limit = lease / 3 + Duration::from_secs(1);
+    assert!(
+        wait_until(forced_at + limit, || guard.is_lost()),
+        "the guard was not marked lost within {limit:?} of force_unlock"
+    );
+    assert_eq!(a.stats().leases_lost, 1);
+    assert_eq!(a.renewing(), 0, "a lost guard is no longer renewed");
+
+    assert_lock_lost(guard.extend(Duration::from_secs(3)), "extending a lost guard");
+    assert_lock_lost(guard.unlock(), "unlocking a lost guard");
+    assert_eq!(a.stats().leases_lost, 1, "a loss is counted once");
+
+    let holder = b.mutex("forced").holder().unwrap().expect("the usurper still holds the lock");
+    assert_eq!(holder.token, usurper.token());
+    assert!(holder.remaining_lease.unwrap() > Duration::from_secs(25), "extend touched the new holder's key");
+    usurper.unlock().unwrap();
+}
+
+#[test]
+fn dropped_guards_are_never_renewed() {
+    let server = RedisServer::start();
+    let client = client(&server);
+    let lease = opts(600, true);
+    let period = Duration::from_millis(200);
+
+    // Control: a guard held for a few periods is renewed, and the PEXPIRE inside the
+    // renewal script shows in the server's command statistics.
+    let guard = client.mutex_with("control", lease.clone()).lock().unwrap();
+    let pexpires = server.command_calls("pexpire");
+    assert!(
+        wait_until(within(Duration::from_secs(5)), || server.command_calls("pexpire") >= pexpires + 2),
+        "a held guard was not renewed"
+    );
+    drop(guard);
+
+    // Churn: 1,000 guards taken and dropped (some unlocked explicitly) from 4 threads.
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let m = client.mutex_with(&format!("churn-{t}"), lease.clone());
+            thread::spawn(move || {
+                for i in 0..250 {
+                    let g = m.lock().unwrap();
+                    if i % 2 == 0 {
+                        drop(g);
+                    } else {
+                        g.unlock().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(client.renewing(), 0, "dropped guards are still registered for renewal");
+
+    let (pexpire0, evalsha0, stats0) =
+        (server.command_calls("pexpire"), server.command_calls("evalsha"), client.stats());
+    // Two renewal periods are enough to see a stray renewal; wait longer to be sure.
+    thread::sleep(5 * period);
+    let stats1 = client.stats();
+    assert_eq!(server.command_calls("pexpire") - pexpire0, 0, "a dropped guard's lease was extended");
+    assert_eq!(server.command_calls("evalsha") - evalsha0, 0, "scripts ran with no guard alive");
+    assert_eq!(stats1.renewals, stats0.renewals);
+    assert_eq!(client.renewing(), 0);
+    assert_eq!(stats1.acquisitions, 1001);
+    assert_eq!(stats1.releases, 1001);
+    assert_eq!(stats1.leases_lost, 0, "a guard dropped mid-renewal was reported lost");
+}
+
+#[test]
+fn a_thousand_guards_are_renewed_in_one_batch_per_period() {
+    let server = RedisServer::start();
+    let client = client(&server);
+    let lease = opts(1500, true);
+    let period = Duration::from_millis(500);
+    let guards: Vec<MutexGuard> = (0..1000)
+        .map(|i| client.mutex_with(&format!("many-{i}"), lease.clone()).try_lock().unwrap().expect("a free lock"))
+        .collect();
+    assert_eq!(client.renewing(), 1000);
+
+    // Guards taken at different moments fall into step within a period or two.
+    thread::sleep(2 * period);
+    // Every round trip needs at least one write by the server; a round trip per
+    // renewal would need 1,000 writes per period. A batch of up to 512 renewals is one
+    // pipeline: a few reads and writes of 16 KB each.
+    let (writes0, stats0, t0) = (info_u64(&server, "stats", "total_writes_processed"), client.stats(), Instant::now());
+    thread::sleep(6 * period);
+    let (writes1, stats1, window) =
+        (info_u64(&server, "stats", "total_writes_processed"), client.stats(), t0.elapsed());
+
+    let periods = window.as_secs_f64() / period.as_secs_f64();
+    let renewals = stats1.renewals - stats0.renewals;
+    let per_period = renewals as f64 / periods;
+    assert!(
+        (700.0..=1300.0).contains(&per_period),
+        "{renewals} renewals in {window:?} = {per_period:.0} per {period:?}, expected about 1,000"
+    );
+    let writes = writes1 - writes0;
+    assert!(
+        (writes as f64) <= 32.0 * periods,
+        "{writes} server writes (an upper bound on round trips) in {periods:.1} periods for {renewals} renewals"
+    );
+
+    assert!(guards.iter().all(|g| !g.is_lost()), "a renewed guard was marked lost");
+    let mut pipe = redis::pipe();
+    for g in &guards {
+        pipe.cmd("HGET").arg(g.mutex().key().unwrap()).arg("o");
+    }
+    let owners: Vec<Option<String>> = pipe.query(&mut server.conn()).unwrap();
+    for (g, owner) in guards.iter().zip(&owners) {
+        assert_eq!(owner.as_deref(), Some(g.token()), "{} is no longer held by its guard", g.mutex().name());
+    }
+    assert_eq!(stats1.leases_lost, 0);
+}
+
+/// `clients` × `threads` workers take the lock `per_thread` times each; returns the
+/// fencing tokens in acquisition order, and the clients.
+fn fenced_acquisitions(
+    server: &RedisServer,
+    clients: usize,
+    threads: usize,
+    per_thread: usize,
+) -> (Vec<u64>, Vec<LockClient>) {
+    let clients: Vec<LockClient> = (0..clients).map(|_| client(server)).collect();
+    let order: Arc<StdMutex<Vec<u64>>> = Arc::default();
+    let workers: Vec<_> = (0..threads)
+        .flat_map(|_| &clients)
+        .map(|c| {
+            let m = c.mutex_with("fenced", MutexOptions::default().fencing(true));
+            let order = order.clone();
+            thread::spawn(move || {
+                for _ in 0..per_thread {
+                    let g = m.lock().unwrap();
+                    // The lock serializes these pushes: the Vec's order is the order
+                    // of acquisition.
+                    order.lock().unwrap().push(g.fencing_token().expect("fencing is on"));
+                    g.unlock().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    (order, clients)
+}
+
+fn assert_strictly_increasing(tokens: &[u64]) {
+    for pair in tokens.windows(2) {
+        assert!(pair[0] < pair[1], "fencing token {} was followed by {}", pair[0], pair[1]);
+    }
+    let distinct: std::collections::BTreeSet<u64> = tokens.iter().copied().collect();
+    assert_eq!(distinct.len(), tokens.len(), "fencing tokens must be distinct");
+}
+
+#[test]
+fn fencing_tokens_rise_strictly_in_acquisition_order() {
+    let server = RedisServer::start();
+    let (tokens, clients) = fenced_acquisitions(&server, 4, 1, 250);
+    assert_eq!(tokens.len(), 1000);
+    assert_strictly_increasing(&tokens);
+    for c in &clients {
+        assert_eq!(c.stats().acquisitions, 250);
+    }
+}
+
+#[test]
+fn fencing_tokens_rise_strictly_across_handoffs() {
+    // Threads of one client hand the lock to each other inside the release script,
+    // which issues the next token there.
+    let server = RedisServer::start();
+    let (tokens, clients) = fenced_acquisitions(&server, 2, 3, 100);
+    assert_eq!(tokens.len(), 600);
+    assert_strictly_increasing(&tokens);
+    let handoffs: u64 = clients.iter().map(|c| c.stats().handoffs).sum();
+    assert!(handoffs >= 100, "only {handoffs} of 600 acquisitions were handoffs");
+}
+
+#[test]
+fn a_guard_forgotten_by_a_restarted_redis_is_marked_lost() {
+    let mut server = RedisServer::start();
+    let client = client(&server);
+    let period = Duration::from_secs(1);
+    let guard = client.mutex_with("restarted", opts(3000, true)).lock().unwrap();
+    assert!(wait_until(within(Duration::from_secs(5)), || client.stats().renewals >= 1), "never renewed");
+    assert!(!guard.is_lost());
+
+    server.restart();
+    let limit = 3 * period;
+    assert!(
+        wait_until(within(limit), || guard.is_lost()),
+        "the guard was not marked lost within {limit:?} of the server coming back"
+    );
+    assert_eq!(client.stats().leases_lost, 1);
+    assert_eq!(client.renewing(), 0);
+
+    // The lock is free for others, and the lost guard does not release theirs.
+    let other = LockClient::open(&server.url()).unwrap();
+    let new_guard = other.mutex("restarted").try_lock().unwrap().expect("the restarted server has no lock");
+    assert_lock_lost(guard.unlock(), "unlocking a guard lost to a restart");
+    assert!(new_guard.is_held().unwrap());
+}
+
+#[test]
+fn a_failing_renewal_is_retried_at_a_bounded_rate_until_the_lease_runs_out() {
+    let server = RedisServer::start();
+    let client = client(&server);
+    let lease = Duration::from_secs(3);
+    let started = Instant::now();
+    let guard = client.mutex_with("refused", opts(3000, true)).lock().unwrap();
+    // From now on the server refuses every renewal at once (NOPERM), as fast as it can.
+    let mut admin = server.admin_conn();
+    redis::cmd("ACL").arg("SETUSER").arg("default").arg("-evalsha").query::<()>(&mut admin).unwrap();
+    let refused = || {
+        let info = server.info("errorstats");
+        let count = info.lines().find_map(|l| l.strip_prefix("errorstat_NOPERM:count="));
+        count.map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+
+    assert!(wait_until(within(2 * lease), || guard.is_lost()), "renewals failed for {:?}", 2 * lease);
+    let lost_after = started.elapsed();
+    // The lease may still be valid in Redis until it runs out: no earlier alarm.
+    assert!(
+        lost_after >= lease - Duration::from_millis(50),
+        "marked lost after {lost_after:?}, before its lease ran out"
+    );
+    assert!(lost_after <= lease + Duration::from_secs(1), "marked lost only after {lost_after:?}");
+    assert_eq!(client.stats().leases_lost, 1);
+    // Retries come every lease / 10 (at most 250 ms), not back to back.
+    let attempts = refused();
+    assert!((2..=20).contains(&attempts), "{attempts} renewals refused in {lost_after:?}");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(refused(), attempts, "a lost guard was renewed again");
+}
