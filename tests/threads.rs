@@ -79,8 +79,17 @@ fn one_watchdog_and_one_notifier_per_client_however_many_guards() {
     let client = LockClient::open(&server.url()).unwrap();
     let started = |want| settles_at(WATCHDOG, want, SOON) && settles_at(NOTIFIER, want, SOON);
     assert!(started(1), "threads: {:?}", thread_names());
-    // Pool threads name themselves a moment after they start.
-    let per_client = pool_threads_until(|n| n > 0);
+    // Pool threads name themselves a moment after they start: wait until the count is
+    // non-zero and has not changed for 200 ms.
+    let mut per_client = pool_threads_until(|n| n > 0);
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_millis(200) {
+        thread::sleep(Duration::from_millis(20));
+        let n = pool_threads();
+        if n != per_client {
+            (per_client, stable_since) = (n, Instant::now());
+        }
+    }
     assert!(per_client > 0, "no r2d2 pool threads seen: {:?}", thread_names());
 
     // Each client has its own pair.
