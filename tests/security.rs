@@ -1,0 +1,426 @@
+//! Security: a Redis ACL user limited to the crate's keys, channel pattern and commands
+//! can use every feature (and needs each permission it is given); a missing permission
+//! is an `Error::Auth` that says what to fix; passwords never appear in `Debug` output,
+//! error messages or log records.
+
+mod support;
+use support::RedisServer;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex as StdMutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis_mutex::{Error, LockClient, MutexOptions};
+
+/// Distinctive, so that any leak is found by a plain substring search.
+const PASSWORD: &str = "s3cr3t-Pa55";
+
+/// The ACL the README recommends for the default key prefix `redis-mutex`, before the
+/// commands: lock hashes and fence counters live under `redis-mutex:`; the notifier's
+/// `PSUBSCRIBE redis-mutex:{*}` needs that pattern granted *as written* (Redis checks a
+/// subscribed pattern literally), and `PUBLISH redis-mutex:{name}` from the release
+/// script matches it.
+const KEY_AND_CHANNEL_RULES: &[&str] =
+    &["on", "resetkeys", "~redis-mutex:*", "resetchannels", "&redis-mutex:{*}", "-@all"];
+
+/// Every command the crate sends, its scripts' inner commands included. Each one is
+/// needed: `every_permission_in_the_recommended_acl_is_needed` takes each away in turn.
+/// (`unsubscribe`/`punsubscribe`: redis-rs sends both when a client's notifier closes.)
+const COMMANDS: &[&str] = &[
+    "ping",
+    "client|setname",
+    "evalsha",
+    "script|load",
+    "psubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "hget",
+    "hmget",
+    "hset",
+    "del",
+    "pexpire",
+    "pttl",
+    "incr",
+    "publish",
+    "type",
+];
+
+// ---- a logger that keeps every record -------------------------------------------
+
+static RECORDS: StdMutex<Vec<String>> = StdMutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+        let mut records = RECORDS.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() < 200_000 {
+            records.push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture;
+
+/// Installs the capturing logger (once per test binary: every test's records land in it).
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CAPTURE).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+fn captured() -> Vec<String> {
+    RECORDS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+// ---- helpers ---------------------------------------------------------------------
+
+/// `(major, minor)` of the server.
+fn server_version(server: &RedisServer) -> (u32, u32) {
+    let info = server.info("server");
+    let v = info.lines().find_map(|l| l.strip_prefix("redis_version:")).expect("INFO has redis_version");
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The recommended rules, without the command `without`.
+fn rules(server: &RedisServer, without: Option<&str>) -> Vec<String> {
+    let mut rules: Vec<String> = KEY_AND_CHANNEL_RULES.iter().map(|r| r.to_string()).collect();
+    rules.extend(COMMANDS.iter().filter(|c| Some(**c) != without).map(|c| format!("+{c}")));
+    // redis-rs sends CLIENT SETINFO when it connects (and ignores a refusal); Redis 7.0
+    // has no such command and cannot name it in an ACL.
+    if server_version(server) >= (7, 2) {
+        rules.push("+client|setinfo".into());
+    }
+    rules
+}
+
+fn set_user(server: &RedisServer, user: &str, rules: &[String]) {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg(user).arg("reset").arg(format!(">{PASSWORD}")).arg(rules);
+    cmd.query::<()>(&mut server.admin_conn()).unwrap_or_else(|e| panic!("ACL SETUSER {user} {rules:?}: {e}"));
+}
+
+fn user_url(server: &RedisServer, user: &str) -> String {
+    format!("redis://{user}:{PASSWORD}@127.0.0.1:{}/", server.port())
+}
+
+fn text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// `ACL LOG`: one map per entry (`reason`, `context`, `object`, `username`, ...).
+fn acl_log(server: &RedisServer) -> Vec<BTreeMap<String, String>> {
+    let log: redis::Value = redis::cmd("ACL").arg("LOG").arg(1000).query(&mut server.admin_conn()).unwrap();
+    let redis::Value::Array(entries) = log else { panic!("ACL LOG answered {log:?}") };
+    entries
+        .iter()
+        .map(|e| match e {
+            redis::Value::Array(fields) => fields.chunks(2).map(|kv| (text(&kv[0]), text(&kv[1]))).collect(),
+            other => panic!("ACL LOG entry {other:?}"),
+        })
+        .collect()
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// What one pass over every feature saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    notifiers_up: bool,
+    tokens: Vec<u64>,
+    waiter_waited: Duration,
+    waiter_woken_by_message: u64,
+    waiter_woken_by_timeout: u64,
+    extended_lease_left: Option<Duration>,
+    held_after_renewals: bool,
+    renewals: u64,
+    forced: bool,
+    held_after_force: bool,
+    unlock_after_force_is_lost: bool,
+    reentrant_holds: usize,
+}
+
+/// Uses every feature with two clients on `url`, on lock names ending in `tag`: lock, a waiter in the other client
+/// woken by pub/sub, extend, `is_held`, watchdog renewals, `force_unlock`, fencing, the
+/// re-entrant lock. Stops at the first error (every wait is bounded).
+fn exercise(url: &str, tag: &str) -> Result<Outcome, String> {
+    fn e(what: &'static str) -> impl Fn(Error) -> String {
+        move |err| format!("{what}: {err}")
+    }
+    let none = |what: &str| format!("{what}: still held by someone else");
+    let mut out = Outcome::default();
+    let a = LockClient::open(url).map_err(e("open"))?;
+    let b = LockClient::open(url).map_err(e("open"))?;
+    out.notifiers_up = wait_until(Duration::from_secs(3), || a.is_notifier_connected() && b.is_notifier_connected());
+    let fenced = MutexOptions::default().fencing(true);
+    let job = format!("job-{tag}");
+    let (ma, mb) = (a.mutex_with(&job, fenced.clone()), b.mutex_with(&job, fenced.clone()));
+
+    let first = ma.try_lock_for(Duration::from_secs(5)).map_err(e("lock"))?.ok_or_else(|| none("lock"))?;
+    out.tokens.extend(first.fencing_token());
+    thread::scope(|s| -> Result<(), String> {
+        let waiter = s.spawn(|| {
+            let t = Instant::now();
+            let g = mb.try_lock_for(Duration::from_secs(6));
+            (t.elapsed(), g.map(|g| g.map(|g| (g.fencing_token(), g.unlock()))))
+        });
+        // The waiter has marked the holder (its release will publish) and sleeps.
+        let marked = wait_until(Duration::from_secs(5), || {
+            mb.waiting_threads() == 1 && ma.holder().ok().flatten().is_some_and(|h| h.contended)
+        });
+        first.extend(Duration::from_secs(20)).map_err(e("extend"))?;
+        out.extended_lease_left = ma.holder().map_err(e("holder"))?.and_then(|h| h.remaining_lease);
+        if !first.is_held().map_err(e("is_held"))? {
+            return Err("is_held: false for the holder".into());
+        }
+        first.unlock().map_err(e("unlock"))?;
+        let (waited, got) = waiter.join().expect("waiter thread");
+        let (token, unlocked) = got.map_err(e("waiter lock"))?.ok_or_else(|| none("waiter lock"))?;
+        unlocked.map_err(e("waiter unlock"))?;
+        out.tokens.extend(token);
+        out.waiter_waited = waited;
+        let stats = b.stats();
+        (out.waiter_woken_by_message, out.waiter_woken_by_timeout) = (stats.wakeups_notified, stats.wakeups_timeout);
+        if !marked {
+            return Err("the waiter never marked the holder".into());
+        }
+        Ok(())
+    })?;
+
+    // The watchdog renews a short lease (one EVALSHA pipeline per round).
+    let short = a.mutex_with(&format!("short-{tag}"), fenced.clone().lease(Duration::from_millis(600)));
+    let g = short.try_lock_for(Duration::from_secs(5)).map_err(e("lock short"))?.ok_or_else(|| none("lock short"))?;
+    thread::sleep(Duration::from_millis(1500));
+    out.held_after_renewals = !g.is_lost() && g.is_held().map_err(e("is_held short"))?;
+    out.renewals = a.stats().renewals;
+    g.unlock().map_err(e("unlock short"))?;
+
+    // An operator's force_unlock, from the other client.
+    let g = ma.try_lock_for(Duration::from_secs(5)).map_err(e("lock"))?.ok_or_else(|| none("lock"))?;
+    out.tokens.extend(g.fencing_token());
+    out.forced = mb.force_unlock().map_err(e("force_unlock"))?;
+    out.held_after_force = g.is_held().map_err(e("is_held after force"))?;
+    out.unlock_after_force_is_lost = g.unlock().is_err_and(|e| e.is_lock_lost());
+
+    let r = a.reentrant_mutex(&format!("again-{tag}"));
+    let outer = r.lock().map_err(e("reentrant lock"))?;
+    let inner = r.lock().map_err(e("reentrant lock again"))?;
+    out.reentrant_holds = inner.hold_count();
+    drop(inner);
+    drop(outer);
+    Ok(out)
+}
+
+// ---- tests -----------------------------------------------------------------------
+
+#[test]
+fn acl_user_limited_to_the_crate_can_use_every_feature() {
+    let server = RedisServer::start();
+    set_user(&server, "locker", &rules(&server, None));
+
+    let out = exercise(&user_url(&server, "locker"), "locker")
+        .unwrap_or_else(|e| panic!("{e}\nACL LOG: {:?}", acl_log(&server)));
+
+    assert!(out.notifiers_up, "the notifiers must subscribe under the ACL: {out:?}");
+    assert!(out.waiter_waited < Duration::from_secs(5), "the waiter must get the lock on release: {out:?}");
+    assert!(out.waiter_woken_by_message >= 1, "the waiter must be woken by the release message: {out:?}");
+    assert_eq!(out.waiter_woken_by_timeout, 0, "a 30 s lease: no timeout could wake it: {out:?}");
+    assert!(out.extended_lease_left.is_some_and(|d| d > Duration::from_secs(10)), "extend: {out:?}");
+    assert!(out.held_after_renewals && out.renewals >= 1, "the watchdog must renew: {out:?}");
+    assert!(out.forced && !out.held_after_force && out.unlock_after_force_is_lost, "force_unlock: {out:?}");
+    assert_eq!(out.tokens.len(), 3, "{out:?}");
+    assert!(out.tokens.windows(2).all(|w| w[0] < w[1]), "fencing tokens must rise: {out:?}");
+    assert_eq!(out.reentrant_holds, 2, "{out:?}");
+    // Nothing was refused, not even what the crate or redis-rs would shrug off (the
+    // clients' notifiers unsubscribe when they close: wait for them).
+    thread::sleep(Duration::from_millis(500));
+    let refused = acl_log(&server);
+    assert!(refused.is_empty(), "the ACL refused: {refused:#?}");
+}
+
+#[test]
+fn every_permission_in_the_recommended_acl_is_needed() {
+    let server = RedisServer::start();
+    let users: Vec<(String, &str)> =
+        COMMANDS.iter().map(|c| (format!("without-{}", c.replace('|', "-")), *c)).collect();
+    for (user, command) in &users {
+        set_user(&server, user, &rules(&server, Some(command)));
+    }
+    // The script cache is server-wide: the user without SCRIPT LOAD goes first, alone,
+    // on an empty cache. The others then run all at once.
+    redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut server.admin_conn()).unwrap();
+    let (loader, others) = users.split_at(COMMANDS.iter().position(|c| *c == "script|load").unwrap());
+    let _ = exercise(&user_url(&server, &others[0].0), &others[0].0);
+    thread::scope(|s| {
+        for (user, _) in loader.iter().chain(&others[1..]) {
+            let url = user_url(&server, user);
+            s.spawn(move || {
+                let _ = exercise(&url, user);
+            });
+        }
+    });
+    for (user, command) in &users {
+        let refused = wait_until(Duration::from_secs(3), || {
+            acl_log(&server)
+                .iter()
+                .any(|e| e.get("username") == Some(user) && e.get("object").map(String::as_str) == Some(command))
+        });
+        assert!(
+            refused,
+            "without +{command}, nothing was refused: is it still needed? ACL LOG: {:#?}",
+            acl_log(&server)
+        );
+    }
+}
+
+#[test]
+fn a_missing_permission_is_an_auth_error_that_names_the_acl() {
+    let server = RedisServer::start();
+    set_user(&server, "no-evalsha", &rules(&server, Some("evalsha")));
+    let mut no_keys = rules(&server, None);
+    no_keys[2] = "~someone-else:*".into();
+    set_user(&server, "no-keys", &no_keys);
+
+    for user in ["no-evalsha", "no-keys"] {
+        // Connecting only needs PING and CLIENT SETNAME, which both users have.
+        let client = LockClient::open(&user_url(&server, user)).expect("connect");
+        let m = client.mutex("job");
+        let t = Instant::now();
+        let err = m.lock().expect_err("the ACL refuses the acquire script");
+        assert!(t.elapsed() < Duration::from_secs(5), "a refusal is not an outage to wait out: {:?}", t.elapsed());
+        assert!(matches!(err, Error::Auth(_)), "{user}: expected Error::Auth, got {err:?}");
+        assert!(!err.is_transient(), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no permissions") && msg.contains("ACL"),
+            "{user}: the message must say what to fix: {msg}"
+        );
+        assert!(!msg.contains(PASSWORD), "{msg}");
+        assert!(matches!(m.try_lock(), Err(Error::Auth(_))), "try_lock too");
+    }
+}
+
+#[test]
+fn a_channel_rule_that_refuses_the_notifier_is_reported_and_locking_still_works() {
+    capture_logs();
+    let server = RedisServer::start();
+    // A natural mistake: `&redis-mutex:*` allows publishing, but PSUBSCRIBE needs the
+    // pattern itself, so Redis refuses the subscription (and redis-rs drops the reply).
+    let rules: Vec<String> = rules(&server, None)
+        .into_iter()
+        .map(|r| if r == "&redis-mutex:{*}" { "&redis-mutex:*".into() } else { r })
+        .collect();
+    set_user(&server, "wrong-channels", &rules);
+    let url = user_url(&server, "wrong-channels");
+    let (a, b) = (LockClient::open(&url).unwrap(), LockClient::open(&url).unwrap());
+    thread::sleep(Duration::from_millis(500));
+    assert!(!a.is_notifier_connected(), "a refused PSUBSCRIBE must not count as subscribed");
+
+    // Waiters then poll Redis: still correct, and not stuck until the lease ends.
+    let g = a.mutex("job").lock().unwrap();
+    let mb = b.mutex("job");
+    thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let t = Instant::now();
+            let got = mb.try_lock_for(Duration::from_secs(10)).unwrap().is_some();
+            (got, t.elapsed())
+        });
+        thread::sleep(Duration::from_millis(300));
+        g.unlock().unwrap();
+        let (got, waited) = waiter.join().unwrap();
+        assert!(got && waited < Duration::from_secs(3), "got {got} after {waited:?} (lease is 30 s)");
+    });
+    let warned = captured().iter().any(|l| l.starts_with("WARN") && l.contains("&redis-mutex:{*}"));
+    assert!(warned, "a warning must name the channel rule to add: {:#?}", captured());
+}
+
+#[test]
+fn passwords_never_appear_in_debug_output_errors_or_logs() {
+    capture_logs();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("redis.sock");
+    let sock_str = sock.to_str().unwrap();
+    let mut server =
+        RedisServer::start_with(&["--requirepass", PASSWORD, "--unixsocket", sock_str, "--unixsocketperm", "700"]);
+    let url = server.url_with_password(PASSWORD);
+    let mut shown: Vec<String> = Vec::new();
+
+    let a = LockClient::open(&url).unwrap();
+    let b = LockClient::builder().key_prefix("redis-mutex").build(&url).unwrap();
+    let unix = LockClient::open(&format!("redis+unix://{sock_str}?pass={PASSWORD}")).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_notifier_connected() && b.is_notifier_connected()));
+    shown.extend([format!("{a:?}"), format!("{b:?}"), format!("{unix:?}"), format!("{:?}", LockClient::builder())]);
+
+    // Lock, contend across clients, unlock; then the same over the unix socket.
+    let (ma, mb) = (a.mutex("job"), b.mutex("job"));
+    let g = ma.lock().unwrap();
+    shown.extend([format!("{ma:?}"), format!("{g:?}"), format!("{:?}", ma.holder().unwrap())]);
+    thread::scope(|s| {
+        let waiter = s.spawn(|| mb.try_lock_for(Duration::from_secs(10)).unwrap().map(|g| g.unlock()));
+        thread::sleep(Duration::from_millis(200));
+        g.unlock().unwrap();
+        waiter.join().unwrap().expect("the waiter got the lock").unwrap();
+    });
+    unix.mutex("job").lock().unwrap().unlock().unwrap();
+
+    // Kill every connection: pooled ones fail on use and are replaced, the notifiers
+    // reconnect (and log it).
+    let mut admin = server.admin_conn();
+    for kind in ["normal", "pubsub"] {
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind).query::<i64>(&mut admin).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(5), || a.stats().notifier_reconnects >= 1 && a.is_notifier_connected()));
+    ma.lock().unwrap().unlock().unwrap();
+    shown.push(format!("{:?}", a.stats()));
+
+    // Errors: a wrong password, a URL that does not parse, a server that is gone.
+    let wrong = format!("Wr0ng-{PASSWORD}");
+    let err = LockClient::open(&server.url_with_password(&wrong)).expect_err("wrong password");
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    shown.extend([err.to_string(), format!("{err:?}")]);
+    let err = LockClient::open(&format!("redis://:{PASSWORD}@127.0.0.1:notaport/")).expect_err("bad URL");
+    assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+    shown.extend([err.to_string(), format!("{err:?}")]);
+    let held = ma.lock().unwrap();
+    server.stop();
+    let err = mb.try_lock_for(Duration::from_millis(500)).expect_err("the server is gone");
+    shown.extend([err.to_string(), format!("{err:?}")]);
+    drop(held); // its release fails, and is logged
+    assert!(wait_until(Duration::from_secs(5), || !a.is_notifier_connected()));
+    drop((a, b, unix));
+
+    for s in &shown {
+        assert!(!s.contains(PASSWORD), "a password leaked: {s}");
+        assert!(!s.contains(&wrong), "a password leaked: {s}");
+    }
+    let logs = captured();
+    assert!(logs.iter().any(|l| l.contains("notifier subscribed again")), "the reconnect must be logged: {logs:#?}");
+    assert!(logs.iter().any(|l| l.contains(":***@127.0.0.1")), "URLs are logged, redacted: {logs:#?}");
+    let leaked: Vec<&String> = logs.iter().filter(|l| l.contains(PASSWORD) || l.contains(&wrong)).collect();
+    assert!(leaked.is_empty(), "passwords in log records: {leaked:#?}");
+}
