@@ -5,7 +5,8 @@
 //! Workload, like a worker pool: each thread loops lock → 100 µs busy hold → unlock →
 //! 0.5–1.5 ms sleep outside the lock; 8 threads in 1 process, and 4 processes × 4
 //! threads. `cargo bench --bench handoff` (about 1 minute); `BENCH_SECS` sets each
-//! run's length (default 10).
+//! run's length (default 10), `BENCH_ONLY=1p|4p` runs one setup, `HANDOFF_LIMIT` sets
+//! the client option of that name (default 8).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -111,7 +112,8 @@ impl Poller {
 /// Runs `threads` workers in this process for `secs`; returns records, client commands
 /// sent and process CPU seconds.
 fn run_workers(strategy: Strategy, url: &str, threads: u32, secs: f64, id_base: u32) -> (Vec<Rec>, u64, f64) {
-    let client = LockClient::builder().pool_max_size(threads.max(2)).build(url).unwrap();
+    let handoff_limit = std::env::var("HANDOFF_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let client = LockClient::builder().pool_max_size(threads.max(2)).handoff_limit(handoff_limit).build(url).unwrap();
     let barrier = Arc::new(Barrier::new(threads as usize));
     let cpu0 = process_cpu();
     let handles: Vec<_> = (0..threads)
@@ -368,7 +370,11 @@ fn main() {
         "PING µs"
     );
     let mut rows = Vec::new();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for (procs, threads) in [(1, 8), (4, 4)] {
+        if (only == "1p" && procs != 1) || (only == "4p" && procs != 4) {
+            continue;
+        }
         for strategy in [Strategy::Crate, Strategy::Poll(1), Strategy::Poll(100)] {
             let r = scenario(strategy, &url, procs, threads, secs);
             println!(
