@@ -42,9 +42,9 @@ pub(crate) enum Released {
     Deleted { published: bool },
     /// Ownership passed to the handoff target.
     Handed { fence: u64 },
-    /// Deleted and announced to every client, this one included, because other
-    /// clients waited through the handoff limit.
-    DeletedForAll,
+    /// Released to the other clients (reserved against this one for a moment),
+    /// because they waited through the handoff limit.
+    ReservedForOthers,
     /// The caller was not the owner (lease ran out, force-unlocked, handed on).
     NotOwner,
 }

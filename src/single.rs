@@ -244,7 +244,7 @@ impl Backend for SingleServer {
             (0, _) => Ok(Released::NotOwner),
             (1, published) => Ok(Released::Deleted { published: published == 1 }),
             (2, fence) => Ok(Released::Handed { fence: fence.max(0) as u64 }),
-            (3, _) => Ok(Released::DeletedForAll),
+            (3, _) => Ok(Released::ReservedForOthers),
             _ => Err(Error::UnexpectedReply { operation: "release", reply: format!("{v:?}") }),
         }
     }

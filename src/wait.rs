@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Attempt, AttemptArgs, Backend, Released};
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
-use crate::registry::{HandoffTarget, Leave, Registry, Woken};
+use crate::registry::{HandoffTarget, Leave, Registry, WaitHandle, Woken};
 use crate::stats::{Counters, bump};
 
 /// What every lock of one client shares for waiting.
@@ -151,6 +151,11 @@ impl Core {
             log::debug!("redis-mutex: acquired {} ({how}) after {:?}", keys.key, started.elapsed());
             Ok(Some(Acquired { token: token.clone(), fence, at }))
         };
+        // Leaving without the lock, unless a releaser handed it over meanwhile.
+        let give_up = |waiter: WaitHandle, attempts: u32, outcome: Result<Option<Acquired>>| match waiter.leave() {
+            Leave::Granted((fence, at)) => done(fence, at, "handed", attempts),
+            Leave::Left => outcome,
+        };
         loop {
             if let Some((fence, at)) = waiter.granted() {
                 return done(fence, at, "handed", attempts);
@@ -192,30 +197,18 @@ impl Core {
                 Err(e) if e.is_transient() => {
                     let since = *outage_since.get_or_insert_with(Instant::now);
                     if deadline.is_none() && since.elapsed() >= self.outage_tolerance {
-                        return match waiter.leave() {
-                            Leave::Granted((fence, at)) => done(fence, at, "handed", attempts),
-                            Leave::Left => Err(e),
-                        };
+                        return give_up(waiter, attempts, Err(e));
                     }
                     log::debug!("redis-mutex: attempt on {} failed, will retry: {e}", keys.key);
                     (backoff.next_delay(), Some(e))
                 }
-                Err(e) => {
-                    return match waiter.leave() {
-                        Leave::Granted((fence, at)) => done(fence, at, "handed", attempts),
-                        Leave::Left => Err(e),
-                    };
-                }
+                Err(e) => return give_up(waiter, attempts, Err(e)),
             };
             let now = Instant::now();
             let mut until = now + bound;
             if let Some(deadline) = deadline {
                 if now >= deadline {
-                    return match (waiter.leave(), failure) {
-                        (Leave::Granted((fence, at)), _) => done(fence, at, "handed", attempts),
-                        (Leave::Left, Some(e)) => Err(e),
-                        (Leave::Left, None) => Ok(None),
-                    };
+                    return give_up(waiter, attempts, failure.map_or(Ok(None), Err));
                 }
                 until = until.min(deadline);
             }
@@ -248,9 +241,9 @@ impl Core {
                 log::debug!("redis-mutex: handed {} to a waiting thread", keys.key);
                 Ok(())
             }
-            Ok(Released::DeletedForAll) => {
-                // Every notifier, ours included, hears '*' and wakes one waiter:
-                // local and remote waiters start the race alike.
+            Ok(Released::ReservedForOthers) => {
+                // Reserved for the other clients, whose notifiers wake one waiter each;
+                // ours wakes our first waiter too, which watches the reservation.
                 bump(&self.stats.releases);
                 log::debug!("redis-mutex: released {} to all clients", keys.key);
                 Ok(())
