@@ -1107,6 +1107,10 @@ struct Snapshot {
 struct RestartEvent {
     persistent: bool,
     kill_ns: u64,
+    /// Just before the new server was started: nothing can be granted earlier. (It
+    /// grants locks before the controller sees it answer, so `up_ns` is too late to
+    /// mark an epoch.)
+    spawn_ns: u64,
     up_ns: u64,
     /// Counters just before a restart without persistence.
     before: Option<Snapshot>,
@@ -1259,9 +1263,10 @@ impl Controller {
             let _ = fs::remove_dir_all(self.server.dir.join("appendonlydir"));
         }
         thread::sleep(Duration::from_millis(700));
+        let spawn_ns = now_ns();
         self.server.relaunch()?;
         let up_ns = now_ns();
-        self.events.restarts.push(RestartEvent { persistent, kill_ns, up_ns, before });
+        self.events.restarts.push(RestartEvent { persistent, kill_ns, spawn_ns, up_ns, before });
         let how = if persistent { "from its AOF" } else { "without its data" };
         self.note(format!("redis-server restarted {how}, down {:.1?}", Duration::from_nanos(up_ns - kill_ns)));
         // Let the consequences (lost leases, reconnects) play out before the next fault.
@@ -1606,13 +1611,15 @@ fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) -> Rep
         })
         .count();
 
-    // Epoch boundaries: restarts without persistence, as (kill, up).
+    // Epoch boundaries: restarts without persistence. A lock that `lock()` returned
+    // after the new server was spawned came from it (an old grant would have had to
+    // take longer than the 700 ms the server stays down to return).
     let wipes: Vec<&RestartEvent> = events.restarts.iter().filter(|r| !r.persistent).collect();
     report.epochs = wipes.len() + 1;
-    let epoch_at = |t: u64| wipes.iter().filter(|w| w.up_ns <= t).count();
+    let epoch_at = |t: u64| wipes.iter().filter(|w| w.spawn_ns <= t).count();
     // Acquired before a wipe (nothing is acquired while Redis is down, so a guard that
-    // arrived before the server was back came from the old one) and used after it.
-    let tainted = |r: &Rec| wipes.iter().any(|w| r.asked < w.kill_ns && r.start < w.up_ns && r.end >= w.kill_ns);
+    // arrived before the new server was spawned came from the old one) and used after.
+    let tainted = |r: &Rec| wipes.iter().any(|w| r.asked < w.kill_ns && r.start < w.spawn_ns && r.end >= w.kill_ns);
 
     for (persistent, survivors) in [(false, &mut report.survivors_restart), (true, &mut report.survivors_restart_aof)] {
         for r in records {
