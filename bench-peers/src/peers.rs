@@ -1,0 +1,252 @@
+//! The five implementations, each driven through its own public synchronous API the
+//! way its documentation shows. One `Shared` per process (the crate's client or
+//! manager object), one `Worker` per thread.
+
+use std::thread;
+use std::time::Duration;
+
+use redis_mutex::{LockClient, MutexGuard, MutexOptions};
+
+/// Lock name used by redis-mutex (its key is `redis-mutex:{bench}`); the peers use
+/// their own key each, so a leftover of one can never be mistaken by another.
+pub const LOCK: &str = "bench";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    RedisMutex,
+    Rlock,
+    Redisson,
+    Redlock,
+    Naive,
+}
+
+pub const ALL: [Impl; 5] = [Impl::RedisMutex, Impl::Rlock, Impl::Redisson, Impl::Redlock, Impl::Naive];
+
+impl Impl {
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::RedisMutex => "redis-mutex",
+            Impl::Rlock => "rlock",
+            Impl::Redisson => "redisson",
+            Impl::Redlock => "redlock",
+            Impl::Naive => "naive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Impl> {
+        ALL.into_iter().find(|i| i.name() == s)
+    }
+
+    /// The Redis keys this implementation writes for the benchmark lock.
+    pub fn keys(self) -> Vec<String> {
+        match self {
+            Impl::RedisMutex => vec![format!("redis-mutex:{{{LOCK}}}"), format!("redis-mutex:{{{LOCK}}}:fence")],
+            other => vec![format!("{LOCK}:{}", other.name())],
+        }
+    }
+
+    /// A peer crate (not redis-mutex, not the hand-written loop).
+    pub fn is_crate_peer(self) -> bool {
+        matches!(self, Impl::Rlock | Impl::Redisson | Impl::Redlock)
+    }
+}
+
+/// The per-process object of each implementation.
+#[derive(Clone)]
+pub enum Shared {
+    RedisMutex(LockClient),
+    Rlock(rlock::sync_lock::RLock),
+    Redisson(Box<redisson::RedissonClient>),
+    /// `RedLockGuard<'a>` borrows its manager: one leaked manager per process and run.
+    Redlock(&'static redlock::RedLock),
+    Naive(String),
+}
+
+/// redisson's pool size for `threads` threads: a waiting thread keeps its pooled
+/// connection through its 100 ms sleep (the connection is dropped at the end of each
+/// loop iteration). With the default 10, W2 at 16 threads got pool errors ("no
+/// connection available", "timed out waiting for connection"), then redisson's circuit
+/// breaker refused every request for 30 s (0 acquisitions, 30 s waits). Threads + 2
+/// keeps it working; `REDISSON_POOL=n` overrides it to see that for yourself.
+pub fn redisson_pool_size(threads: u32) -> u32 {
+    std::env::var("REDISSON_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or((threads + 2).max(10))
+}
+
+impl Shared {
+    pub fn new(imp: Impl, url: &str, threads: u32) -> Shared {
+        match imp {
+            // Default settings (pool_max_size 8): waiters hold no connection while asleep.
+            // `REDIS_MUTEX_HANDOFF_LIMIT=n` overrides handoff_limit (default 8) to study W3.
+            Impl::RedisMutex => {
+                let mut b = LockClient::builder();
+                if let Some(n) = std::env::var("REDIS_MUTEX_HANDOFF_LIMIT").ok().and_then(|v| v.parse().ok()) {
+                    b = b.handoff_limit(n);
+                }
+                Shared::RedisMutex(b.build(url).expect("redis-mutex client"))
+            }
+            // Default PoolOptions (8 idle connections kept, checkout never blocks).
+            Impl::Rlock => Shared::Rlock(rlock::sync_lock::RLock::new(url).expect("rlock manager")),
+            Impl::Redisson => {
+                let config = redisson::RedissonConfig::single_server(url).with_pool_size(redisson_pool_size(threads));
+                Shared::Redisson(Box::new(redisson::RedissonClient::new(config).expect("redisson client")))
+            }
+            // Default retry settings (3 tries, 0..200 ms random delay) on one server.
+            Impl::Redlock => Shared::Redlock(Box::leak(Box::new(redlock::RedLock::new(vec![url.to_owned()])))),
+            Impl::Naive => Shared::Naive(url.to_owned()),
+        }
+    }
+
+    pub fn worker(&self, imp: Impl, token: String) -> Worker {
+        let key = imp.keys().remove(0);
+        match self {
+            Shared::RedisMutex(c) => Worker::RedisMutex { m: c.mutex(LOCK), g: None },
+            Shared::Rlock(r) => Worker::Rlock { r: r.clone(), key, g: None },
+            Shared::Redisson(c) => Worker::Redisson { l: c.get_lock(&key), held: false },
+            Shared::Redlock(r) => Worker::Redlock { r, key, g: None },
+            Shared::Naive(url) => Worker::Naive {
+                con: redis::Client::open(url.as_str()).unwrap().get_connection().expect("naive connection"),
+                script: redis::Script::new(NAIVE_RELEASE),
+                key,
+                token,
+                held: false,
+                sent: 0,
+            },
+        }
+    }
+
+    /// Client-side round trips, where the implementation tells: redis-mutex's stats
+    /// (attempts + releases + renewals). `None` elsewhere (the naive loop counts its own).
+    pub fn round_trips(&self) -> Option<u64> {
+        match self {
+            Shared::RedisMutex(c) => {
+                let s = c.stats();
+                Some(s.attempts + s.releases + s.renewals)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The owner-checked release the blog posts show.
+const NAIVE_RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+pub enum Worker {
+    RedisMutex { m: redis_mutex::Mutex, g: Option<MutexGuard> },
+    Rlock { r: rlock::sync_lock::RLock, key: String, g: Option<rlock::sync_lock::RLockGuard> },
+    Redisson { l: redisson::RLock, held: bool },
+    Redlock { r: &'static redlock::RedLock, key: String, g: Option<redlock::RedLockGuard<'static>> },
+    Naive { con: redis::Connection, script: redis::Script, key: String, token: String, held: bool, sent: u64 },
+}
+
+/// How a lock is taken: as a user of the implementation would by default, or the W4
+/// holder's 60 s lease with no renewal (so it sends nothing while the waiters wait).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Default,
+    Fixed60s,
+}
+
+impl Worker {
+    /// Blocks until the lock is held.
+    pub fn acquire(&mut self, lease: Lease) -> Result<(), String> {
+        let fixed = lease == Lease::Fixed60s;
+        match self {
+            Worker::RedisMutex { m, g } => {
+                // Default: lease 30 s, renewed by the client's watchdog while held.
+                let guard = if fixed {
+                    let held = m
+                        .client()
+                        .mutex_with(LOCK, MutexOptions::default().lease(Duration::from_secs(60)).auto_renew(false));
+                    held.lock()
+                } else {
+                    m.lock()
+                };
+                *g = Some(guard.map_err(|e| e.to_string())?);
+            }
+            Worker::Rlock { r, key, g } => {
+                // Default AcquireOptions: TTL 10 s, retry every 100 ms, auto renewal
+                // (a renewal thread per guard), no acquisition timeout.
+                let guard = if fixed {
+                    let opts = rlock::AcquireOptions::builder()
+                        .ttl(Duration::from_secs(60))
+                        .renewal_mode(rlock::RenewalMode::Disabled)
+                        .build()
+                        .unwrap();
+                    r.acquire_mutex_with_options(key.as_str(), opts)
+                } else {
+                    r.acquire_mutex(key.as_str())
+                };
+                *g = Some(guard.map_err(|e| e.to_string())?);
+            }
+            Worker::Redisson { l, held } => {
+                // Default: lease = watchdog_timeout 30 s (non-zero: no watchdog),
+                // retries every 100 ms.
+                if fixed { l.lock_with_lease_time(Duration::from_secs(60)) } else { l.lock() }
+                    .map_err(|e| e.to_string())?;
+                *held = true;
+            }
+            Worker::Redlock { r, key, g } => {
+                // acquire() loops lock() (3 tries with 0..200 ms random delays each)
+                // until it gets the lock; the guard unlocks on drop.
+                let ttl = if fixed { 60_000 } else { 30_000 };
+                let manager: &'static redlock::RedLock = r;
+                *g = Some(manager.acquire(key.as_bytes(), ttl).map_err(|e| e.to_string())?);
+            }
+            Worker::Naive { con, key, token, held, sent, .. } => {
+                let px = if fixed { 60_000 } else { 30_000 };
+                loop {
+                    *sent += 1;
+                    let ok: Option<String> = redis::cmd("SET")
+                        .arg(&*key)
+                        .arg(&*token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(px)
+                        .query(con)
+                        .map_err(|e| e.to_string())?;
+                    if ok.is_some() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+                *held = true;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn release(&mut self) -> Result<(), String> {
+        match self {
+            Worker::RedisMutex { g, .. } => g.take().map_or(Ok(()), |g| g.unlock().map_err(|e| e.to_string())),
+            // Explicit release(): dropping the guard would queue the release to
+            // rlock's background thread instead.
+            Worker::Rlock { g, .. } => g.take().map_or(Ok(()), |mut g| g.release().map_err(|e| e.to_string())),
+            Worker::Redisson { l, held } => {
+                if std::mem::take(held) {
+                    l.unlock().map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Worker::Redlock { g, .. } => {
+                drop(g.take());
+                Ok(())
+            }
+            Worker::Naive { con, script, key, token, held, sent } => {
+                if std::mem::take(held) {
+                    *sent += 1;
+                    let _: i64 = script.key(&*key).arg(&*token).invoke(con).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Round trips this worker counted itself (the naive loop only).
+    pub fn sent(&self) -> Option<u64> {
+        match self {
+            Worker::Naive { sent, .. } => Some(*sent),
+            _ => None,
+        }
+    }
+}
