@@ -142,76 +142,74 @@ impl Core {
         );
         let mut backoff = Backoff::new();
         let mut outage_since: Option<Instant> = None;
-        let mut attempts = 0u32;
-        let done = |fence: u64, at: Instant, how: &str, attempts: u32| {
+        // Whether it had to wait (slept at least once): a contended acquisition.
+        let mut slept = false;
+        let done = |fence: u64, at: Instant, how: &str, slept: bool| {
             bump(&self.stats.acquisitions);
-            if attempts > 1 || how == "handed" {
+            if slept {
                 bump(&self.stats.contended_acquisitions);
             }
             log::debug!("redis-mutex: acquired {} ({how}) after {:?}", keys.key, started.elapsed());
             Ok(Some(Acquired { token: token.clone(), fence, at }))
         };
         // Leaving without the lock, unless a releaser handed it over meanwhile.
-        let give_up = |waiter: WaitHandle, attempts: u32, outcome: Result<Option<Acquired>>| match waiter.leave() {
-            Leave::Granted((fence, at)) => done(fence, at, "handed", attempts),
+        let give_up = |waiter: WaitHandle, slept: bool, outcome: Result<Option<Acquired>>| match waiter.leave() {
+            Leave::Granted((fence, at)) => done(fence, at, "handed", slept),
             Leave::Left => outcome,
         };
         loop {
             if let Some((fence, at)) = waiter.granted() {
-                return done(fence, at, "handed", attempts);
+                return done(fence, at, "handed", slept);
             }
-            attempts += 1;
-            bump(&self.stats.attempts);
-            let args = AttemptArgs {
-                token: &token,
-                lease_ms: want.lease_ms,
-                fencing: want.fencing,
-                will_wait: true,
-                deadline,
-            };
-            waiter.rely_on_first(false);
-            let sent = Instant::now();
-            let (bound, failure) = match self.backend.attempt(keys, args) {
-                Ok(Attempt::Acquired { fence }) => {
-                    waiter.finish();
-                    return done(fence, sent, "attempt", attempts);
-                }
-                Ok(Attempt::Held { remaining }) => {
-                    outage_since = None;
-                    (self.sleep_bound(remaining, &mut backoff), None)
-                }
-                // The first local waiter watches the reservation: woken when another
-                // client takes it, or attempting when it ends unused. The others are
-                // served by handoffs from the first, or woken when it leaves. The flag
-                // goes up before the check, so a first waiter leaving in between sees it.
-                Ok(Attempt::Reserved { remaining }) => {
-                    outage_since = None;
-                    waiter.rely_on_first(true);
-                    if waiter.is_first() {
-                        waiter.rely_on_first(false);
+            // Behind another waiter of this client, an attempt can only fail: the lock
+            // reaches us by handoff from the waiters ahead, and the first of them
+            // wakes us if it leaves. So only the first waiter talks to Redis. The flag
+            // goes up before the check, so a first waiter leaving in between sees it.
+            waiter.rely_on_first(true);
+            let (bound, failure) = if !waiter.is_first() {
+                (self.sleep_bound(None, &mut backoff), None)
+            } else {
+                waiter.rely_on_first(false);
+                bump(&self.stats.attempts);
+                let args = AttemptArgs {
+                    token: &token,
+                    lease_ms: want.lease_ms,
+                    fencing: want.fencing,
+                    will_wait: true,
+                    deadline,
+                };
+                let sent = Instant::now();
+                match self.backend.attempt(keys, args) {
+                    Ok(Attempt::Acquired { fence }) => {
+                        waiter.finish();
+                        return done(fence, sent, "attempt", slept);
+                    }
+                    // A reservation against this client: woken when another client
+                    // takes it, or attempting again when it ends unused.
+                    Ok(Attempt::Held { remaining } | Attempt::Reserved { remaining }) => {
+                        outage_since = None;
                         (self.sleep_bound(remaining, &mut backoff), None)
-                    } else {
-                        (self.sleep_bound(None, &mut backoff), None)
                     }
-                }
-                Err(e) if e.is_transient() => {
-                    let since = *outage_since.get_or_insert_with(Instant::now);
-                    if deadline.is_none() && since.elapsed() >= self.outage_tolerance {
-                        return give_up(waiter, attempts, Err(e));
+                    Err(e) if e.is_transient() => {
+                        let since = *outage_since.get_or_insert_with(Instant::now);
+                        if deadline.is_none() && since.elapsed() >= self.outage_tolerance {
+                            return give_up(waiter, slept, Err(e));
+                        }
+                        log::debug!("redis-mutex: attempt on {} failed, will retry: {e}", keys.key);
+                        (backoff.next_delay(), Some(e))
                     }
-                    log::debug!("redis-mutex: attempt on {} failed, will retry: {e}", keys.key);
-                    (backoff.next_delay(), Some(e))
+                    Err(e) => return give_up(waiter, slept, Err(e)),
                 }
-                Err(e) => return give_up(waiter, attempts, Err(e)),
             };
             let now = Instant::now();
             let mut until = now + bound;
             if let Some(deadline) = deadline {
                 if now >= deadline {
-                    return give_up(waiter, attempts, failure.map_or(Ok(None), Err));
+                    return give_up(waiter, slept, failure.map_or(Ok(None), Err));
                 }
                 until = until.min(deadline);
             }
+            slept = true;
             match waiter.sleep_until(until) {
                 Woken::Notified => {
                     bump(&self.stats.wakeups_notified);

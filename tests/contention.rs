@@ -469,10 +469,12 @@ fn idle_waiters_are_quiet() {
             .collect();
         start.wait();
         let t0 = Instant::now();
-        // Counted where it lands: the stats count an attempt before it is sent.
-        wait_until(Duration::from_secs(10), "every waiter's first attempt", || {
+        // Counted where it lands: the stats count an attempt before it is sent. Only the
+        // first waiter asks Redis; the others queue behind it in the client.
+        wait_until(Duration::from_secs(10), "every waiter queued, the first having attempted", || {
             let log = slowlog(&mut admin);
-            sent_by_pool(&log, &client, mark0, i64::MAX).get("evalsha").copied().unwrap_or(0) >= WAITERS as u64
+            m.waiting_threads() == WAITERS
+                && sent_by_pool(&log, &client, mark0, i64::MAX).get("evalsha").copied().unwrap_or(0) >= 1
         });
         // All are registered and asleep now: nothing should reach Redis before their
         // deadlines.
@@ -520,7 +522,8 @@ fn idle_waiters_are_quiet() {
         whole.get("evalsha").copied().unwrap_or(0),
         commandstats.get(&"evalsha".to_owned()).copied().unwrap_or(0)
     );
-    assert_eq!(d.attempts, 2 * WAITERS as u64, "one attempt on arrival, one at the deadline");
+    assert!(d.attempts >= 2, "the first waiter attempts on arrival and at its deadline: {d:#?}");
+    assert!(d.attempts <= 2 * WAITERS as u64, "{d:#?}");
     assert!(cpu_waiting < Duration::from_millis(300), "{WAITERS} idle waiters used {cpu_waiting:?} of CPU");
 }
 
@@ -569,8 +572,9 @@ fn waiters_survive_a_pubsub_outage() {
     let run_before = attempts_run(&server);
     thread::scope(|s| {
         let rx = spawn_waiters(s, &a, "outage", N, &inside);
-        wait_until(Duration::from_secs(10), "8 waiters to find the lock held", || {
-            am.waiting_threads() == N && attempts_run(&server) - run_before >= N as u64
+        // Only the first waiter of a client asks Redis; the others queue behind it.
+        wait_until(Duration::from_secs(10), "8 waiters queued, the first having found the lock held", || {
+            am.waiting_threads() == N && attempts_run(&server) > run_before
         });
         let killed: u64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut admin).unwrap();
         assert!(killed >= 2, "killed {killed} pub/sub connections, expected both notifiers");
@@ -600,7 +604,7 @@ fn waiters_survive_a_pubsub_outage() {
     thread::scope(|s| {
         let rx = spawn_waiters(s, &a, "outage", N, &inside);
         wait_until(Duration::from_secs(10), "8 waiters to find the lock held", || {
-            am.waiting_threads() == N && attempts_run(&server) - run_before >= N as u64
+            am.waiting_threads() == N && attempts_run(&server) > run_before
         });
         held.unlock().unwrap();
         for _ in 0..N {
