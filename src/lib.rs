@@ -35,8 +35,9 @@
 //!   every live guard at a third of its lease. A renewal that finds the lock gone marks
 //!   the guard lost ([`MutexGuard::is_lost`]).
 //! - **No lost wake-ups**: a thread registers as a waiter before its attempt; every
-//!   failed attempt marks the holder, whose release then publishes; a waiter's sleep is
-//!   never longer than the holder's remaining lease.
+//!   failed attempt marks the holder, whose release then publishes. Only the first
+//!   waiter of a lock in each client asks Redis, and its sleep is never longer than the
+//!   holder's remaining lease; the threads queued behind it get the lock by handoff.
 //! - **Fair inside a process**: a release hands the lock to the longest-waiting thread
 //!   of the same client; a thread that releases and locks again queues behind it.
 //!
