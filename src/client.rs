@@ -15,6 +15,7 @@ use crate::reentrant::{ReentrantMutex, ReentrantState};
 use crate::registry::Registry;
 use crate::single::{ConnectSettings, SingleServer};
 use crate::stats::{Counters, Stats};
+use crate::sync::lock;
 use crate::wait::Core;
 use crate::watchdog::Watchdog;
 
@@ -104,7 +105,7 @@ impl LockClient {
     /// [`reentrant_mutex`](Self::reentrant_mutex) with options. When a handle for
     /// `name` already exists, it is shared, with the options it was made with.
     pub fn reentrant_mutex_with(&self, name: &str, options: MutexOptions) -> ReentrantMutex {
-        let mut map = self.inner.reentrant.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.inner.reentrant);
         if let Some(state) = map.get(name).and_then(Weak::upgrade) {
             return ReentrantMutex::from_state(state);
         }

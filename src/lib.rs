@@ -68,6 +68,7 @@ mod reentrant;
 mod registry;
 mod single;
 mod stats;
+mod sync;
 mod wait;
 mod watchdog;
 

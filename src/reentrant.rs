@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::guard::MutexGuard;
 use crate::mutex::Mutex;
+use crate::sync::lock;
 
 /// A [`Mutex`] that the thread holding it may lock again without waiting.
 ///
@@ -63,7 +64,7 @@ impl fmt::Debug for ReentrantMutexGuard {
 
 impl ReentrantState {
     fn held(&self) -> StdGuard<'_, Option<Held>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.held)
     }
 }
 

@@ -13,10 +13,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+
+use crate::sync::lock;
 
 /// What a releaser needs to hand the lock to a waiter.
 #[derive(Debug, Clone)]
@@ -85,11 +87,6 @@ pub(crate) struct Claim {
 pub(crate) struct Registry {
     queues: Mutex<HashMap<Arc<str>, VecDeque<Arc<Waiter>>>>,
     next_id: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves the queue itself consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Registry {

@@ -9,6 +9,7 @@ use crate::backend::{Attempt, AttemptArgs, Backend, Holder, Released};
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
 use crate::registry::HandoffTarget;
+use crate::sync::lock;
 
 /// Connection settings shared by the pool and the notifier's connection.
 #[derive(Debug, Clone)]
@@ -68,14 +69,14 @@ struct LastConnectError(Arc<StdMutex<Option<(Instant, RedisError)>>>);
 
 impl r2d2::HandleError<RedisError> for LastConnectError {
     fn handle_error(&self, error: RedisError) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), error));
+        *lock(&self.0) = Some((Instant::now(), error));
     }
 }
 
 impl LastConnectError {
     /// The error, if the pool failed to connect within `recent`.
     fn recent(&self, recent: Duration) -> Option<RedisError> {
-        let last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let last = lock(&self.0);
         last.as_ref().filter(|(at, _)| at.elapsed() < recent).map(|(_, e)| e.clone())
     }
 }

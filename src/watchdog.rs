@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::keys::LockKeys;
 use crate::stats::bump;
+use crate::sync::lock;
 use crate::wait::Core;
 
 /// Longest the thread sleeps without looking at the table.
@@ -64,7 +65,7 @@ impl Lease {
     /// Redis confirmed ownership for `lease_ms` from `at`.
     pub fn confirmed(&self, at: Instant, lease_ms: u64) {
         self.lease_ms.store(lease_ms, Ordering::Release);
-        *self.times.lock().unwrap_or_else(|e| e.into_inner()) = (at, None);
+        *lock(&self.times) = (at, None);
     }
 
     fn lease(&self) -> Duration {
@@ -81,7 +82,7 @@ impl Lease {
     /// (its delay is shorter than that window, so a server that fails fast would
     /// otherwise be retried in a tight loop until the lease runs out).
     fn schedule(&self) -> (Instant, Duration) {
-        let (confirmed, retry) = *self.times.lock().unwrap_or_else(|e| e.into_inner());
+        let (confirmed, retry) = *lock(&self.times);
         match retry {
             Some(at) => (at, Duration::ZERO),
             None => (confirmed + self.lease() / 3, self.lease() / 6),
@@ -187,10 +188,6 @@ fn run(core: &Core, table: &Table, wake: &Receiver<()>) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Whether a lease registered while the thread was not yet asleep is due before `until`.
 fn next_due_changed(table: &Table, until: Instant) -> bool {
     lock(&table.leases).values().any(|l| l.due() < until)
@@ -229,13 +226,13 @@ fn renew(core: &Core, table: &Table, chunk: &[(u64, Arc<Lease>)]) {
         Err(e) => {
             let mut gone = Vec::new();
             for (id, lease) in chunk {
-                let (confirmed, _) = *lease.times.lock().unwrap_or_else(|e| e.into_inner());
+                let (confirmed, _) = *lock(&lease.times);
                 if sent >= confirmed + lease.lease() {
                     lease.mark_lost(core, &format!("renewals failed until the lease ran out ({e})"));
                     gone.push(*id);
                 } else {
                     let retry = sent + (lease.lease() / 10).clamp(Duration::from_millis(1), Duration::from_millis(250));
-                    lease.times.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(retry);
+                    lock(&lease.times).1 = Some(retry);
                 }
             }
             log::debug!("redis-mutex: renewal of {} leases failed, retrying: {e}", chunk.len());
