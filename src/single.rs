@@ -182,8 +182,9 @@ impl SingleServer {
             // While Redis is down the pool would wait its whole timeout for a connection
             // it cannot open. When it has none and failed to open one lately, one direct
             // connect tells at once whether the server is back, and if not, why.
-            if self.pool.state().idle_connections == 0
-                && let Some(e) = self.last_connect_error.recent(self.pool_timeout)
+            // Our own record first: `pool.state()` takes the lock every checkout takes.
+            if let Some(e) = self.last_connect_error.recent(self.pool_timeout)
+                && self.pool.state().idle_connections == 0
             {
                 match self.probe.connect(":probe") {
                     Ok(_) => log::debug!("redis-mutex: Redis answers again (after: {e})"),

@@ -167,7 +167,9 @@ impl Core {
             // goes up before the check, so a first waiter leaving in between sees it.
             waiter.rely_on_first(true);
             let (bound, failure) = if !waiter.is_first() {
-                (self.sleep_bound(None, &mut backoff), None)
+                // Every way forward from here wakes us (a grant, the first leaving), so
+                // no polling, even while the notifier is down.
+                (self.max_sleep, None)
             } else {
                 waiter.rely_on_first(false);
                 bump(&self.stats.attempts);
