@@ -193,9 +193,9 @@ const SCRIPT_ONLY: &[&str] =
 
 /// (commands received from clients, all calls including script-internal ones), from
 /// `INFO commandstats`, leaving out the benchmark's own INFO and PING.
-fn calls(con: &mut redis::Connection) -> (f64, f64) {
+fn calls(con: &mut redis::Connection) -> (f64, f64, std::collections::BTreeMap<String, f64>) {
     let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-    let (mut top, mut all) = (0.0, 0.0);
+    let (mut top, mut all, mut each) = (0.0, 0.0, std::collections::BTreeMap::new());
     for l in info.lines() {
         let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
         if name == "info" || name == "ping" || name.starts_with("config") {
@@ -204,11 +204,12 @@ fn calls(con: &mut redis::Connection) -> (f64, f64) {
         let n: f64 =
             rest.split("calls=").nth(1).and_then(|v| v.split(',').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         all += n;
+        each.insert(name.to_owned(), n);
         if !SCRIPT_ONLY.contains(&name) {
             top += n;
         }
     }
-    (top, all)
+    (top, all, each)
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -294,6 +295,15 @@ fn scenario(strategy: Strategy, url: &str, procs: u32, threads: u32, secs: f64) 
     let mut rtts = pinger.join().unwrap();
     let calls1 = calls(&mut admin);
     let (top_calls, all_calls) = (calls1.0 - calls0.0, calls1.1 - calls0.1);
+    if std::env::var_os("BENCH_BREAKDOWN").is_some() {
+        let n = recs.len() as f64;
+        let each: Vec<String> = calls1
+            .2
+            .iter()
+            .map(|(k, v)| format!("{k} {:.2}", (v - calls0.2.get(k).copied().unwrap_or(0.0)) / n))
+            .collect();
+        eprintln!("[{} p={procs}] calls per acquisition: {}", strategy.name(), each.join(", "));
+    }
     let rcpu = info_field(&mut admin, "cpu", "used_cpu_sys") + info_field(&mut admin, "cpu", "used_cpu_user") - rcpu0;
 
     let mut recs = recs;

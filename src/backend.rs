@@ -30,21 +30,20 @@ pub(crate) enum Attempt {
     Acquired { fence: u64 },
     /// Someone else holds it, for at most this much longer (`None`: no expiry set).
     Held { remaining: Option<Duration> },
-    /// Reserved for other clients for at most this much longer, after this client
-    /// released it to everyone (see `LockClientBuilder::fairness_window`).
+    /// Free, but reserved for another waiting client for at most this much longer
+    /// (see `LockClientBuilder::reservation_timeout`).
     Reserved { remaining: Option<Duration> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Released {
-    /// Deleted; `published` when a waiter had marked it and a release message went out
-    /// with this client's id (its own notifier ignores it).
-    Deleted { published: bool },
+    /// Deleted: no other client was queued for it.
+    Deleted,
     /// Ownership passed to the handoff target.
     Handed { fence: u64 },
-    /// Released to the other clients (reserved against this one for a moment),
-    /// because they waited through the handoff limit.
-    ReservedForOthers,
+    /// Reserved for the client that has waited longest, which was told to take it;
+    /// this client queues behind the others if it was given a handoff target.
+    Passed,
     /// The caller was not the owner (lease ran out, force-unlocked, handed on).
     NotOwner,
 }
@@ -56,13 +55,20 @@ pub struct Holder {
     pub token: String,
     /// Lease left, or `None` if the key has no expiry (someone removed it by hand).
     pub remaining_lease: Option<Duration>,
-    /// Whether someone tried to take the lock while this holder had it.
+    /// Whether someone is waiting for the lock (a thread of the holder's client, or
+    /// another client queued for it).
     pub contended: bool,
 }
 
 pub(crate) trait Backend: Send + Sync + 'static {
     fn attempt(&self, keys: &LockKeys, args: AttemptArgs<'_>) -> Result<Attempt>;
-    fn release(&self, keys: &LockKeys, token: &str, handoff: Option<&HandoffTarget>) -> Result<Released>;
+    /// Releases `token`'s lock, whose lease is `lease_ms`, handing it to `handoff` (a
+    /// waiter of this client) unless other clients have waited through the handoff limit.
+    fn release(&self, keys: &LockKeys, token: &str, lease_ms: u64, handoff: Option<&HandoffTarget>)
+    -> Result<Released>;
+    /// This client has no waiter left for the lock: take it out of the lock's queue of
+    /// waiting clients, passing on a reservation made for it.
+    fn leave(&self, keys: &LockKeys) -> Result<()>;
     /// Extends every `(keys, token, lease_ms)` whose token still owns its lock, in as
     /// few round trips as the backend allows; `true` per item that is still owned.
     fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<bool>>;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::error::{Error, Result};
-use crate::keys::{redact_url, validate_prefix};
+use crate::keys::{LockKeys, redact_url, validate_prefix};
 use crate::mutex::Mutex;
 use crate::notifier::{self, NotifierConfig};
 use crate::options::MutexOptions;
@@ -169,7 +169,7 @@ pub struct LockClientBuilder {
     recheck_interval: Duration,
     ping_interval: Duration,
     handoff_limit: u32,
-    fairness_window: Duration,
+    reservation_timeout: Duration,
 }
 
 impl Default for LockClientBuilder {
@@ -185,7 +185,7 @@ impl Default for LockClientBuilder {
             recheck_interval: Duration::from_secs(60),
             ping_interval: Duration::from_secs(5),
             handoff_limit: 8,
-            fairness_window: Duration::from_millis(10),
+            reservation_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -255,20 +255,22 @@ impl LockClientBuilder {
     }
 
     /// A release hands the lock straight to a waiting thread of the same client (one
-    /// round trip). While threads of *other* clients also wait, at most this many
-    /// handoffs follow each other before a release goes to everyone. Defaults to 8.
+    /// round trip). While threads of *other* clients wait too, at most this many
+    /// handoffs follow each other before the lock passes to the client that has waited
+    /// longest. Defaults to 8.
     pub fn handoff_limit(mut self, n: u32) -> Self {
         self.handoff_limit = n;
         self
     }
 
-    /// When a release goes to everyone after `handoff_limit` handoffs, the lock is
-    /// reserved this long for the *other* clients: the releasing client's own threads
-    /// would otherwise win the race it starts. Long enough for another client to hear
-    /// the release and attempt (a round trip and two thread wake-ups); the reservation
-    /// ends as soon as one does. Defaults to 10 ms.
-    pub fn fairness_window(mut self, d: Duration) -> Self {
-        self.fairness_window = d;
+    /// When a release passes the lock to the client that has waited longest, the lock
+    /// stays reserved for that client this long: its notifier wakes one of its threads,
+    /// which takes it (within a round trip or two). Only if that client has gone away
+    /// (crashed, or stopped) does the reservation matter: after it, the lock is free for
+    /// the next client that asks, and the others' sleeps are bounded by the lease they
+    /// last saw, as for a holder that crashed. Defaults to 1 s.
+    pub fn reservation_timeout(mut self, d: Duration) -> Self {
+        self.reservation_timeout = d;
         self
     }
 
@@ -284,7 +286,7 @@ impl LockClientBuilder {
             ("write_timeout", self.write_timeout),
             ("recheck_interval", self.recheck_interval),
             ("ping_interval", self.ping_interval),
-            ("fairness_window", self.fairness_window),
+            ("reservation_timeout", self.reservation_timeout),
         ] {
             if d.is_zero() {
                 return Err(Error::InvalidOption { option, reason: "must be longer than zero".into() });
@@ -345,7 +347,7 @@ impl LockClientBuilder {
                 self.pool_timeout,
                 client_id.clone(),
                 self.handoff_limit,
-                self.fairness_window,
+                self.reservation_timeout,
             )),
             registry: registry.clone(),
             stats: stats.clone(),
@@ -365,8 +367,21 @@ impl LockClientBuilder {
                 prefix: self.key_prefix.clone(),
                 client_id: client_id.clone(),
                 ping_after: self.ping_interval,
+                reservation: self.reservation_timeout,
             },
-            notifier::Shared { registry, stats, up },
+            notifier::Shared {
+                registry,
+                stats,
+                up,
+                unclaimed: {
+                    let (core, prefix) = (core.clone(), self.key_prefix.clone());
+                    Box::new(move |name| {
+                        if let Ok(keys) = LockKeys::new(&prefix, name) {
+                            core.leave_queue(&keys);
+                        }
+                    })
+                },
+            },
             stop_rx,
         )
         .map_err(spawn_err)?;

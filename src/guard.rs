@@ -144,7 +144,7 @@ impl MutexGuard {
             self.mutex.client().inner.watchdog.deregister(id, &self.lease);
         }
         self.check_not_lost()?;
-        let result = self.core().release(&self.lease.keys, &self.lease.token);
+        let result = self.core().release(&self.lease.keys, &self.lease.token, self.lease.lease_ms());
         if let Err(Error::LockLost { .. }) = &result {
             self.lease.mark_lost(self.core(), "the release found another owner or no lock");
         }

@@ -3,6 +3,7 @@
 //! client's prefix once per connection and turns each release message into a wake-up
 //! of one local waiter. Waiters never talk to it; it only writes to the registry.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,7 +15,7 @@ use crate::keys::{channel_pattern, name_from_channel};
 use crate::registry::Registry;
 use crate::single::ConnectSettings;
 use crate::stats::{Counters, bump};
-use crate::wait::Backoff;
+use crate::wait::{Backoff, jitter};
 
 /// How often the thread looks up from a quiet connection (to see whether the client
 /// was dropped).
@@ -26,12 +27,17 @@ pub(crate) struct NotifierConfig {
     pub client_id: String,
     /// Silence after which the connection is probed with PING.
     pub ping_after: Duration,
+    /// How long a lock passed to a client stays reserved for it.
+    pub reservation: Duration,
 }
 
 pub(crate) struct Shared {
     pub registry: Arc<Registry>,
     pub stats: Arc<Counters>,
     pub up: Arc<AtomicBool>,
+    /// Called with a lock name passed to this client while none of its threads waits
+    /// for it any more: leaves the lock's queue, passing the reservation on.
+    pub unclaimed: Box<dyn Fn(&str) + Send>,
 }
 
 /// Starts the notifier thread. It exits soon after `shutdown`'s sender is dropped.
@@ -119,27 +125,52 @@ fn listen(
     shutdown: &Receiver<()>,
 ) -> Option<redis::RedisError> {
     let mut last_heard = Instant::now();
+    // Locks passed to another client while ours waited, and when our first waiter
+    // should look again if no later pass is heard: a client that crashed (or stopped)
+    // after joining the queue never takes its reservation, and nothing announces that.
+    // Under contention each pass re-arms the check, so it only fires after a quiet
+    // spell: one attempt per waiting client, not one per pass.
+    let mut checks: HashMap<String, Instant> = HashMap::new();
     loop {
         if stopped(shutdown) {
             return None;
+        }
+        if !checks.is_empty() {
+            let now = Instant::now();
+            checks.retain(|name, due| {
+                if *due > now {
+                    return true;
+                }
+                let woke = shared.registry.notify(name);
+                log::debug!("redis-mutex: no pass of {name} heard since the last one; waiter re-checks: {woke}");
+                false
+            });
         }
         match pubsub.get_message() {
             Ok(msg) => {
                 last_heard = Instant::now();
                 let payload = msg.get_payload_bytes();
-                // Our own releases woke a local waiter directly; `>id` is meant for the
-                // client `id` only (another client took a lock reserved against it).
+                // `>id`: the lock was passed to client `id`, which alone acts on it.
+                // Anything else (`*`: forced unlock) wakes every client's first waiter.
                 let mine = cfg.client_id.as_bytes();
-                let skip = match payload.strip_prefix(b">") {
-                    Some(target) => target != mine,
-                    None => payload == mine,
+                let Some(name) = name_from_channel(&cfg.prefix, msg.get_channel_name()) else { continue };
+                let for_me = match payload.strip_prefix(b">") {
+                    Some(target) if target == mine => true,
+                    Some(_) => {
+                        if shared.registry.waiting(name) > 0 {
+                            let due = Instant::now() + cfg.reservation + TICK + jitter(cfg.reservation / 4);
+                            checks.insert(name.to_owned(), due);
+                        }
+                        continue;
+                    }
+                    None => false,
                 };
-                if skip {
-                    continue;
-                }
-                if let Some(name) = name_from_channel(&cfg.prefix, msg.get_channel_name()) {
-                    let woke = shared.registry.notify(name);
-                    log::trace!("redis-mutex: release of {name} heard; woke a waiter: {woke}");
+                checks.remove(name);
+                let woke = shared.registry.notify(name);
+                log::trace!("redis-mutex: release of {name} heard; woke a waiter: {woke}");
+                if for_me && !woke {
+                    // Its last waiter left after the releaser chose this client.
+                    (shared.unclaimed)(name);
                 }
             }
             Err(e) if e.is_timeout() => {

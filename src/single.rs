@@ -60,6 +60,7 @@ struct Scripts {
     release: Script,
     extend: Script,
     force_unlock: Script,
+    leave: Script,
 }
 
 /// The pool's last failure to open a connection. r2d2 keeps only its text; we keep the
@@ -142,8 +143,9 @@ impl SingleServer {
             last_connect_error,
             probe: settings,
             scripts: Scripts {
-                acquire: Script::new(include_str!("lua/acquire.lua")),
-                release: Script::new(include_str!("lua/release.lua")),
+                acquire: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/acquire.lua"))),
+                release: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/release.lua"))),
+                leave: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/leave.lua"))),
                 extend: Script::new(include_str!("lua/extend.lua")),
                 force_unlock: Script::new(include_str!("lua/force_unlock.lua")),
             },
@@ -230,23 +232,29 @@ impl Backend for SingleServer {
         }
     }
 
-    fn release(&self, keys: &LockKeys, token: &str, handoff: Option<&HandoffTarget>) -> Result<Released> {
+    fn release(
+        &self,
+        keys: &LockKeys,
+        token: &str,
+        lease_ms: u64,
+        handoff: Option<&HandoffTarget>,
+    ) -> Result<Released> {
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(&keys.key).key(&keys.fence).arg(token).arg(&self.client_id);
         match handoff {
             Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(flag(t.fencing)),
             None => inv.arg("").arg(0).arg("0"),
         };
-        inv.arg(self.handoff_limit).arg(self.reservation_ms);
+        inv.arg(self.handoff_limit).arg(self.reservation_ms).arg(lease_ms);
         let v = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
         match pair(&v, "release")? {
             // After a retry this may also mean the first try ran before its connection
             // broke. Reporting a loss that did not happen is the safe mistake; the
             // other would hide a lease that ran out.
             (0, _) => Ok(Released::NotOwner),
-            (1, published) => Ok(Released::Deleted { published: published == 1 }),
+            (1, _) => Ok(Released::Deleted),
             (2, fence) => Ok(Released::Handed { fence: fence.max(0) as u64 }),
-            (3, _) => Ok(Released::ReservedForOthers),
+            (3, _) => Ok(Released::Passed),
             _ => Err(Error::UnexpectedReply { operation: "release", reply: format!("{v:?}") }),
         }
     }
@@ -271,15 +279,26 @@ impl Backend for SingleServer {
         Ok(replies.into_iter().map(|r| r == 1).collect())
     }
 
+    fn leave(&self, keys: &LockKeys) -> Result<()> {
+        let mut inv = self.scripts.leave.prepare_invoke();
+        inv.key(&keys.key).arg(&self.client_id).arg(self.reservation_ms);
+        let outcome: i64 = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
+        log::debug!("redis-mutex: left the queue of {} ({outcome})", keys.key);
+        Ok(())
+    }
+
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("w").cmd("PTTL").arg(&keys.key);
-        let (fields, pttl) =
-            self.with_conn(Some(&keys.key), None, |c| pipe.query::<((Option<String>, Option<String>), i64)>(c))?;
-        Ok(fields.0.map(|token| Holder {
+        pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("w").arg("q").cmd("PTTL").arg(&keys.key);
+        type Fields = (Option<String>, Option<String>, Option<String>);
+        let (fields, pttl) = self.with_conn(Some(&keys.key), None, |c| pipe.query::<(Fields, i64)>(c))?;
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        let contended = set(&fields.1) || set(&fields.2);
+        // A lock passed to a waiting client is free (`o` empty) until that client takes it.
+        Ok(fields.0.filter(|t| !t.is_empty()).map(|token| Holder {
             token,
             remaining_lease: u64::try_from(pttl).ok().map(Duration::from_millis),
-            contended: fields.1.is_some(),
+            contended,
         }))
     }
 

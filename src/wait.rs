@@ -155,7 +155,12 @@ impl Core {
         // Leaving without the lock, unless a releaser handed it over meanwhile.
         let give_up = |waiter: WaitHandle, slept: bool, outcome: Result<Option<Acquired>>| match waiter.leave() {
             Leave::Granted((fence, at)) => done(fence, at, "handed", slept),
-            Leave::Left => outcome,
+            Leave::Left => {
+                if matches!(outcome, Ok(None)) {
+                    self.leave_queue(keys);
+                }
+                outcome
+            }
         };
         loop {
             if let Some((fence, at)) = waiter.granted() {
@@ -225,12 +230,27 @@ impl Core {
         }
     }
 
-    /// Releases the lock `token` holds, handing it to a waiting thread of this client
-    /// when there is one.
-    pub fn release(&self, keys: &LockKeys, token: &str) -> Result<()> {
+    /// The last local waiter of `keys` gave up: unless another has come meanwhile, this
+    /// client leaves the lock's queue of waiting clients (passing on a reservation made
+    /// for it). A waiter that came meanwhile is woken to queue again.
+    pub fn leave_queue(&self, keys: &LockKeys) {
+        if self.registry.waiting(&keys.name) > 0 {
+            return;
+        }
+        if let Err(e) = self.backend.leave(keys) {
+            // Then a reservation for this client goes unused until it ends; the others'
+            // sleeps are bounded by the lease.
+            log::debug!("redis-mutex: could not leave the queue of {}: {e}", keys.key);
+        }
+        self.registry.notify(&keys.name);
+    }
+
+    /// Releases the lock `token` holds (its lease `lease_ms`), handing it to a waiting
+    /// thread of this client when there is one and no other client's turn has come.
+    pub fn release(&self, keys: &LockKeys, token: &str, lease_ms: u64) -> Result<()> {
         let claim = self.registry.claim_first(&keys.name);
         let sent = Instant::now();
-        let outcome = self.backend.release(keys, token, claim.as_ref().map(|c| c.target()));
+        let outcome = self.backend.release(keys, token, lease_ms, claim.as_ref().map(|c| c.target()));
         match outcome {
             Ok(Released::Handed { fence }) => {
                 bump(&self.stats.releases);
@@ -241,17 +261,22 @@ impl Core {
                 log::debug!("redis-mutex: handed {} to a waiting thread", keys.key);
                 Ok(())
             }
-            Ok(Released::ReservedForOthers) => {
-                // Reserved for the other clients, whose notifiers wake one waiter each;
-                // ours wakes our first waiter too, which watches the reservation.
+            Ok(Released::Passed) => {
+                // The next client in the queue was told to take it. With a claim, the
+                // script queued this client behind the others: its turn is announced the
+                // same way. Without one, a waiter that registered after `claim_first`
+                // (expecting a handoff, so not queued) must attempt, to queue.
                 bump(&self.stats.releases);
-                log::debug!("redis-mutex: released {} to all clients", keys.key);
+                if claim.is_none() {
+                    self.registry.notify(&keys.name);
+                }
+                log::debug!("redis-mutex: passed {} to the next waiting client", keys.key);
                 Ok(())
             }
-            Ok(Released::Deleted { .. }) => {
+            Ok(Released::Deleted) => {
                 bump(&self.stats.releases);
                 drop(claim);
-                // Our own release message is ignored by our notifier: wake directly.
+                // A waiter that registered after the claim found nobody attempts now.
                 self.registry.notify(&keys.name);
                 log::debug!("redis-mutex: released {}", keys.key);
                 Ok(())
@@ -327,7 +352,7 @@ pub(crate) mod tests {
             Ok(Attempt::Acquired { fence })
         }
 
-        fn release(&self, keys: &LockKeys, token: &str, handoff: Option<&HandoffTarget>) -> Result<Released> {
+        fn release(&self, keys: &LockKeys, token: &str, _: u64, handoff: Option<&HandoffTarget>) -> Result<Released> {
             let mut locks = self.locks.lock().unwrap();
             match locks.get_mut(&keys.key) {
                 Some(l) if l.owner == token && l.expires > Instant::now() => {
@@ -337,9 +362,8 @@ pub(crate) mod tests {
                         l.handoffs += 1;
                         return Ok(Released::Handed { fence: 0 });
                     }
-                    let published = l.waited;
                     locks.remove(&keys.key);
-                    Ok(Released::Deleted { published })
+                    Ok(Released::Deleted)
                 }
                 _ => Ok(Released::NotOwner),
             }
@@ -370,6 +394,10 @@ pub(crate) mod tests {
 
         fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
             Ok(self.locks.lock().unwrap().remove(&keys.key).is_some())
+        }
+
+        fn leave(&self, _: &LockKeys) -> Result<()> {
+            Ok(())
         }
     }
 
@@ -408,7 +436,7 @@ pub(crate) mod tests {
         let core = mem_core(MemBackend::default());
         let a = core.try_once(&keys(), WANT).unwrap().unwrap();
         assert!(core.try_once(&keys(), WANT).unwrap().is_none());
-        core.release(&keys(), &a.token).unwrap();
+        core.release(&keys(), &a.token, WANT.lease_ms).unwrap();
         assert!(core.try_once(&keys(), WANT).unwrap().is_some());
     }
 
@@ -425,7 +453,7 @@ pub(crate) mod tests {
         while core.stats.attempts.load(Ordering::SeqCst) < 2 {
             std::thread::yield_now();
         }
-        core.release(&keys(), &first.token).unwrap();
+        core.release(&keys(), &first.token, WANT.lease_ms).unwrap();
         let second = waiter.join().unwrap();
         let s = core.stats.snapshot();
         assert_eq!(s.handoffs, 1);
@@ -445,7 +473,7 @@ pub(crate) mod tests {
                     while !stop.load(Ordering::Relaxed) {
                         let g = core.acquire(&keys(), WANT, None).unwrap().unwrap();
                         n += 1;
-                        core.release(&keys(), &g.token).unwrap();
+                        core.release(&keys(), &g.token, WANT.lease_ms).unwrap();
                     }
                     n
                 })
@@ -511,6 +539,6 @@ pub(crate) mod tests {
         let core = mem_core(MemBackend::default());
         let a = core.try_once(&keys(), WANT).unwrap().unwrap();
         core.backend.force_unlock(&keys()).unwrap();
-        assert!(core.release(&keys(), &a.token).unwrap_err().is_lock_lost());
+        assert!(core.release(&keys(), &a.token, WANT.lease_ms).unwrap_err().is_lock_lost());
     }
 }

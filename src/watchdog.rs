@@ -69,7 +69,12 @@ impl Lease {
     }
 
     fn lease(&self) -> Duration {
-        Duration::from_millis(self.lease_ms.load(Ordering::Acquire))
+        Duration::from_millis(self.lease_ms())
+    }
+
+    /// The lease length, as last granted or extended.
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms.load(Ordering::Acquire)
     }
 
     /// When the next renewal is due.

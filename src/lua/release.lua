@@ -1,42 +1,43 @@
--- Release, optionally handing the lock straight to a waiter of the caller's client.
+-- Release: hand the lock to a waiter of the caller's client, pass it to the next
+-- waiting client, or delete it.
 -- KEYS[1] lock hash, KEYS[2] fence counter
--- ARGV[1] token, ARGV[2] caller's client id (the release message's payload),
--- ARGV[3] next owner's token ('' = no handoff), ARGV[4] next lease ms,
+-- ARGV[1] token, ARGV[2] caller's client id,
+-- ARGV[3] next owner's token ('' = no local waiter), ARGV[4] next lease ms,
 -- ARGV[5] '1' = next owner wants a fencing token, ARGV[6] handoff limit,
--- ARGV[7] reservation ms
--- Returns {0, 0} not the owner, {1, published} released, {2, fence} handed over,
--- {3, 0} released to everyone because other clients waited through too many handoffs.
-local held = redis.call('HMGET', KEYS[1], 'o', 'w', 'h', 'r')
+-- ARGV[7] reservation ms, ARGV[8] caller's lease ms
+-- Returns {0, 0} not the owner, {1, 0} deleted, {2, fence} handed over,
+-- {3, 0} passed to the next waiting client.
+local held = redis.call('HMGET', KEYS[1], 'o', 'h', 'q')
 if held[1] ~= ARGV[1] then
   return {0, 0}
 end
+local queue = queue_without(held[3], ARGV[2])
 if ARGV[3] ~= '' then
-  local handoffs = tonumber(held[3] or '0')
-  if handoffs < tonumber(ARGV[6]) or not held[4] then
+  local handoffs = tonumber(held[2] or '0')
+  if queue == '' or handoffs < tonumber(ARGV[6]) then
+    local fields = {'o', ARGV[3], 'h', handoffs + 1}
     local fence = 0
     if ARGV[5] == '1' then
       fence = redis.call('INCR', KEYS[2])
-      redis.call('HSET', KEYS[1], 'o', ARGV[3], 'f', fence, 'h', handoffs + 1)
-    else
-      redis.call('HSET', KEYS[1], 'o', ARGV[3], 'h', handoffs + 1)
+      fields[#fields + 1] = 'f'; fields[#fields + 1] = fence
     end
+    redis.call('HSET', KEYS[1], unpack(fields))
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
     return {2, fence}
   end
-  -- Release to everyone but the caller's client, which would otherwise win the race
-  -- it starts (its threads retry at once; others first hear the message). The
-  -- reservation ends when another client acquires or after ARGV[7] ms.
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'x', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
-  -- '*': every client's notifier, the caller's included, wakes one waiter (the
-  -- caller's finds the reservation and retries when it ends).
-  redis.call('PUBLISH', KEYS[1], '*')
+end
+if queue ~= '' then
+  -- Reserved for the client that has waited longest, for ARGV[7] ms; the queue lives
+  -- as long as the caller's lease would have, so that the others, whose sleeps that
+  -- lease bounds, still find it. The caller's client queues at the back if it has
+  -- waiters itself.
+  local nxt, rest = queue_pop(queue)
+  if ARGV[3] ~= '' then rest = queue_push(rest, ARGV[2]) end
+  local ttl = math.max(tonumber(ARGV[8]), tonumber(ARGV[7]))
+  redis.call('HSET', KEYS[1], 'o', '', 'c', '', 'h', 0, 'w', '', 'g', nxt, 'q', rest, 'gt', ttl - tonumber(ARGV[7]))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PUBLISH', KEYS[1], '>' .. nxt)
   return {3, 0}
 end
 redis.call('DEL', KEYS[1])
-if held[2] then
-  redis.call('PUBLISH', KEYS[1], ARGV[2])
-  return {1, 1}
-end
 return {1, 0}

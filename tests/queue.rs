@@ -1,0 +1,176 @@
+//! The queue of waiting clients (field `q` of the lock hash): clients take turns in the
+//! order they started waiting, a client that never takes its turn (crashed, stopped)
+//! costs the others about `reservation_timeout`, and a client whose waiters gave up
+//! leaves the queue or passes its turn on at once.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex as StdMutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis_mutex::{LockClient, Stats};
+use support::{RedisServer, connected_with, wait_until};
+
+const KEY: &str = "redis-mutex:{job}";
+
+fn queue(con: &mut redis::Connection) -> Vec<String> {
+    let q: Option<String> = redis::cmd("HGET").arg(KEY).arg("q").query(con).unwrap();
+    q.unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn clients_take_turns_in_the_order_they_queued() {
+    const CLIENTS: usize = 4;
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 150;
+    const LIMIT: u32 = 8;
+    let server = RedisServer::start();
+    let clients: Vec<LockClient> =
+        (0..CLIENTS).map(|_| connected_with(&server, LockClient::builder().handoff_limit(LIMIT))).collect();
+    let inside = AtomicBool::new(false);
+    let overlaps = AtomicU64::new(0);
+    let start = Barrier::new(CLIENTS * THREADS);
+    let order = StdMutex::new(Vec::with_capacity(CLIENTS * THREADS * ROUNDS));
+    let longest: Vec<Duration> = thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .flat_map(|c| std::iter::repeat_n(c, THREADS))
+            .map(|(who, client)| {
+                let (inside, overlaps, start, order) = (&inside, &overlaps, &start, &order);
+                s.spawn(move || {
+                    let m = client.mutex("job");
+                    let mut longest = Duration::ZERO;
+                    start.wait();
+                    for _ in 0..ROUNDS {
+                        let t = Instant::now();
+                        let guard = m.lock().expect("lock");
+                        longest = longest.max(t.elapsed());
+                        if inside.swap(true, Ordering::SeqCst) {
+                            overlaps.fetch_add(1, Ordering::SeqCst);
+                        }
+                        order.lock().unwrap().push(who);
+                        inside.store(false, Ordering::SeqCst);
+                        drop(guard);
+                    }
+                    longest
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let order = order.into_inner().unwrap();
+    assert_eq!(order.len(), CLIENTS * THREADS * ROUNDS);
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
+    // While every client still had work (all of its threads loop without pause, so it
+    // always had a waiter queued).
+    let mut done = [0; CLIENTS];
+    let all = order
+        .iter()
+        .position(|&who| {
+            done[who] += 1;
+            done[who] == THREADS * ROUNDS
+        })
+        .unwrap();
+    let turns: Vec<(usize, usize)> = order[..all].chunk_by(|a, b| a == b).map(|t| (t[0], t.len())).collect();
+    let streak = turns.iter().map(|t| t.1).max().unwrap();
+    // Round robin: in every window of CLIENTS consecutive turns, each client once.
+    let windows = turns.windows(CLIENTS).count();
+    let rotating = turns
+        .windows(CLIENTS)
+        .filter(|w| {
+            let mut seen = [false; CLIENTS];
+            w.iter().all(|t| !std::mem::replace(&mut seen[t.0], true))
+        })
+        .count();
+    let longest = longest.into_iter().max().unwrap();
+    let stats: Vec<Stats> = clients.iter().map(LockClient::stats).collect();
+    println!(
+        "{} turns in the first {all} acquisitions; longest turn {streak}; {rotating} of {windows} windows of \
+         {CLIENTS} turns visit every client; longest wait {longest:?}",
+        turns.len()
+    );
+    println!("stats: {stats:#?}");
+    assert!(turns.len() >= 40, "too few turns to judge: {}", turns.len());
+    assert!(streak <= LIMIT as usize + 1, "one client held the lock {streak} times in a row (limit {LIMIT} + 1)");
+    assert!(
+        rotating * 10 >= windows * 9,
+        "clients did not take turns in queue order: only {rotating} of {windows} windows were a full round"
+    );
+    assert!(longest <= Duration::from_secs(2), "a lock() call waited {longest:?}");
+    let timeouts: u64 = stats.iter().map(|s| s.wakeups_timeout).sum();
+    assert_eq!(timeouts, 0, "every wake-up should be a notification: {stats:#?}");
+}
+
+/// A client that joined the queue and then vanished (here: an id injected into `q`,
+/// as a crashed process leaves it) gets the lock reserved when its turn comes. Nobody
+/// tells the others when the reservation ends, so their notifiers look again after
+/// `reservation_timeout` without a pass; without that the waiter would sleep until the
+/// holder's lease (30 s here) was over.
+#[test]
+fn a_client_that_never_takes_its_turn_costs_the_others_about_the_reservation() {
+    const RESERVATION: Duration = Duration::from_millis(400);
+    let server = RedisServer::start();
+    let builder = LockClient::builder().reservation_timeout(RESERVATION);
+    let (a, b) = (connected_with(&server, builder.clone()), connected_with(&server, builder));
+    let mut con = server.conn();
+    let guard = a.mutex("job").lock().unwrap();
+    let _: () = redis::cmd("HSET").arg(KEY).arg("q").arg("ghost").query(&mut con).unwrap();
+    let waiter = thread::spawn(move || {
+        let t = Instant::now();
+        let g = b.mutex("job").lock().unwrap();
+        (t.elapsed(), g.token().to_owned(), b)
+    });
+    wait_until(Duration::from_secs(5), "b to queue behind the ghost", || queue(&mut con).len() == 2);
+    let released = Instant::now();
+    drop(guard);
+    let (_, token, b) = waiter.join().unwrap();
+    let waited = released.elapsed();
+    println!("b acquired {waited:?} after the release; stats {:#?}", b.stats());
+    assert!(!token.is_empty());
+    assert!(waited >= RESERVATION, "b took the ghost's reservation early ({waited:?})");
+    assert!(waited <= Duration::from_secs(3), "b waited {waited:?} (reservation {RESERVATION:?}, lease 30 s)");
+    assert_eq!(b.stats().wakeups_timeout, 0, "b was woken by its notifier's check, not its own bound");
+}
+
+/// A client whose last waiter gives up leaves the queue; a client whose turn comes
+/// while it has no waiter (its waiters left without reaching Redis) passes it on at
+/// once. Reservations are long here (10 s), so only those paths explain a quick handoff.
+#[test]
+fn a_client_without_waiters_leaves_the_queue_or_passes_its_turn_on() {
+    let server = RedisServer::start();
+    let builder = LockClient::builder().reservation_timeout(Duration::from_secs(10));
+    let (a, b, v) = (
+        connected_with(&server, builder.clone()),
+        connected_with(&server, builder.clone()),
+        connected_with(&server, builder),
+    );
+    let mut con = server.conn();
+    let guard = a.mutex("job").lock().unwrap();
+
+    // 1. A waiter that times out takes its client out of the queue.
+    assert!(v.mutex("job").try_lock_for(Duration::from_millis(300)).unwrap().is_none());
+    assert!(!queue(&mut con).contains(&v.id().to_owned()), "v stayed queued after its waiter gave up");
+
+    // 2. A client queued without a waiter (as after a failed leave) passes its turn on.
+    let _: () = redis::cmd("HSET").arg(KEY).arg("q").arg(v.id()).query(&mut con).unwrap();
+    let waiter = thread::spawn(move || {
+        let g = b.mutex("job").lock().unwrap();
+        drop(g);
+        b
+    });
+    wait_until(Duration::from_secs(5), "b to queue behind v", || queue(&mut con).len() == 2);
+    let released = Instant::now();
+    drop(guard);
+    let b = waiter.join().unwrap();
+    let waited = released.elapsed();
+    println!("b acquired {waited:?} after the release");
+    assert!(waited < Duration::from_secs(3), "v held on to its turn: b waited {waited:?} (reservation 10 s)");
+    assert_eq!(b.stats().acquisitions, 1);
+    // Nothing left behind.
+    wait_until(Duration::from_secs(5), "the lock key to go", || {
+        !redis::cmd("EXISTS").arg(KEY).query::<bool>(&mut con).unwrap()
+    });
+}
