@@ -34,12 +34,15 @@
 //!   default); with `auto_renew` (default on) one watchdog thread per client renews
 //!   every live guard at a third of its lease. A renewal that finds the lock gone marks
 //!   the guard lost ([`MutexGuard::is_lost`]).
-//! - **No lost wake-ups**: a thread registers as a waiter before its attempt; every
-//!   failed attempt marks the holder, whose release then publishes. Only the first
-//!   waiter of a lock in each client asks Redis, and its sleep is never longer than the
-//!   holder's remaining lease; the threads queued behind it get the lock by handoff.
-//! - **Fair inside a process**: a release hands the lock to the longest-waiting thread
-//!   of the same client; a thread that releases and locks again queues behind it.
+//! - **No lost wake-ups**: a thread registers as a waiter before its attempt; a failed
+//!   attempt queues its client in the lock itself, and a release passes the lock to
+//!   the first queued client with a message to that client. Only the first waiter of a
+//!   lock in each client asks Redis, and its sleep is never longer than the holder's
+//!   remaining lease; the threads queued behind it get the lock by handoff.
+//! - **Fair**: a release hands the lock to the longest-waiting thread of the same
+//!   client (a thread that releases and locks again queues behind it); while other
+//!   clients wait, after at most `handoff_limit` handoffs the lock passes to the client
+//!   that has waited longest, so processes take turns in the order they queued.
 //!
 //! # Limits
 //!
@@ -49,6 +52,8 @@
 //!   ([`MutexOptions::fencing`]) let the protected resource refuse the stale holder.
 //! - **Clocks.** Leases are measured by the Redis server's clock; client clocks do not
 //!   matter, but a server whose clock jumps shortens or stretches leases.
+//! - **A waiting process that crashes** can hold up the others once, by its
+//!   reservation (`reservation_timeout`, 1 s by default), when its turn comes.
 //! - **One Redis.** Locks live on one server. Without persistence, a Redis restart
 //!   forgets every lock; guards notice at their next renewal.
 //!

@@ -153,7 +153,9 @@ impl Mutex {
         Ok(self.core().acquire(keys, want, Some(deadline))?.map(|a| self.guard(keys, want, a)))
     }
 
-    /// Whether anyone holds the lock right now (one round trip).
+    /// Whether anyone holds the lock right now (one round trip). A lock just passed to
+    /// a waiting client is not held until that client takes it (a round trip later);
+    /// `try_lock` from elsewhere still fails meanwhile.
     ///
     /// # Errors
     ///
@@ -163,7 +165,8 @@ impl Mutex {
     }
 
     /// The current holder as Redis sees it, for diagnostics: its token, lease left,
-    /// and whether someone waited for it.
+    /// and whether someone waits for it. `None` when free, or passed to a waiting client
+    /// that has not taken it yet (see [`is_locked`](Self::is_locked)).
     ///
     /// # Errors
     ///

@@ -46,7 +46,7 @@ struct Waiter {
     target: HandoffTarget,
     state: Mutex<State>,
     /// Sleeping without a time bound of its own, relying on the first waiter (see
-    /// `wait::Core::acquire`, reservations): it must be woken if it becomes first.
+    /// `wait::Core::acquire`): it must be woken if it becomes first.
     relies_on_first: AtomicBool,
     tx: Sender<()>,
     rx: Receiver<()>,

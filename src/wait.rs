@@ -191,8 +191,9 @@ impl Core {
                         waiter.finish();
                         return done(fence, sent, "attempt", slept);
                     }
-                    // A reservation against this client: woken when another client
-                    // takes it, or attempting again when it ends unused.
+                    // Held, or reserved for another client: this client is queued in
+                    // the lock now, and is told when its turn comes (or re-checks
+                    // when the holder's lease or the reservation would end).
                     Ok(Attempt::Held { remaining } | Attempt::Reserved { remaining }) => {
                         outage_since = None;
                         (self.sleep_bound(remaining, &mut backoff), None)

@@ -1,5 +1,6 @@
 //! Proves the lock across OS processes: a holder killed with SIGKILL is outwaited within
-//! its lease, and processes contending on one lock keep a non-atomic counter exact.
+//! its lease, a queued waiter killed with SIGKILL costs the others about the reservation
+//! timeout, and processes contending on one lock keep a non-atomic counter exact.
 //!
 //! Other processes are this test binary run again (`child_entry`, selected by the
 //! `REDIS_MUTEX_CHILD` environment variable); they report on stdout, one
@@ -25,6 +26,10 @@ const URL_ENV: &str = "REDIS_MUTEX_URL";
 const VANISHING: &str = "vanishing";
 const VANISHING_LEASE: Duration = Duration::from_secs(2);
 
+const QUEUED: &str = "queued";
+const QUEUED_KEY: &str = "redis-mutex:{queued}";
+const RESERVATION: Duration = Duration::from_millis(500);
+
 const COUNTER_LOCK: &str = "counter";
 const COUNTER_KEY: &str = "test:counter";
 const GO_KEY: &str = "test:go";
@@ -42,6 +47,7 @@ fn child_entry() {
     match role.as_str() {
         "hold" => child_hold(&url),
         "increment" => child_increment(&url),
+        "queue" => child_queue(&url),
         other => panic!("unknown child role {other:?}"),
     }
 }
@@ -62,6 +68,20 @@ fn child_hold(url: &str) {
     say(&format!("CHILD-LOCKED {}", guard.token()));
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     drop(guard);
+}
+
+/// Reports its client id, then waits for the lock `QUEUED` (queueing its client) until
+/// killed. Exits if its stdin closes, so it cannot outlive a parent that died.
+fn child_queue(url: &str) {
+    let client = LockClient::builder().reservation_timeout(RESERVATION).build(url).unwrap();
+    wait_until(Duration::from_secs(10), "the notifier to subscribe", || client.is_notifier_connected());
+    thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    say(&format!("CHILD-ID {}", client.id()));
+    let guard = client.mutex(QUEUED).lock().unwrap();
+    say(&format!("CHILD-LOCKED {}", guard.token()));
 }
 
 /// Waits for the start signal, then `THREADS` threads each add 1 to a Redis counter
@@ -283,4 +303,76 @@ fn processes_keep_a_shared_counter_exact() {
     println!("{} increments in {elapsed:?}; all processes: {total:?}", counter.unwrap_or(0));
     assert_eq!(counter, Some((PROCESSES * THREADS * INCREMENTS) as i64), "lost updates: two holders at once");
     assert!(total["contended_acquisitions"] > 0, "the processes never contended");
+}
+
+// ---- a vanished waiter ----
+
+/// The lock's queue of waiting clients (field `q`), first in line first.
+fn queue(con: &mut redis::Connection) -> Vec<String> {
+    let q: Option<String> = redis::cmd("HGET").arg(QUEUED_KEY).arg("q").query(con).unwrap();
+    q.unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+}
+
+/// A process killed while its client was first in the lock's queue gets the lock
+/// reserved when the holder releases, and never takes it. A waiter of another client
+/// must get the lock once the reservation (500 ms) is over, woken by its notifier's
+/// re-check, not when the holder's lease (30 s) would have run out.
+#[test]
+fn a_killed_queued_waiter_costs_the_others_about_the_reservation() {
+    let server = RedisServer::start();
+    let builder = LockClient::builder().reservation_timeout(RESERVATION);
+    let a = support::connected_with(&server, builder.clone());
+    let b = support::connected_with(&server, builder);
+    let mut con = server.conn();
+    let guard = a.mutex(QUEUED).lock().unwrap();
+
+    // The child queues first...
+    let mut child = ChildProcess::spawn("queue", &server.url());
+    let child_id = child.expect_line("CHILD-ID", Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "the child to queue", || queue(&mut con) == [child_id.clone()]);
+
+    // ...then b, behind it.
+    let (tx, rx) = mpsc::channel();
+    let waiter = {
+        let m = b.mutex(QUEUED);
+        thread::spawn(move || {
+            let guard = m.lock().expect("lock");
+            let acquired_at = Instant::now();
+            let owner = m.holder().unwrap().map(|h| h.token);
+            tx.send((acquired_at, guard.token().to_owned(), owner)).unwrap();
+            guard.unlock().unwrap();
+        })
+    };
+    wait_until(Duration::from_secs(10), "b to queue behind the child", || queue(&mut con).len() == 2);
+    assert_eq!(queue(&mut con), [child_id.clone(), b.id().to_owned()], "the child is first in line, b second");
+
+    child.child.kill().expect("SIGKILL the queued child");
+    let status = child.wait(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(9), "the child died of SIGKILL: {status}");
+    // Everything it printed, up to the end of its stdout.
+    while let Ok(line) = child.lines.recv_timeout(Duration::from_secs(10)) {
+        child.seen.push(line);
+    }
+    assert!(
+        !child.seen.iter().any(|l| l.contains("CHILD-LOCKED")),
+        "the child acquired while a held the lock: {:?}",
+        child.seen
+    );
+    assert_eq!(queue(&mut con)[0], child_id, "the dead child is still first in line");
+
+    let released = Instant::now();
+    drop(guard);
+    let (acquired_at, token, owner) = rx.recv_timeout(Duration::from_secs(60)).expect("b acquires after the release");
+    waiter.join().unwrap();
+    let waited = acquired_at - released;
+    let s = b.stats();
+    println!("b acquired {waited:?} after the release (reservation {RESERVATION:?}); b's stats {s:#?}");
+    assert!(waited >= RESERVATION, "b took the dead child's reservation early ({waited:?})");
+    assert!(
+        waited <= RESERVATION + Duration::from_secs(2),
+        "b waited {waited:?} after the release (reservation {RESERVATION:?}, lease 30 s)"
+    );
+    assert_eq!(owner.as_deref(), Some(token.as_str()), "Redis lists b as the owner");
+    assert_eq!(s.acquisitions, 1);
+    assert_eq!(s.wakeups_timeout, 0, "b was woken by its notifier's re-check, not its own lease-bounded sleep");
 }
