@@ -7,31 +7,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Barrier, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_mutex::{LockClient, LockClientBuilder, MutexOptions, Stats};
-use support::RedisServer;
+use redis_mutex::{LockClient, MutexOptions, Stats};
+use support::{RedisServer, connected_with, contend, wait_until, while_all_busy};
 
 // ---- helpers ----
-
-/// Polls `cond` every few milliseconds; panics with `what` after `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A client whose notifier is subscribed, so waiters start on the pub/sub path.
-fn connected_with(server: &RedisServer, builder: LockClientBuilder) -> LockClient {
-    let client = builder.build(&server.url()).expect("client connects");
-    wait_until(Duration::from_secs(10), "the notifier to subscribe", || client.is_notifier_connected());
-    client
-}
 
 fn connected(server: &RedisServer) -> LockClient {
     connected_with(server, LockClient::builder())
@@ -160,57 +144,15 @@ fn no_lost_wakeups_under_contention() {
     const ROUNDS: usize = 300;
     let server = RedisServer::start();
     let clients: Vec<LockClient> = (0..CLIENTS).map(|_| connected(&server)).collect();
-    let inside = AtomicBool::new(false);
-    let overlaps = AtomicU64::new(0);
-    let start = Barrier::new(CLIENTS * THREADS);
-    // Which client held the lock, in order (for the report).
-    let order = std::sync::Mutex::new(Vec::with_capacity(CLIENTS * THREADS * ROUNDS));
     let started = Instant::now();
-    let per_thread: Vec<(Duration, usize)> = thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .flat_map(|c| std::iter::repeat_n(c, THREADS))
-            .map(|(who, client)| {
-                let (inside, overlaps, start, order) = (&inside, &overlaps, &start, &order);
-                s.spawn(move || {
-                    let m = client.mutex("hot");
-                    let (mut longest, mut acquired) = (Duration::ZERO, 0);
-                    start.wait();
-                    for _ in 0..ROUNDS {
-                        let t = Instant::now();
-                        let guard = m.lock().expect("lock");
-                        longest = longest.max(t.elapsed());
-                        if inside.swap(true, Ordering::SeqCst) {
-                            overlaps.fetch_add(1, Ordering::SeqCst);
-                        }
-                        order.lock().unwrap().push(who);
-                        inside.store(false, Ordering::SeqCst);
-                        guard.unlock().expect("unlock");
-                        acquired += 1;
-                    }
-                    (longest, acquired)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let seen = contend(&clients, THREADS, ROUNDS, "hot");
     let elapsed = started.elapsed();
     let stats: Vec<Stats> = clients.iter().map(LockClient::stats).collect();
-    let acquired: usize = per_thread.iter().map(|t| t.1).sum();
-    let longest = per_thread.iter().map(|t| t.0).max().unwrap();
+    let (acquired, longest, order) = (seen.order.len(), seen.longest, seen.order);
     let (notified, timeout) = wakeups(&stats);
-    let order = order.into_inner().unwrap();
-    // While both clients still had work to do: once one is done, the other runs alone.
-    let mut done = [0; CLIENTS];
-    let both = order
-        .iter()
-        .position(|&who| {
-            done[who] += 1;
-            done[who] == THREADS * ROUNDS
-        })
-        .map_or(order.len(), |i| i + 1);
-    let streak = order[..both].chunk_by(|a, b| a == b).map(<[usize]>::len).max().unwrap_or(0);
+    let both = while_all_busy(&order, CLIENTS, THREADS * ROUNDS);
+    let streak = both.chunk_by(|a, b| a == b).map(<[usize]>::len).max().unwrap_or(0);
+    let both = both.len();
     let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
     println!("{acquired} acquisitions in {elapsed:?}; longest wait {longest:?}");
     println!(
@@ -221,7 +163,7 @@ fn no_lost_wakeups_under_contention() {
 
     assert_eq!(acquired, CLIENTS * THREADS * ROUNDS);
     assert_eq!(stats.iter().map(|s| s.acquisitions).sum::<u64>(), (CLIENTS * THREADS * ROUNDS) as u64);
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
+    assert_eq!(seen.overlaps, 0, "two holders at once");
     // The waiting path must actually have been exercised for the ratio to mean anything.
     let contended: u64 = stats.iter().map(|s| s.contended_acquisitions).sum();
     assert!(contended * 4 >= acquired as u64, "only {contended} of {acquired} acquisitions waited");

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis_mutex::{LockClient, MutexOptions};
-use support::RedisServer;
+use support::{RedisServer, wait_until};
 
 /// The child's role; absent in a normal test run.
 const CHILD_ENV: &str = "REDIS_MUTEX_CHILD";
@@ -197,14 +197,6 @@ impl Drop for ChildProcess {
         // Only reached with the child still running when the test failed.
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -5,13 +5,11 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, Mutex as StdMutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis_mutex::{LockClient, Stats};
-use support::{RedisServer, connected_with, wait_until};
+use support::{RedisServer, connected_with, contend, wait_until, while_all_busy};
 
 const KEY: &str = "redis-mutex:{job}";
 
@@ -29,52 +27,15 @@ fn clients_take_turns_in_the_order_they_queued() {
     let server = RedisServer::start();
     let clients: Vec<LockClient> =
         (0..CLIENTS).map(|_| connected_with(&server, LockClient::builder().handoff_limit(LIMIT))).collect();
-    let inside = AtomicBool::new(false);
-    let overlaps = AtomicU64::new(0);
-    let start = Barrier::new(CLIENTS * THREADS);
-    let order = StdMutex::new(Vec::with_capacity(CLIENTS * THREADS * ROUNDS));
-    let longest: Vec<Duration> = thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .flat_map(|c| std::iter::repeat_n(c, THREADS))
-            .map(|(who, client)| {
-                let (inside, overlaps, start, order) = (&inside, &overlaps, &start, &order);
-                s.spawn(move || {
-                    let m = client.mutex("job");
-                    let mut longest = Duration::ZERO;
-                    start.wait();
-                    for _ in 0..ROUNDS {
-                        let t = Instant::now();
-                        let guard = m.lock().expect("lock");
-                        longest = longest.max(t.elapsed());
-                        if inside.swap(true, Ordering::SeqCst) {
-                            overlaps.fetch_add(1, Ordering::SeqCst);
-                        }
-                        order.lock().unwrap().push(who);
-                        inside.store(false, Ordering::SeqCst);
-                        drop(guard);
-                    }
-                    longest
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let order = order.into_inner().unwrap();
+    let seen = contend(&clients, THREADS, ROUNDS, "job");
+    let order = seen.order;
     assert_eq!(order.len(), CLIENTS * THREADS * ROUNDS);
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
+    assert_eq!(seen.overlaps, 0, "two holders at once");
     // While every client still had work (all of its threads loop without pause, so it
     // always had a waiter queued).
-    let mut done = [0; CLIENTS];
-    let all = order
-        .iter()
-        .position(|&who| {
-            done[who] += 1;
-            done[who] == THREADS * ROUNDS
-        })
-        .unwrap();
-    let turns: Vec<(usize, usize)> = order[..all].chunk_by(|a, b| a == b).map(|t| (t[0], t.len())).collect();
+    let busy = while_all_busy(&order, CLIENTS, THREADS * ROUNDS);
+    let all = busy.len();
+    let turns: Vec<(usize, usize)> = busy.chunk_by(|a, b| a == b).map(|t| (t[0], t.len())).collect();
     let streak = turns.iter().map(|t| t.1).max().unwrap();
     // Round robin: in every window of CLIENTS consecutive turns, each client once.
     let windows = turns.windows(CLIENTS).count();
@@ -85,7 +46,7 @@ fn clients_take_turns_in_the_order_they_queued() {
             w.iter().all(|t| !std::mem::replace(&mut seen[t.0], true))
         })
         .count();
-    let longest = longest.into_iter().max().unwrap();
+    let longest = seen.longest;
     let stats: Vec<Stats> = clients.iter().map(LockClient::stats).collect();
     println!(
         "{} turns in the first {all} acquisitions; longest turn {streak}; {rotating} of {windows} windows of \

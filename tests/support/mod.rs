@@ -26,3 +26,66 @@ pub fn connected_with(server: &RedisServer, builder: redis_mutex::LockClientBuil
     wait_until(Duration::from_secs(10), "the notifier to subscribe", || client.is_notifier_connected());
     client
 }
+
+/// What [`contend`] saw.
+pub struct Contention {
+    /// Which client (index into the slice) held the lock, in order.
+    pub order: Vec<usize>,
+    /// The longest `lock()` call.
+    pub longest: Duration,
+    /// Times a thread entered while another was inside (must be 0).
+    pub overlaps: u64,
+}
+
+/// `threads` threads per client each lock `name` `rounds` times with no pause,
+/// recording who held it in which order.
+pub fn contend(clients: &[redis_mutex::LockClient], threads: usize, rounds: usize, name: &str) -> Contention {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let inside = AtomicBool::new(false);
+    let overlaps = AtomicU64::new(0);
+    let start = std::sync::Barrier::new(clients.len() * threads);
+    let order = std::sync::Mutex::new(Vec::with_capacity(clients.len() * threads * rounds));
+    let longest = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .flat_map(|c| std::iter::repeat_n(c, threads))
+            .map(|(who, client)| {
+                let (inside, overlaps, start, order) = (&inside, &overlaps, &start, &order);
+                s.spawn(move || {
+                    let m = client.mutex(name);
+                    let mut longest = Duration::ZERO;
+                    start.wait();
+                    for _ in 0..rounds {
+                        let t = Instant::now();
+                        let guard = m.lock().expect("lock");
+                        longest = longest.max(t.elapsed());
+                        if inside.swap(true, Ordering::SeqCst) {
+                            overlaps.fetch_add(1, Ordering::SeqCst);
+                        }
+                        order.lock().unwrap().push(who);
+                        inside.store(false, Ordering::SeqCst);
+                        guard.unlock().expect("unlock");
+                    }
+                    longest
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap_or_default()
+    });
+    Contention { order: order.into_inner().unwrap(), longest, overlaps: overlaps.into_inner() }
+}
+
+/// The prefix of `order` during which every one of `clients` still had work left
+/// (each did `per_client` acquisitions in all).
+pub fn while_all_busy(order: &[usize], clients: usize, per_client: usize) -> &[usize] {
+    let mut done = vec![0; clients];
+    let end = order
+        .iter()
+        .position(|&who| {
+            done[who] += 1;
+            done[who] == per_client
+        })
+        .map_or(order.len(), |i| i + 1);
+    &order[..end]
+}
