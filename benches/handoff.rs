@@ -386,6 +386,9 @@ fn main() {
             continue;
         }
         for strategy in [Strategy::Crate, Strategy::Poll(1), Strategy::Poll(100)] {
+            if std::env::var("BENCH_STRATEGY").is_ok_and(|s| s != strategy.arg()) {
+                continue;
+            }
             let r = scenario(strategy, &url, procs, threads, secs);
             println!(
                 "{:<26} {:>9.0} {:>8.0}/{:<8.0} {:>8.0}/{:>8.0}/{:>8.0} {:>9.2} {:>7.2} {:>6.2} {:>6.2} {:>9.1} {:>9.1} {:>8.0}",
@@ -415,7 +418,7 @@ fn main() {
     println!(
         "rCPU / pCPU: Redis server / worker process CPU per acquisition; PING: loopback round trip p50 during the run"
     );
-    for chunk in rows.chunks(3) {
+    for chunk in rows.chunks_exact(3) {
         let (ours, p1, p100) = (&chunk[0], &chunk[1], &chunk[2]);
         println!(
             "targets [{}]: handoff p50 {:.0} µs ≤ 3× PING {:.0} µs: {}; acq/s ≥ 3× poll-100ms ({:.0}): {}; acq/s ≥ poll-1ms ({:.0}): {}; fewer commands/acq than poll-1ms ({:.2} < {:.2}): {} (all calls incl. script-internal: {:.2} vs {:.2})",
