@@ -173,7 +173,7 @@ fn run_workers(strategy: Strategy, url: &str, threads: u32, secs: f64, id_base: 
     }
     if strategy == Strategy::Crate {
         let s = client.stats();
-        commands = s.attempts + s.releases + s.renewals;
+        commands = s.attempts + s.releases - s.local_handoffs + s.renewals;
     }
     (recs, commands, process_cpu() - cpu0)
 }

@@ -643,7 +643,7 @@ fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
     }
     let s = client.stats();
     ctx.emit(&format!(
-        "S {} {} {} {} {} {} {} {} {}\n",
+        "S {} {} {} {} {} {} {} {} {} {}\n",
         totals.acquisitions,
         totals.lock_timeouts,
         totals.lock_errors,
@@ -653,6 +653,7 @@ fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
         s.leases_lost,
         s.renewals,
         s.handoffs,
+        s.local_handoffs,
     ));
     Ok(())
 }
@@ -1353,7 +1354,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         }
         if let Some(s) = &summary {
             let n: Vec<u64> = s.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-            if let [acq, timeouts, lock_err, cs_err, unlock_err, reconnects, lost, renewals, handoffs] = n[..] {
+            if let [acq, timeouts, lock_err, cs_err, unlock_err, reconnects, lost, renewals, handoffs, local] = n[..] {
                 workers.totals.add(&Totals {
                     acquisitions: acq,
                     lock_timeouts: timeouts,
@@ -1365,6 +1366,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
                 workers.stats_leases_lost += lost;
                 workers.renewals += renewals;
                 workers.handoffs += handoffs;
+                workers.local_handoffs += local;
             }
         }
         if p.killed {
@@ -1421,6 +1423,8 @@ pub struct WorkerOutcome {
     stats_leases_lost: u64,
     renewals: u64,
     handoffs: u64,
+    /// Of those, in-process handoffs without a round trip.
+    pub local_handoffs: u64,
 }
 
 /// Guards alive across restarts of one kind, and how they ended.
@@ -1816,14 +1820,16 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "workers: started {}, killed {}, finished {}, failed {}; notifier reconnects {}, renewals {}, handoffs {}",
+            "workers: started {}, killed {}, finished {}, failed {}; notifier reconnects {}, renewals {}, handoffs {} \
+             (without a round trip {})",
             w.started,
             w.killed,
             w.finished,
             w.failures.len(),
             w.notifier_reconnects,
             w.renewals,
-            w.handoffs
+            w.handoffs,
+            w.local_handoffs
         )?;
         let v: Vec<String> = self.violations.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(f, "violations: {} ({})", self.violation_count(), v.join(", "))?;

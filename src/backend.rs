@@ -17,7 +17,10 @@ use crate::registry::HandoffTarget;
 pub(crate) struct AttemptArgs<'a> {
     pub token: &'a str,
     pub lease_ms: u64,
-    pub fencing: bool,
+    /// With fencing, the fencing tokens one acquisition takes (the first is its own,
+    /// the rest go to in-process handoffs, see `wait::Core::hand_over_locally`); 0
+    /// without fencing.
+    pub fence_span: u64,
     /// Mark the holder as waited-for, so its release publishes. `try_lock` doesn't.
     pub will_wait: bool,
     /// The caller's deadline: no wait for a pooled connection outlasts it.
@@ -63,9 +66,18 @@ pub struct Holder {
 pub(crate) trait Backend: Send + Sync + 'static {
     fn attempt(&self, keys: &LockKeys, args: AttemptArgs<'_>) -> Result<Attempt>;
     /// Releases `token`'s lock, whose lease is `lease_ms`, handing it to `handoff` (a
-    /// waiter of this client) unless other clients have waited through the handoff limit.
-    fn release(&self, keys: &LockKeys, token: &str, lease_ms: u64, handoff: Option<&HandoffTarget>)
-    -> Result<Released>;
+    /// waiter of this client) unless another client is queued and the lock has been
+    /// handed over `limit` times in a row. A handoff with fencing takes `fence_span`
+    /// fencing tokens, as an attempt does.
+    fn release(
+        &self,
+        keys: &LockKeys,
+        token: &str,
+        lease_ms: u64,
+        limit: u32,
+        fence_span: u64,
+        handoff: Option<&HandoffTarget>,
+    ) -> Result<Released>;
     /// This client has no waiter left for the lock: take it out of the lock's queue of
     /// waiting clients, passing on a reservation made for it.
     fn leave(&self, keys: &LockKeys) -> Result<()>;

@@ -254,10 +254,15 @@ impl LockClientBuilder {
         self
     }
 
-    /// A release hands the lock straight to a waiting thread of the same client (one
-    /// round trip). While threads of *other* clients wait too, at most this many
-    /// handoffs follow each other before the lock passes to the client that has waited
-    /// longest. Defaults to 8.
+    /// A release hands the lock straight to a waiting thread of the same client:
+    /// without a round trip while Redis confirmed the lease within its renewal period
+    /// (the lock stays this client's in Redis), else through Redis (one round trip).
+    /// At most this many handoffs without a round trip follow each other; then a
+    /// release through Redis checks that the lock is still ours and, while threads of
+    /// *other* clients wait, passes it to the client that has waited longest. So this
+    /// also bounds how many of this client's threads can take over a lock Redis lost
+    /// (restart without persistence, force-unlock) before one is told. `0` sends every
+    /// release through Redis and lets a waiting client go first. Defaults to 8.
     pub fn handoff_limit(mut self, n: u32) -> Self {
         self.handoff_limit = n;
         self
@@ -346,7 +351,6 @@ impl LockClientBuilder {
                 self.pool_max_size,
                 self.pool_timeout,
                 client_id.clone(),
-                self.handoff_limit,
                 self.reservation_timeout,
             )),
             registry: registry.clone(),
@@ -354,6 +358,7 @@ impl LockClientBuilder {
             notifier_up: up.clone(),
             max_sleep: self.recheck_interval,
             outage_tolerance: self.outage_tolerance,
+            handoff_limit: self.handoff_limit,
         });
         let spawn_err = |e: std::io::Error| Error::InvalidOption {
             option: "threads",

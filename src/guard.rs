@@ -37,12 +37,17 @@ impl fmt::Debug for MutexGuard {
 
 impl MutexGuard {
     pub(crate) fn new(mutex: Mutex, keys: LockKeys, a: Acquired, want: Want) -> MutexGuard {
+        let fence = want.fencing.then_some(a.fence);
+        if let Some(tenure) = a.tenure {
+            // Handed over inside the process: the same Redis tenure, already renewed.
+            return MutexGuard { fence, mutex, lease: tenure.lease, renewing: Some(tenure.renewing), released: false };
+        }
         // Timed from when the acquiring request was sent: no later than Redis started
         // the lease, so renewals and lost-lease detection err on the early side.
-        let lease = Arc::new(Lease::new(keys, a.token, want.lease_ms, a.at));
+        let lease = Arc::new(Lease::new(keys, a.token, want.lease_ms, a.at, fence));
         let client = &mutex.client().inner;
-        let renewing = mutex.options().get_auto_renew().then(|| client.watchdog.register(lease.clone()));
-        MutexGuard { fence: want.fencing.then_some(a.fence), mutex, lease, renewing, released: false }
+        let renewing = want.auto_renew.then(|| client.watchdog.register(lease.clone()));
+        MutexGuard { fence, mutex, lease, renewing, released: false }
     }
 
     /// The lock this guard holds.
@@ -50,7 +55,11 @@ impl MutexGuard {
         &self.mutex
     }
 
-    /// The owner token (a UUID v4 string) Redis stores for this acquisition.
+    /// The owner token (a UUID v4 string) Redis stores for this lock while this guard
+    /// holds it. A fresh one per acquisition through Redis; a handoff between threads
+    /// of one client without a round trip keeps the previous holder's (the lock never
+    /// left this client in Redis). Use [`fencing_token`](Self::fencing_token) for a
+    /// number unique to each acquisition.
     pub fn token(&self) -> &str {
         &self.lease.token
     }
@@ -139,12 +148,20 @@ impl MutexGuard {
             return Ok(());
         }
         self.released = true;
+        // A waiting thread of this client takes over the tenure, renewal included.
+        if let Some(id) = self.renewing
+            && self.core().hand_over_locally(&self.lease.keys, &self.lease, id)
+        {
+            self.renewing = None;
+            return Ok(());
+        }
         // No renewal may start once the release is on its way.
         if let Some(id) = self.renewing.take() {
             self.mutex.client().inner.watchdog.deregister(id, &self.lease);
         }
         self.check_not_lost()?;
-        let result = self.core().release(&self.lease.keys, &self.lease.token, self.lease.lease_ms());
+        let turn_due = self.lease.local_handoffs() >= self.core().handoff_limit;
+        let result = self.core().release(&self.lease.keys, &self.lease.token, self.lease.lease_ms(), turn_due);
         if let Err(Error::LockLost { .. }) = &result {
             self.lease.mark_lost(self.core(), "the release found another owner or no lock");
         }

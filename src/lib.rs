@@ -3,7 +3,7 @@
 //! `lock()` blocks the calling thread until the lock is free anywhere in the fleet,
 //! without spinning on Redis: waiting threads sleep until the client's single pub/sub
 //! subscriber hears the holder release, and a release inside the same process hands
-//! the lock straight to the next waiting thread.
+//! the lock straight to the next waiting thread, without a round trip to Redis.
 //!
 //! # Quick start
 //!
@@ -28,8 +28,15 @@
 //!
 //! # Guarantees
 //!
-//! - **Owner-checked release and renewal**: every acquisition gets a fresh UUID v4
-//!   token; release and extend act only if Redis still stores that token.
+//! - **Owner-checked release and renewal**: every acquisition through Redis gets a
+//!   fresh UUID v4 token; release and extend act only if Redis still stores that token.
+//! - **In-process handoff without a round trip**: a release that has a waiting thread
+//!   of the same client passes it the lock in memory: the lock stays this client's in
+//!   Redis (same token, lease renewed by the watchdog) and the next thread runs at
+//!   once. Only while Redis confirmed the lease within its renewal period (a third of
+//!   the lease), and at most `handoff_limit` times in a row; then the release goes
+//!   through Redis, which checks ownership and lets other clients have their turn.
+//!   With fencing, each handoff still gets a higher fencing token.
 //! - **Leases that look after themselves**: each acquisition has a lease (30 s by
 //!   default); with `auto_renew` (default on) one watchdog thread per client renews
 //!   every live guard at a third of its lease. A renewal that finds the lock gone marks
@@ -55,7 +62,10 @@
 //! - **A waiting process that crashes** can hold up the others once, by its
 //!   reservation (`reservation_timeout`, 1 s by default), when its turn comes.
 //! - **One Redis.** Locks live on one server. Without persistence, a Redis restart
-//!   forgets every lock; guards notice at their next renewal.
+//!   forgets every lock; guards notice at their next renewal. So do the threads the
+//!   lock was handed to in the meantime inside the process (at most `handoff_limit`
+//!   of them, within a third of the lease): a lock lost unseen is lost for them too.
+//!   `handoff_limit(0)` sends every release through Redis.
 //!
 //! See `ARCHITECTURE.md` for the Redis data layout, the Lua scripts and the waiting
 //! protocol.

@@ -98,7 +98,8 @@ impl Mutex {
 
     fn want(&self) -> Result<(&LockKeys, Want)> {
         let (keys, lease_ms) = self.keys()?;
-        Ok((keys, Want { lease_ms: *lease_ms, fencing: self.inner.options.get_fencing() }))
+        let options = &self.inner.options;
+        Ok((keys, Want { lease_ms: *lease_ms, fencing: options.get_fencing(), auto_renew: options.get_auto_renew() }))
     }
 
     /// Blocks until this thread holds the lock.

@@ -51,8 +51,11 @@ impl MutexOptions {
 
     /// Whether each acquisition gets a fencing token
     /// ([`MutexGuard::fencing_token`](crate::MutexGuard::fencing_token)): a number that
-    /// rises strictly with every acquisition of this lock name. Costs one `INCR` inside
-    /// the acquire script and one never-expiring counter key per lock name.
+    /// rises strictly with every acquisition of this lock name. Not by one: an
+    /// acquisition through Redis takes a block of `handoff_limit + 1` tokens (one
+    /// `INCRBY` inside its script) and hands the rest, in order, to the threads of its
+    /// client the lock passes to without a round trip; the next acquisition through
+    /// Redis starts above the block. One never-expiring counter key per lock name.
     /// Defaults to `false`.
     pub fn fencing(mut self, on: bool) -> Self {
         self.fencing = on;

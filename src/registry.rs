@@ -19,6 +19,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use crate::sync::lock;
+use crate::watchdog::Lease;
 
 /// What a releaser needs to hand the lock to a waiter.
 #[derive(Debug, Clone)]
@@ -26,6 +27,15 @@ pub(crate) struct HandoffTarget {
     pub token: String,
     pub lease_ms: u64,
     pub fencing: bool,
+    pub auto_renew: bool,
+}
+
+/// A holder's Redis tenure, passed on by an in-process handoff without a round trip:
+/// its lease (token, renewal state) and its id at the watchdog.
+#[derive(Debug)]
+pub(crate) struct Tenure {
+    pub lease: Arc<Lease>,
+    pub renewing: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +58,8 @@ struct Waiter {
     /// Sleeping without a time bound of its own, relying on the first waiter (see
     /// `wait::Core::acquire`): it must be woken if it becomes first.
     relies_on_first: AtomicBool,
+    /// Set with `Granted` by an in-process handoff that kept the Redis tenure.
+    tenure: Mutex<Option<Tenure>>,
     tx: Sender<()>,
     rx: Receiver<()>,
 }
@@ -102,6 +114,7 @@ impl Registry {
             target,
             state: Mutex::new(State::Queued),
             relies_on_first: AtomicBool::new(false),
+            tenure: Mutex::new(None),
             tx,
             rx,
         });
@@ -167,6 +180,14 @@ impl Claim {
         &self.waiter.target
     }
 
+    /// The waiter takes over `tenure` (with fencing token `fence`, 0 without): the lock
+    /// stays this client's in Redis, under the same token and lease, and passes to the
+    /// waiter without a round trip.
+    pub fn grant_tenure(self, tenure: Tenure, fence: u64) {
+        *lock(&self.waiter.tenure) = Some(tenure);
+        self.grant(fence, Instant::now());
+    }
+
     /// The waiter now owns the lock, by a release sent at `sent`: take it out of the
     /// queue and wake it.
     pub fn grant(mut self, fence: u64, sent: Instant) {
@@ -223,6 +244,21 @@ impl WaitHandle {
             // The handle owns a sender too, so the channel never disconnects.
             Err(RecvTimeoutError::Disconnected) => Woken::TimedOut,
         }
+    }
+
+    /// The tenure handed over with the grant, if the handoff kept it (see
+    /// [`Claim::grant_tenure`]). Whoever takes it must release or keep renewing it.
+    pub fn take_tenure(&self) -> Option<Tenure> {
+        lock(&self.waiter.tenure).take()
+    }
+
+    /// Leaves the queue (see [`leave`](Self::leave)), returning the tenure too if the
+    /// lock was handed over with one meanwhile.
+    pub fn leave_with_tenure(self) -> (Leave, Option<Tenure>) {
+        let waiter = self.waiter.clone();
+        let left = self.leave();
+        let tenure = lock(&waiter.tenure).take();
+        (left, tenure)
     }
 
     /// The waiter acquired the lock itself: leave the queue without passing anything on.
@@ -287,7 +323,7 @@ mod tests {
     use std::time::Duration;
 
     fn target(t: &str) -> HandoffTarget {
-        HandoffTarget { token: t.into(), lease_ms: 1000, fencing: false }
+        HandoffTarget { token: t.into(), lease_ms: 1000, fencing: false, auto_renew: true }
     }
 
     fn soon() -> Instant {

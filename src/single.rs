@@ -94,7 +94,6 @@ pub(crate) struct SingleServer {
     probe: ConnectSettings,
     scripts: Scripts,
     client_id: String,
-    handoff_limit: u32,
     reservation_ms: u64,
 }
 
@@ -118,7 +117,6 @@ impl SingleServer {
         max_size: u32,
         pool_timeout: Duration,
         client_id: String,
-        handoff_limit: u32,
         reservation: Duration,
     ) -> Self {
         let last_connect_error = LastConnectError::default();
@@ -150,7 +148,6 @@ impl SingleServer {
                 force_unlock: Script::new(include_str!("lua/force_unlock.lua")),
             },
             client_id,
-            handoff_limit,
             reservation_ms: reservation.as_millis().max(1) as u64,
         }
     }
@@ -220,7 +217,7 @@ impl Backend for SingleServer {
             .key(&keys.fence)
             .arg(a.token)
             .arg(a.lease_ms)
-            .arg(flag(a.fencing))
+            .arg(a.fence_span)
             .arg(&self.client_id)
             .arg(flag(a.will_wait));
         let v = self.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
@@ -237,15 +234,17 @@ impl Backend for SingleServer {
         keys: &LockKeys,
         token: &str,
         lease_ms: u64,
+        limit: u32,
+        fence_span: u64,
         handoff: Option<&HandoffTarget>,
     ) -> Result<Released> {
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(&keys.key).key(&keys.fence).arg(token).arg(&self.client_id);
         match handoff {
-            Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(flag(t.fencing)),
-            None => inv.arg("").arg(0).arg("0"),
+            Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(if t.fencing { fence_span } else { 0 }),
+            None => inv.arg("").arg(0).arg(0),
         };
-        inv.arg(self.handoff_limit).arg(self.reservation_ms).arg(lease_ms);
+        inv.arg(limit).arg(self.reservation_ms).arg(lease_ms);
         let v = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
         match pair(&v, "release")? {
             // After a retry this may also mean the first try ran before its connection

@@ -2,7 +2,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of a client's counters, from [`LockClient::stats`](crate::LockClient::stats).
 ///
-/// Counters only grow; subtract two snapshots to measure an interval.
+/// Counters only grow; [`since`](Stats::since) gives the counts of an interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -16,6 +16,9 @@ pub struct Stats {
     pub releases: u64,
     /// Releases that handed the lock straight to a waiting thread of this client.
     pub handoffs: u64,
+    /// Of those, handoffs without a round trip: the lock stayed this client's in Redis
+    /// (same owner token, lease renewed by the watchdog) and passed between threads.
+    pub local_handoffs: u64,
     /// Sleeps ended by a wake-up: a release message, a local release or a handoff.
     pub wakeups_notified: u64,
     /// Sleeps ended by their time bound (remaining lease, polling fallback, deadline).
@@ -28,6 +31,39 @@ pub struct Stats {
     pub leases_lost: u64,
 }
 
+impl Stats {
+    /// The counts between `earlier` (a snapshot of the same client) and this one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn run() -> redis_mutex::Result<()> {
+    /// # let client = redis_mutex::LockClient::builder().build_unchecked("redis://127.0.0.1:1/")?;
+    /// let before = client.stats();
+    /// // ... work ...
+    /// let during = client.stats().since(&before);
+    /// assert_eq!(during.acquisitions, 0);
+    /// # Ok(()) }
+    /// # run().unwrap();
+    /// ```
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        Stats {
+            acquisitions: d(self.acquisitions, earlier.acquisitions),
+            contended_acquisitions: d(self.contended_acquisitions, earlier.contended_acquisitions),
+            attempts: d(self.attempts, earlier.attempts),
+            releases: d(self.releases, earlier.releases),
+            handoffs: d(self.handoffs, earlier.handoffs),
+            local_handoffs: d(self.local_handoffs, earlier.local_handoffs),
+            wakeups_notified: d(self.wakeups_notified, earlier.wakeups_notified),
+            wakeups_timeout: d(self.wakeups_timeout, earlier.wakeups_timeout),
+            notifier_reconnects: d(self.notifier_reconnects, earlier.notifier_reconnects),
+            renewals: d(self.renewals, earlier.renewals),
+            leases_lost: d(self.leases_lost, earlier.leases_lost),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub acquisitions: AtomicU64,
@@ -35,6 +71,7 @@ pub(crate) struct Counters {
     pub attempts: AtomicU64,
     pub releases: AtomicU64,
     pub handoffs: AtomicU64,
+    pub local_handoffs: AtomicU64,
     pub wakeups_notified: AtomicU64,
     pub wakeups_timeout: AtomicU64,
     pub notifier_reconnects: AtomicU64,
@@ -55,6 +92,7 @@ impl Counters {
             attempts: g(&self.attempts),
             releases: g(&self.releases),
             handoffs: g(&self.handoffs),
+            local_handoffs: g(&self.local_handoffs),
             wakeups_notified: g(&self.wakeups_notified),
             wakeups_timeout: g(&self.wakeups_timeout),
             notifier_reconnects: g(&self.notifier_reconnects),

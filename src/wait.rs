@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use crate::backend::{Attempt, AttemptArgs, Backend, Released};
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
-use crate::registry::{HandoffTarget, Leave, Registry, WaitHandle, Woken};
+use crate::registry::{HandoffTarget, Leave, Registry, Tenure, WaitHandle, Woken};
 use crate::stats::{Counters, bump};
+use crate::watchdog::Lease;
 
 /// What every lock of one client shares for waiting.
 pub(crate) struct Core {
@@ -29,6 +30,9 @@ pub(crate) struct Core {
     pub max_sleep: Duration,
     /// How long `lock()` (no deadline) keeps retrying through Redis errors.
     pub outage_tolerance: Duration,
+    /// Consecutive handoffs inside this client while other clients may wait (see
+    /// `LockClientBuilder::handoff_limit`).
+    pub handoff_limit: u32,
 }
 
 /// A lock now held.
@@ -39,6 +43,9 @@ pub(crate) struct Acquired {
     /// No later than the moment Redis started the lease (when the acquiring request
     /// was sent): leases are timed from here, erring early.
     pub at: Instant,
+    /// The previous holder's tenure, when it was handed over without a round trip:
+    /// the guard takes over its lease and watchdog registration (and `token` is its).
+    pub tenure: Option<Tenure>,
 }
 
 /// The settings of one acquisition.
@@ -46,6 +53,7 @@ pub(crate) struct Acquired {
 pub(crate) struct Want {
     pub lease_ms: u64,
     pub fencing: bool,
+    pub auto_renew: bool,
 }
 
 pub(crate) fn new_token() -> String {
@@ -103,7 +111,7 @@ impl Core {
         let args = AttemptArgs {
             token: &token,
             lease_ms: want.lease_ms,
-            fencing: want.fencing,
+            fence_span: self.fence_span(want.fencing),
             will_wait: false,
             deadline: None,
         };
@@ -111,7 +119,7 @@ impl Core {
             Attempt::Acquired { fence } => {
                 bump(&self.stats.acquisitions);
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
-                Ok(Some(Acquired { token, fence, at }))
+                Ok(Some(Acquired { token, fence, at, tenure: None }))
             }
             Attempt::Held { .. } | Attempt::Reserved { .. } => Ok(None),
         }
@@ -138,33 +146,40 @@ impl Core {
         let token = new_token();
         let waiter = self.registry.register(
             keys.name.clone(),
-            HandoffTarget { token: token.clone(), lease_ms: want.lease_ms, fencing: want.fencing },
+            HandoffTarget {
+                token: token.clone(),
+                lease_ms: want.lease_ms,
+                fencing: want.fencing,
+                auto_renew: want.auto_renew,
+            },
         );
         let mut backoff = Backoff::new();
         let mut outage_since: Option<Instant> = None;
         // Whether it had to wait (slept at least once): a contended acquisition.
         let mut slept = false;
-        let done = |fence: u64, at: Instant, how: &str, slept: bool| {
+        let done = |fence: u64, at: Instant, tenure: Option<Tenure>, how: &str, slept: bool| {
             bump(&self.stats.acquisitions);
             if slept {
                 bump(&self.stats.contended_acquisitions);
             }
             log::debug!("redis-mutex: acquired {} ({how}) after {:?}", keys.key, started.elapsed());
-            Ok(Some(Acquired { token: token.clone(), fence, at }))
+            let token = tenure.as_ref().map_or_else(|| token.clone(), |t| t.lease.token.clone());
+            Ok(Some(Acquired { token, fence, at, tenure }))
         };
         // Leaving without the lock, unless a releaser handed it over meanwhile.
-        let give_up = |waiter: WaitHandle, slept: bool, outcome: Result<Option<Acquired>>| match waiter.leave() {
-            Leave::Granted((fence, at)) => done(fence, at, "handed", slept),
-            Leave::Left => {
-                if matches!(outcome, Ok(None)) {
-                    self.leave_queue(keys);
+        let give_up =
+            |waiter: WaitHandle, slept: bool, outcome: Result<Option<Acquired>>| match waiter.leave_with_tenure() {
+                (Leave::Granted((fence, at)), tenure) => done(fence, at, tenure, "handed", slept),
+                (Leave::Left, _) => {
+                    if matches!(outcome, Ok(None)) {
+                        self.leave_queue(keys);
+                    }
+                    outcome
                 }
-                outcome
-            }
-        };
+            };
         loop {
             if let Some((fence, at)) = waiter.granted() {
-                return done(fence, at, "handed", slept);
+                return done(fence, at, waiter.take_tenure(), "handed", slept);
             }
             // Behind another waiter of this client, an attempt can only fail: the lock
             // reaches us by handoff from the waiters ahead, and the first of them
@@ -181,7 +196,7 @@ impl Core {
                 let args = AttemptArgs {
                     token: &token,
                     lease_ms: want.lease_ms,
-                    fencing: want.fencing,
+                    fence_span: self.fence_span(want.fencing),
                     will_wait: true,
                     deadline,
                 };
@@ -189,7 +204,7 @@ impl Core {
                 match self.backend.attempt(keys, args) {
                     Ok(Attempt::Acquired { fence }) => {
                         waiter.finish();
-                        return done(fence, sent, "attempt", slept);
+                        return done(fence, sent, None, "attempt", slept);
                     }
                     // Held, or reserved for another client: this client is queued in
                     // the lock now, and is told when its turn comes (or re-checks
@@ -246,12 +261,56 @@ impl Core {
         self.registry.notify(&keys.name);
     }
 
+    /// The fencing tokens one acquisition through Redis takes (0 without fencing): its
+    /// own, and one for each in-process handoff of its tenure. Tokens still rise
+    /// strictly in the order the lock is granted: every later acquisition through
+    /// Redis takes its block above this one.
+    fn fence_span(&self, fencing: bool) -> u64 {
+        if fencing { u64::from(self.handoff_limit) + 1 } else { 0 }
+    }
+
+    /// Hands the lock `lease` holds to the first waiting thread of this client without
+    /// a round trip: the lock stays this client's in Redis under the same token, and the
+    /// waiter takes over the lease and its renewal (`renewing`). Only
+    /// - between acquisitions alike (same lease and fencing, renewed by the watchdog);
+    /// - while Redis confirmed the lease within its renewal period (`Lease::is_fresh`):
+    ///   a process that stalled past its lease, or lost touch with Redis, asks Redis
+    ///   before anyone else relies on the lock;
+    /// - at most `handoff_limit` times per tenure: then a release through Redis notices
+    ///   a lost lock and lets a queued client have its turn.
+    ///
+    /// With fencing, the k-th handoff gets the tenure's fencing token + k, from the
+    /// block its acquisition took (see `fence_span`). `false` when it did not hand over
+    /// (the caller then releases through Redis).
+    pub fn hand_over_locally(&self, keys: &LockKeys, lease: &Arc<Lease>, renewing: u64) -> bool {
+        if lease.local_handoffs() >= self.handoff_limit || lease.is_lost() || !lease.is_fresh(Instant::now()) {
+            return false;
+        }
+        let Some(claim) = self.registry.claim_first(&keys.name) else { return false };
+        let t = claim.target();
+        if t.fencing != lease.fence_base.is_some() || !t.auto_renew || t.lease_ms != lease.lease_ms() {
+            return false;
+        }
+        let k = lease.count_local_handoff();
+        let fence = lease.fence_base.map_or(0, |base| base + u64::from(k));
+        claim.grant_tenure(Tenure { lease: lease.clone(), renewing }, fence);
+        bump(&self.stats.releases);
+        bump(&self.stats.handoffs);
+        bump(&self.stats.local_handoffs);
+        log::trace!("redis-mutex: handed {} to a waiting thread, keeping the tenure", keys.key);
+        true
+    }
+
     /// Releases the lock `token` holds (its lease `lease_ms`), handing it to a waiting
     /// thread of this client when there is one and no other client's turn has come.
-    pub fn release(&self, keys: &LockKeys, token: &str, lease_ms: u64) -> Result<()> {
+    /// `turn_due`: this tenure used up its in-process handoffs, so a queued client goes
+    /// first.
+    pub fn release(&self, keys: &LockKeys, token: &str, lease_ms: u64, turn_due: bool) -> Result<()> {
         let claim = self.registry.claim_first(&keys.name);
         let sent = Instant::now();
-        let outcome = self.backend.release(keys, token, lease_ms, claim.as_ref().map(|c| c.target()));
+        let limit = if turn_due { 0 } else { self.handoff_limit };
+        let span = self.fence_span(true);
+        let outcome = self.backend.release(keys, token, lease_ms, limit, span, claim.as_ref().map(|c| c.target()));
         match outcome {
             Ok(Released::Handed { fence }) => {
                 bump(&self.stats.releases);
@@ -340,11 +399,11 @@ pub(crate) mod tests {
                 l.waited |= a.will_wait;
                 return Ok(Attempt::Held { remaining: Some(l.expires - now) });
             }
-            let fence = if a.fencing {
+            let fence = if a.fence_span > 0 {
                 let mut f = self.fences.lock().unwrap();
                 let v = f.entry(keys.key.clone()).or_default();
-                *v += 1;
-                *v
+                *v += a.fence_span;
+                *v - a.fence_span + 1
             } else {
                 0
             };
@@ -353,7 +412,15 @@ pub(crate) mod tests {
             Ok(Attempt::Acquired { fence })
         }
 
-        fn release(&self, keys: &LockKeys, token: &str, _: u64, handoff: Option<&HandoffTarget>) -> Result<Released> {
+        fn release(
+            &self,
+            keys: &LockKeys,
+            token: &str,
+            _: u64,
+            _: u32,
+            fence_span: u64,
+            handoff: Option<&HandoffTarget>,
+        ) -> Result<Released> {
             let mut locks = self.locks.lock().unwrap();
             match locks.get_mut(&keys.key) {
                 Some(l) if l.owner == token && l.expires > Instant::now() => {
@@ -361,7 +428,14 @@ pub(crate) mod tests {
                         l.owner = t.token.clone();
                         l.expires = Instant::now() + Duration::from_millis(t.lease_ms);
                         l.handoffs += 1;
-                        return Ok(Released::Handed { fence: 0 });
+                        let mut fence = 0;
+                        if t.fencing {
+                            let mut f = self.fences.lock().unwrap();
+                            let v = f.entry(keys.key.clone()).or_default();
+                            *v += fence_span;
+                            fence = *v - fence_span + 1;
+                        }
+                        return Ok(Released::Handed { fence });
                     }
                     locks.remove(&keys.key);
                     Ok(Released::Deleted)
@@ -410,10 +484,11 @@ pub(crate) mod tests {
             notifier_up: Arc::new(AtomicBool::new(true)),
             max_sleep: Duration::from_secs(60),
             outage_tolerance: Duration::from_millis(300),
+            handoff_limit: 8,
         }
     }
 
-    const WANT: Want = Want { lease_ms: 60_000, fencing: false };
+    const WANT: Want = Want { lease_ms: 60_000, fencing: false, auto_renew: true };
 
     fn keys() -> LockKeys {
         LockKeys::new("t", "job").unwrap()
@@ -437,7 +512,7 @@ pub(crate) mod tests {
         let core = mem_core(MemBackend::default());
         let a = core.try_once(&keys(), WANT).unwrap().unwrap();
         assert!(core.try_once(&keys(), WANT).unwrap().is_none());
-        core.release(&keys(), &a.token, WANT.lease_ms).unwrap();
+        core.release(&keys(), &a.token, WANT.lease_ms, false).unwrap();
         assert!(core.try_once(&keys(), WANT).unwrap().is_some());
     }
 
@@ -454,7 +529,7 @@ pub(crate) mod tests {
         while core.stats.attempts.load(Ordering::SeqCst) < 2 {
             std::thread::yield_now();
         }
-        core.release(&keys(), &first.token, WANT.lease_ms).unwrap();
+        core.release(&keys(), &first.token, WANT.lease_ms, false).unwrap();
         let second = waiter.join().unwrap();
         let s = core.stats.snapshot();
         assert_eq!(s.handoffs, 1);
@@ -474,7 +549,7 @@ pub(crate) mod tests {
                     while !stop.load(Ordering::Relaxed) {
                         let g = core.acquire(&keys(), WANT, None).unwrap().unwrap();
                         n += 1;
-                        core.release(&keys(), &g.token, WANT.lease_ms).unwrap();
+                        core.release(&keys(), &g.token, WANT.lease_ms, false).unwrap();
                     }
                     n
                 })
@@ -507,7 +582,7 @@ pub(crate) mod tests {
     #[test]
     fn an_expired_holder_is_outwaited_without_notification() {
         let core = mem_core(MemBackend::default());
-        core.try_once(&keys(), Want { lease_ms: 50, fencing: false }).unwrap().unwrap();
+        core.try_once(&keys(), Want { lease_ms: 50, fencing: false, auto_renew: true }).unwrap().unwrap();
         let t = Instant::now();
         assert!(core.acquire(&keys(), WANT, None).unwrap().is_some());
         assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
@@ -535,11 +610,123 @@ pub(crate) mod tests {
         assert_eq!(core.registry.waiting("job"), 0);
     }
 
+    /// The tenure of `a`, as a guard holds it (confirmed `age` ago).
+    fn tenure_of(a: &Acquired, want: Want, age: Duration) -> Arc<Lease> {
+        let fence = want.fencing.then_some(a.fence);
+        Arc::new(Lease::new(keys(), a.token.clone(), want.lease_ms, Instant::now() - age, fence))
+    }
+
+    /// A thread waiting (asleep, after its failed attempt) for the lock with `want`.
+    fn waiting_thread(core: &Arc<Core>, want: Want) -> std::thread::JoinHandle<Option<Acquired>> {
+        let attempts = core.stats.attempts.load(Ordering::SeqCst);
+        let c = core.clone();
+        let t = std::thread::spawn(move || c.acquire(&keys(), want, None).unwrap());
+        while core.stats.attempts.load(Ordering::SeqCst) == attempts || core.registry.waiting("job") == 0 {
+            std::thread::yield_now();
+        }
+        t
+    }
+
+    #[test]
+    fn a_local_handoff_passes_the_tenure_without_asking_the_backend() {
+        let core = Arc::new(mem_core(MemBackend::default()));
+        let first = core.try_once(&keys(), WANT).unwrap().unwrap();
+        let lease = tenure_of(&first, WANT, Duration::ZERO);
+        let waiter = waiting_thread(&core, WANT);
+        let attempts = core.stats.attempts.load(Ordering::SeqCst);
+        assert!(core.hand_over_locally(&keys(), &lease, 7));
+        let second = waiter.join().unwrap().expect("handed over");
+        let tenure = second.tenure.expect("the tenure came with it");
+        assert!(Arc::ptr_eq(&tenure.lease, &lease), "the same lease, renewed by the same watchdog entry");
+        assert_eq!(tenure.renewing, 7);
+        assert_eq!(second.token, first.token, "Redis still lists the tenure's token");
+        assert_eq!(core.backend.holder(&keys()).unwrap().unwrap().token, first.token);
+        let s = core.stats.snapshot();
+        assert_eq!((s.local_handoffs, s.handoffs, s.releases), (1, 1, 1));
+        assert_eq!(s.attempts, attempts, "no attempt after the handoff");
+        assert_eq!(s.wakeups_timeout, 0);
+        assert_eq!(lease.local_handoffs(), 1);
+    }
+
+    #[test]
+    fn local_handoffs_stop_at_the_limit() {
+        let core = Arc::new(mem_core(MemBackend::default()));
+        let first = core.try_once(&keys(), WANT).unwrap().unwrap();
+        let lease = tenure_of(&first, WANT, Duration::ZERO);
+        for _ in 0..core.handoff_limit {
+            let waiter = waiting_thread(&core, WANT);
+            assert!(core.hand_over_locally(&keys(), &lease, 0));
+            assert!(waiter.join().unwrap().unwrap().tenure.is_some());
+        }
+        let waiter = waiting_thread(&core, WANT);
+        assert!(!core.hand_over_locally(&keys(), &lease, 0), "the limit sends the next release to Redis");
+        assert_eq!(core.registry.waiting("job"), 1, "the waiter is queued again, unharmed");
+        core.release(&keys(), &first.token, WANT.lease_ms, true).unwrap();
+        let last = waiter.join().unwrap().unwrap();
+        assert!(last.tenure.is_none(), "a handoff through the backend starts a new tenure");
+        assert_ne!(last.token, first.token);
+    }
+
+    #[test]
+    fn a_lease_not_confirmed_lately_is_not_handed_on() {
+        let core = Arc::new(mem_core(MemBackend::default()));
+        let first = core.try_once(&keys(), WANT).unwrap().unwrap();
+        // Confirmed a renewal period ago: the process may have stalled past its lease,
+        // or Redis may have forgotten it, without the watchdog knowing yet.
+        let stale = tenure_of(&first, WANT, Duration::from_millis(WANT.lease_ms / 3));
+        let waiter = waiting_thread(&core, WANT);
+        assert!(!core.hand_over_locally(&keys(), &stale, 0));
+        let lost = tenure_of(&first, WANT, Duration::ZERO);
+        lost.mark_lost(&core, "test");
+        assert!(!core.hand_over_locally(&keys(), &lost, 0));
+        assert_eq!(core.stats.snapshot().local_handoffs, 0);
+        core.release(&keys(), &first.token, WANT.lease_ms, false).unwrap();
+        assert!(waiter.join().unwrap().unwrap().tenure.is_none());
+    }
+
+    #[test]
+    fn only_acquisitions_alike_share_a_tenure() {
+        let core = Arc::new(mem_core(MemBackend::default()));
+        for other in
+            [Want { lease_ms: 1_000, ..WANT }, Want { fencing: true, ..WANT }, Want { auto_renew: false, ..WANT }]
+        {
+            let holder = core.try_once(&keys(), WANT).unwrap().unwrap();
+            let lease = tenure_of(&holder, WANT, Duration::ZERO);
+            let waiter = waiting_thread(&core, other);
+            assert!(!core.hand_over_locally(&keys(), &lease, 0), "{other:?}");
+            core.release(&keys(), &holder.token, WANT.lease_ms, false).unwrap();
+            let g = waiter.join().unwrap().unwrap();
+            assert!(g.tenure.is_none(), "{other:?}: its own tenure, through the backend");
+            core.release(&keys(), &g.token, other.lease_ms, false).unwrap();
+        }
+        assert_eq!(core.stats.snapshot().local_handoffs, 0);
+    }
+
+    #[test]
+    fn fencing_tokens_of_local_handoffs_rise_inside_their_block() {
+        let core = Arc::new(mem_core(MemBackend::default()));
+        let fenced = Want { fencing: true, ..WANT };
+        let first = core.try_once(&keys(), fenced).unwrap().unwrap();
+        assert_eq!(first.fence, 1);
+        let lease = tenure_of(&first, fenced, Duration::ZERO);
+        let mut fences = vec![first.fence];
+        for _ in 0..core.handoff_limit {
+            let waiter = waiting_thread(&core, fenced);
+            assert!(core.hand_over_locally(&keys(), &lease, 0));
+            fences.push(waiter.join().unwrap().unwrap().fence);
+        }
+        core.release(&keys(), &first.token, fenced.lease_ms, true).unwrap();
+        let next = core.try_once(&keys(), fenced).unwrap().unwrap();
+        fences.push(next.fence);
+        let span = u64::from(core.handoff_limit) + 1;
+        assert_eq!(fences, (1..=span + 1).collect::<Vec<_>>(), "the next acquisition starts the next block");
+    }
+
     #[test]
     fn releasing_a_lock_no_longer_owned_reports_lock_lost() {
         let core = mem_core(MemBackend::default());
         let a = core.try_once(&keys(), WANT).unwrap().unwrap();
         core.backend.force_unlock(&keys()).unwrap();
-        assert!(core.release(&keys(), &a.token, WANT.lease_ms).unwrap_err().is_lock_lost());
+        assert!(core.release(&keys(), &a.token, WANT.lease_ms, false).unwrap_err().is_lock_lost());
     }
 }

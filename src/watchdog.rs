@@ -5,7 +5,7 @@
 //! then marks the guard lost too.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,7 +28,12 @@ pub(crate) const BATCH: usize = 512;
 pub(crate) struct Lease {
     pub keys: LockKeys,
     pub token: String,
+    /// The fencing token Redis issued with this tenure, with fencing: the first of a
+    /// block of `handoff_limit + 1`, the rest of which go to in-process handoffs.
+    pub fence_base: Option<u64>,
     lease_ms: AtomicU64,
+    /// In-process handoffs of this tenure so far (see `Core::hand_over_locally`).
+    local_handoffs: AtomicU32,
     lost: AtomicBool,
     released: AtomicBool,
     /// When Redis last confirmed the lease (acquisition or renewal), and when to retry
@@ -37,11 +42,13 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    pub fn new(keys: LockKeys, token: String, lease_ms: u64, confirmed: Instant) -> Lease {
+    pub fn new(keys: LockKeys, token: String, lease_ms: u64, confirmed: Instant, fence_base: Option<u64>) -> Lease {
         Lease {
             keys,
             token,
+            fence_base,
             lease_ms: AtomicU64::new(lease_ms),
+            local_handoffs: AtomicU32::new(0),
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
             times: Mutex::new((confirmed, None)),
@@ -70,6 +77,25 @@ impl Lease {
 
     fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms())
+    }
+
+    /// In-process handoffs of this tenure so far.
+    pub fn local_handoffs(&self) -> u32 {
+        self.local_handoffs.load(Ordering::Acquire)
+    }
+
+    /// Counts one more in-process handoff; returns how many there have been.
+    pub fn count_local_handoff(&self) -> u32 {
+        self.local_handoffs.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether Redis confirmed this lease less than a renewal period (lease/3) before
+    /// `now`, with no renewal failed since. Past that, the lock may have been lost
+    /// (lease ran out while the process stalled, Redis restarted) without the watchdog
+    /// knowing yet, so it is not handed on without asking Redis.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        let (confirmed, retry) = *lock(&self.times);
+        retry.is_none() && now < confirmed + self.lease() / 3
     }
 
     /// The lease length, as last granted or extended.

@@ -1,6 +1,6 @@
 //! Proves the waiting protocol under contention: no lost wake-ups, no starvation, one
-//! subscriber per client, quiet idle waiters, a polling fallback while pub/sub is down,
-//! and handoff to a waiting thread of the same client.
+//! subscriber per client, quiet idle waiters and a polling fallback while pub/sub is
+//! down. Handoffs inside one client: `handoff.rs`.
 
 mod support;
 
@@ -51,21 +51,6 @@ fn wakeups(stats: &[Stats]) -> (u64, u64) {
     let notified = stats.iter().map(|s| s.wakeups_notified).sum();
     let timeout = stats.iter().map(|s| s.wakeups_timeout).sum();
     (notified, timeout)
-}
-
-fn sub(after: Stats, before: Stats) -> Stats {
-    let mut d = after;
-    d.acquisitions -= before.acquisitions;
-    d.contended_acquisitions -= before.contended_acquisitions;
-    d.attempts -= before.attempts;
-    d.releases -= before.releases;
-    d.handoffs -= before.handoffs;
-    d.wakeups_notified -= before.wakeups_notified;
-    d.wakeups_timeout -= before.wakeups_timeout;
-    d.notifier_reconnects -= before.notifier_reconnects;
-    d.renewals -= before.renewals;
-    d.leases_lost -= before.leases_lost;
-    d
 }
 
 /// CPU time (user + system) this process has used, all threads, dead ones included.
@@ -295,7 +280,7 @@ fn many_waiters_share_one_subscriber_and_the_pool() {
         stop_sampling.store(true, Ordering::SeqCst);
         sampler.join().unwrap();
     });
-    let d = sub(waiters.stats(), before);
+    let d = waiters.stats().since(&before);
     let most = most.load(Ordering::SeqCst);
     println!(
         "{} samples; at most {most} connections of the waiting client; stats {d:#?}",
@@ -433,7 +418,7 @@ fn idle_waiters_are_quiet() {
     let cpu2 = process_cpu_time();
     let stats2 = server.command_stats();
     let log = slowlog(&mut admin);
-    let d = sub(client.stats(), before);
+    let d = client.stats().since(&before);
     let whole = sent_by_pool(&log, &client, mark0, i64::MAX);
     let asleep = sent_by_pool(&log, &client, mark1, mark_idle);
     let commandstats: BTreeMap<&String, u64> = stats2
@@ -533,7 +518,7 @@ fn waiters_survive_a_pubsub_outage() {
         println!("all {N} waiters acquired {:?} after the release", released_at.elapsed());
     });
     wait_until(Duration::from_secs(5), "the notifier to subscribe again", || a.is_notifier_connected());
-    let d = sub(a.stats(), before);
+    let d = a.stats().since(&before);
     println!("during the outage: {d:#?}");
     assert!(d.notifier_reconnects >= 1, "{d:#?}");
     assert_eq!(d.acquisitions, N as u64);
@@ -554,53 +539,11 @@ fn waiters_survive_a_pubsub_outage() {
             assert!(ok, "waiter {i} did not hold the lock alone");
         }
     });
-    let d = sub(a.stats(), before);
+    let d = a.stats().since(&before);
     println!("after the reconnect: {d:#?}");
     assert_eq!(d.acquisitions, N as u64);
     assert_eq!(d.contended_acquisitions, N as u64);
     assert!(d.wakeups_notified >= N as u64, "{d:#?}");
     assert_eq!(d.wakeups_timeout, 0, "{d:#?}");
     assert_eq!(d.notifier_reconnects, 0, "{d:#?}");
-}
-
-// ---- 6. handoff inside one client ----
-
-#[test]
-fn a_release_hands_the_lock_to_a_waiting_thread() {
-    let server = RedisServer::start();
-    let client = connected(&server);
-    let m = client.mutex_with("baton", MutexOptions::default().fencing(true));
-    let first = m.lock().unwrap();
-    assert_eq!(first.fencing_token(), Some(1));
-    let before = client.stats();
-    let run_before = attempts_run(&server);
-    let (tx, rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    thread::scope(|s| {
-        let waiter = m.clone();
-        s.spawn(move || {
-            let guard = waiter.lock().unwrap();
-            let holder = waiter.holder().unwrap().expect("someone holds it");
-            tx.send((guard.token().to_owned(), guard.fencing_token(), holder, guard.is_held().unwrap())).unwrap();
-            go_rx.recv().unwrap();
-            guard.unlock().unwrap();
-        });
-        wait_until(Duration::from_secs(10), "the waiter to find the lock held", || {
-            m.waiting_threads() == 1 && attempts_run(&server) - run_before >= 1
-        });
-        let first_token = first.token().to_owned();
-        first.unlock().unwrap();
-        let (token, fence, holder, held) = rx.recv_timeout(Duration::from_secs(10)).expect("the waiter acquires");
-        let d = sub(client.stats(), before);
-        println!("{d:#?}");
-        assert_eq!(d.handoffs, 1, "the release handed the lock over");
-        assert_ne!(token, first_token);
-        assert_eq!(holder.token, token, "Redis lists the handed-over guard as the owner");
-        assert!(held);
-        assert_eq!(fence, Some(2), "a handoff is an acquisition: the fencing token rises");
-        let lease = holder.remaining_lease.expect("a lease");
-        assert!(lease > Duration::from_secs(20), "the new owner's own 30 s lease: {lease:?}");
-        go_tx.send(()).unwrap();
-    });
-    assert!(!m.is_locked().unwrap(), "the handed-over guard released the lock");
 }

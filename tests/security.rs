@@ -41,7 +41,7 @@ const COMMANDS: &[&str] = &[
     "del",
     "pexpire",
     "pttl",
-    "incr",
+    "incrby",
     "publish",
     "type",
 ];

@@ -2,7 +2,8 @@
 //! (`examples/torture.rs`) runs bounded, with every fault (SIGKILL, SIGSTOP past the
 //! lease, CLIENT KILL, CLIENT PAUSE, Redis restarts with and without persistence), and
 //! its checker finds no overlapping holders, no fencing token out of order, no stale
-//! fenced write accepted and no lost counter update.
+//! fenced write accepted and no lost counter update, with in-process handoffs (no
+//! round trip) among the acquisitions.
 //!
 //! The program's logic is compiled into this test binary (`#[path]` module) and its
 //! controller runs in-process; worker processes are this same binary re-run with a
@@ -70,6 +71,7 @@ fn torture_with_every_fault_finds_no_violation() {
     }
     assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
     assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
+    assert!(report.workers.local_handoffs >= 100, "in-process handoffs must be part of the run:\n{report}");
 }
 
 #[test]

@@ -120,7 +120,7 @@ impl Shared {
         match self {
             Shared::RedisMutex(c) => {
                 let s = c.stats();
-                Some(s.attempts + s.releases + s.renewals)
+                Some(s.attempts + s.releases - s.local_handoffs + s.renewals)
             }
             _ => None,
         }

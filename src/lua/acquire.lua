@@ -1,6 +1,7 @@
 -- Acquire: one round trip.
 -- KEYS[1] lock hash, KEYS[2] fence counter
--- ARGV[1] token, ARGV[2] lease ms, ARGV[3] '1' = fencing,
+-- ARGV[1] token, ARGV[2] lease ms, ARGV[3] fencing tokens to take ('0' = no fencing:
+-- the caller's is the first, the rest are for handing the lock on inside its client),
 -- ARGV[4] caller's client id, ARGV[5] '1' = the caller will wait (joins the queue)
 -- Returns {1, fence} when the caller holds the lock, {0, pttl} when someone else does,
 -- {2, ms} when it is reserved for another client for ms more.
@@ -22,8 +23,9 @@ if unset(held[1]) then
   end
   local fence = 0
   local fields = {'o', ARGV[1], 'c', me}
-  if ARGV[3] == '1' then
-    fence = redis.call('INCR', KEYS[2])
+  local span = tonumber(ARGV[3])
+  if span > 0 then
+    fence = redis.call('INCRBY', KEYS[2], span) - span + 1
     fields[#fields + 1] = 'f'; fields[#fields + 1] = fence
   end
   if held[4] then fields[#fields + 1] = 'g'; fields[#fields + 1] = '' end

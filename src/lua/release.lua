@@ -3,7 +3,7 @@
 -- KEYS[1] lock hash, KEYS[2] fence counter
 -- ARGV[1] token, ARGV[2] caller's client id,
 -- ARGV[3] next owner's token ('' = no local waiter), ARGV[4] next lease ms,
--- ARGV[5] '1' = next owner wants a fencing token, ARGV[6] handoff limit,
+-- ARGV[5] fencing tokens the next owner takes ('0' = no fencing), ARGV[6] handoff limit,
 -- ARGV[7] reservation ms, ARGV[8] caller's lease ms
 -- Returns {0, 0} not the owner, {1, 0} deleted, {2, fence} handed over,
 -- {3, 0} passed to the next waiting client.
@@ -17,8 +17,9 @@ if ARGV[3] ~= '' then
   if queue == '' or handoffs < tonumber(ARGV[6]) then
     local fields = {'o', ARGV[3], 'h', handoffs + 1}
     local fence = 0
-    if ARGV[5] == '1' then
-      fence = redis.call('INCR', KEYS[2])
+    local span = tonumber(ARGV[5])
+    if span > 0 then
+      fence = redis.call('INCRBY', KEYS[2], span) - span + 1
       fields[#fields + 1] = 'f'; fields[#fields + 1] = fence
     end
     redis.call('HSET', KEYS[1], unpack(fields))
