@@ -1,6 +1,7 @@
 //! Side-by-side performance of redis-mutex and what a Rust user would pick instead
 //! (rlock 0.2 sync, redisson 0.1 sync, redlock 2, and the naive `SET NX PX` + 1 ms sleep
-//! loop), on one loopback redis-server this program starts. See README.md.
+//! loop), on one loopback redis-server this program starts, beside an in-memory FIFO
+//! lock as the machine's floor for a fair lock. See README.md.
 //!
 //! `cargo run --release -- [--secs S] [--only W1,W2,W3,W4,curves] [--impls a,b] [--quick]`
 
@@ -29,7 +30,7 @@ const CURVE_THREADS: [u32; 4] = [1, 4, 16, 64];
 fn usage() -> ! {
     eprintln!(
         "usage: bench-peers [--secs S (default 10)] [--w4-secs S (default 10)] [--quick (= --secs 2 --w4-secs 3)]\n\
-         \x20                  [--only W1,W2,W3,curves,W4] [--impls redis-mutex,rlock,redisson,redlock,naive]\n\
+         \x20                  [--only W1,W2,W3,curves,W4] [--impls redis-mutex,rlock,redisson,redlock,naive,local-fifo]\n\
          \x20                  [--out DIR (default bench-peers/results)]"
     );
     std::process::exit(2)
@@ -335,6 +336,21 @@ fn targets(rows: &[Row], w4: &[W4Row]) -> Vec<String> {
             if let Some(n) = naive {
                 out.push(format!("(ref) {}", max_wait(n)));
             }
+            // What a fair lock can reach here at all: the same workload on an in-memory
+            // FIFO lock, where a handoff is only a thread wake-up.
+            if let Some(f) = find("W1", Impl::LocalFifo, 8) {
+                out.push(format!(
+                    "(floor) W1 in-memory FIFO lock (no Redis): max wait {}, p99 {}, {:.0} acq/s; redis-mutex: max {} \
+                     ({:.2}× the floor), {:.0} acq/s ({:.2}×)",
+                    t(f.wait.2),
+                    t(f.wait.1),
+                    f.acq_per_s,
+                    t(o.wait.2),
+                    o.wait.2 / f.wait.2,
+                    o.acq_per_s,
+                    o.acq_per_s / f.acq_per_s
+                ));
+            }
             out.push(format!(
                 "{} W1 every thread ≥ half its fair share: smallest share × threads = {:.2} (≥ 0.50)",
                 verdict(o.min_share >= 0.5),
@@ -408,7 +424,7 @@ fn main() {
             println!("\n{}", row_header());
             last_wl = wl;
         }
-        for &imp in &o.impls {
+        for &imp in o.impls.iter().filter(|i| procs == 1 || i.is_distributed()) {
             let r = measure::scenario(wl, imp, &url, &mut admin, procs, threads, o.secs, think);
             println!("{}", row_line(&r));
             if let Some(e) = &r.first_error {
@@ -420,7 +436,7 @@ fn main() {
     if wants(&o, "W4") {
         println!("\nW4: {} threads wait on a lock another client holds (60 s lease, no renewal)", measure::W4_WAITERS);
         println!("{}", w4_header());
-        for &imp in &o.impls {
+        for &imp in o.impls.iter().filter(|i| i.is_distributed()) {
             let r = measure::w4(imp, &url, &mut admin, o.w4_secs);
             println!("{}", w4_line(&r));
             if let Some(e) = &r.first_error {

@@ -1,7 +1,11 @@
 //! The five implementations, each driven through its own public synchronous API the
-//! way its documentation shows. One `Shared` per process (the crate's client or
-//! manager object), one `Worker` per thread.
+//! way its documentation shows, and a reference that is no Redis lock at all: an
+//! in-memory FIFO lock, the floor a fair lock can reach on this machine. One `Shared`
+//! per process (the crate's client or manager object), one `Worker` per thread.
 
+use std::collections::VecDeque;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::thread;
 use std::time::Duration;
 
@@ -18,9 +22,12 @@ pub enum Impl {
     Redisson,
     Redlock,
     Naive,
+    /// Not a Redis lock: threads of one process only (no W3, no W4).
+    LocalFifo,
 }
 
-pub const ALL: [Impl; 5] = [Impl::RedisMutex, Impl::Rlock, Impl::Redisson, Impl::Redlock, Impl::Naive];
+pub const ALL: [Impl; 6] =
+    [Impl::RedisMutex, Impl::Rlock, Impl::Redisson, Impl::Redlock, Impl::Naive, Impl::LocalFifo];
 
 impl Impl {
     pub fn name(self) -> &'static str {
@@ -30,6 +37,7 @@ impl Impl {
             Impl::Redisson => "redisson",
             Impl::Redlock => "redlock",
             Impl::Naive => "naive",
+            Impl::LocalFifo => "local-fifo",
         }
     }
 
@@ -49,6 +57,11 @@ impl Impl {
     pub fn is_crate_peer(self) -> bool {
         matches!(self, Impl::Rlock | Impl::Redisson | Impl::Redlock)
     }
+
+    /// Whether it can lock across processes (and so run W3 and W4).
+    pub fn is_distributed(self) -> bool {
+        self != Impl::LocalFifo
+    }
 }
 
 /// The per-process object of each implementation.
@@ -60,6 +73,41 @@ pub enum Shared {
     /// `RedLockGuard<'a>` borrows its manager: one leaked manager per process and run.
     Redlock(&'static redlock::RedLock),
     Naive(String),
+    LocalFifo(Arc<Fifo>),
+}
+
+/// A FIFO lock in memory: a release hands the lock to the longest waiter and wakes it
+/// (a `sync_channel(1)` per waiter, as redis-mutex's registry does). What is left of a
+/// handoff here is a thread wake-up, so its waits show this machine's scheduling floor
+/// for a fair lock.
+#[derive(Default)]
+pub struct Fifo {
+    state: StdMutex<(bool, VecDeque<SyncSender<()>>)>,
+}
+
+impl Fifo {
+    fn lock(&self) {
+        let rx = {
+            let mut st = self.state.lock().unwrap();
+            if !st.0 {
+                st.0 = true;
+                return;
+            }
+            let (tx, rx) = sync_channel(1);
+            st.1.push_back(tx);
+            rx
+        };
+        // Woken only by a release handing the lock over.
+        rx.recv().unwrap();
+    }
+
+    fn unlock(&self) {
+        let mut st = self.state.lock().unwrap();
+        match st.1.pop_front() {
+            Some(next) => next.send(()).unwrap(),
+            None => st.0 = false,
+        }
+    }
 }
 
 /// redisson's pool size for `threads` threads: a waiting thread keeps its pooled
@@ -93,6 +141,7 @@ impl Shared {
             // Default retry settings (3 tries, 0..200 ms random delay) on one server.
             Impl::Redlock => Shared::Redlock(Box::leak(Box::new(redlock::RedLock::new(vec![url.to_owned()])))),
             Impl::Naive => Shared::Naive(url.to_owned()),
+            Impl::LocalFifo => Shared::LocalFifo(Arc::default()),
         }
     }
 
@@ -111,11 +160,13 @@ impl Shared {
                 held: false,
                 sent: 0,
             },
+            Shared::LocalFifo(f) => Worker::LocalFifo { f: f.clone(), held: false },
         }
     }
 
     /// Client-side round trips, where the implementation tells: redis-mutex's stats
-    /// (attempts + releases + renewals). `None` elsewhere (the naive loop counts its own).
+    /// (attempts + releases sent to Redis + renewals). `None` elsewhere (the naive loop
+    /// counts its own).
     pub fn round_trips(&self) -> Option<u64> {
         match self {
             Shared::RedisMutex(c) => {
@@ -137,6 +188,7 @@ pub enum Worker {
     Redisson { l: redisson::RLock, held: bool },
     Redlock { r: &'static redlock::RedLock, key: String, g: Option<redlock::RedLockGuard<'static>> },
     Naive { con: redis::Connection, script: redis::Script, key: String, token: String, held: bool, sent: u64 },
+    LocalFifo { f: Arc<Fifo>, held: bool },
 }
 
 /// How a lock is taken: as a user of the implementation would by default, or the W4
@@ -212,6 +264,10 @@ impl Worker {
                 }
                 *held = true;
             }
+            Worker::LocalFifo { f, held } => {
+                f.lock();
+                *held = true;
+            }
         }
         Ok(())
     }
@@ -239,13 +295,20 @@ impl Worker {
                 }
                 Ok(())
             }
+            Worker::LocalFifo { f, held } => {
+                if std::mem::take(held) {
+                    f.unlock();
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Round trips this worker counted itself (the naive loop only).
+    /// Round trips this worker counted itself (the naive loop; the local lock has none).
     pub fn sent(&self) -> Option<u64> {
         match self {
             Worker::Naive { sent, .. } => Some(*sent),
+            Worker::LocalFifo { .. } => Some(0),
             _ => None,
         }
     }
