@@ -112,9 +112,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         percentile(&waits, 1.0)
     );
     println!(
-        "contended {}  handoffs {}  woken by notification {}  by timeout {}  attempts/acquisition {:.2}",
+        "contended {}  handoffs {} ({} without a round trip)  woken by notification {}  by timeout {}  \
+         attempts/acquisition {:.2}",
         s.contended_acquisitions,
         s.handoffs,
+        s.local_handoffs,
         s.wakeups_notified,
         s.wakeups_timeout,
         s.attempts as f64 / s.acquisitions.max(1) as f64
