@@ -30,8 +30,8 @@ pub(crate) struct Core {
     pub max_sleep: Duration,
     /// How long `lock()` (no deadline) keeps retrying through Redis errors.
     pub outage_tolerance: Duration,
-    /// Consecutive handoffs inside this client while other clients may wait (see
-    /// `LockClientBuilder::handoff_limit`).
+    /// In-process handoffs per tenure, and consecutive handoffs through Redis while
+    /// other clients wait (see `LockClientBuilder::handoff_limit`).
     pub handoff_limit: u32,
 }
 
