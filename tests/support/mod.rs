@@ -4,8 +4,11 @@
 //! uses only a subset of it, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod server;
 
+#[allow(unused_imports)] // used by some test binaries only
+pub use proxy::FaultProxy;
 pub use server::RedisServer;
 
 use std::time::{Duration, Instant};
@@ -40,6 +43,17 @@ pub struct Contention {
 /// `threads` threads per client each lock `name` `rounds` times with no pause,
 /// recording who held it in which order.
 pub fn contend(clients: &[redis_mutex::LockClient], threads: usize, rounds: usize, name: &str) -> Contention {
+    contend_with(clients, threads, rounds, name, |_, _| redis_mutex::MutexOptions::default())
+}
+
+/// [`contend`], with the options of thread `t` of client `c` given by `options(c, t)`.
+pub fn contend_with(
+    clients: &[redis_mutex::LockClient],
+    threads: usize,
+    rounds: usize,
+    name: &str,
+    options: impl Fn(usize, usize) -> redis_mutex::MutexOptions + Sync,
+) -> Contention {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let inside = AtomicBool::new(false);
     let overlaps = AtomicU64::new(0);
@@ -49,11 +63,11 @@ pub fn contend(clients: &[redis_mutex::LockClient], threads: usize, rounds: usiz
         let handles: Vec<_> = clients
             .iter()
             .enumerate()
-            .flat_map(|c| std::iter::repeat_n(c, threads))
-            .map(|(who, client)| {
-                let (inside, overlaps, start, order) = (&inside, &overlaps, &start, &order);
+            .flat_map(|c| (0..threads).map(move |t| (c, t)))
+            .map(|((who, client), t)| {
+                let (inside, overlaps, start, order, options) = (&inside, &overlaps, &start, &order, &options);
                 s.spawn(move || {
-                    let m = client.mutex(name);
+                    let m = client.mutex_with(name, options(who, t));
                     let mut longest = Duration::ZERO;
                     start.wait();
                     for _ in 0..rounds {
