@@ -38,12 +38,32 @@ pub(crate) enum Attempt {
     Reserved { remaining: Option<Duration> },
 }
 
+/// One release's request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReleaseArgs<'a> {
+    pub token: &'a str,
+    /// The releasing tenure's lease: a lock passed to another client keeps its queue
+    /// that long.
+    pub lease_ms: u64,
+    /// In-process handoffs the releasing tenure made: they count towards this client's
+    /// turn (see `handoff_limit`).
+    pub local_handoffs: u32,
+    /// A client's turn while others wait: at most this many handoffs after its first
+    /// acquisition, then the lock passes to the client that has waited longest.
+    pub limit: u32,
+    /// With fencing, the fencing tokens a handoff takes (see `AttemptArgs::fence_span`).
+    pub fence_span: u64,
+    /// A waiting thread of this client to hand the lock to.
+    pub handoff: Option<&'a HandoffTarget>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Released {
     /// Deleted: no other client was queued for it.
     Deleted,
-    /// Ownership passed to the handoff target.
-    Handed { fence: u64 },
+    /// Ownership passed to the handoff target. `turn`: the acquisitions of this
+    /// client's turn before it (0 when no other client waits).
+    Handed { fence: u64, turn: u32 },
     /// Reserved for the client that has waited longest, which was told to take it;
     /// this client queues behind the others if it was given a handoff target.
     Passed,
@@ -65,25 +85,19 @@ pub struct Holder {
 
 pub(crate) trait Backend: Send + Sync + 'static {
     fn attempt(&self, keys: &LockKeys, args: AttemptArgs<'_>) -> Result<Attempt>;
-    /// Releases `token`'s lock, whose lease is `lease_ms`, handing it to `handoff` (a
-    /// waiter of this client) unless another client is queued and the lock has been
-    /// handed over `limit` times in a row. A handoff with fencing takes `fence_span`
-    /// fencing tokens, as an attempt does.
-    fn release(
-        &self,
-        keys: &LockKeys,
-        token: &str,
-        lease_ms: u64,
-        limit: u32,
-        fence_span: u64,
-        handoff: Option<&HandoffTarget>,
-    ) -> Result<Released>;
+    /// Releases the caller's lock: hands it to `handoff` (a waiter of this client)
+    /// unless another client is queued and this client's turn is over, else passes it
+    /// to the first queued client, else deletes it.
+    fn release(&self, keys: &LockKeys, args: ReleaseArgs<'_>) -> Result<Released>;
     /// This client has no waiter left for the lock: take it out of the lock's queue of
     /// waiting clients, passing on a reservation made for it.
     fn leave(&self, keys: &LockKeys) -> Result<()>;
     /// Extends every `(keys, token, lease_ms)` whose token still owns its lock, in as
-    /// few round trips as the backend allows; `true` per item that is still owned.
-    fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<bool>>;
+    /// few round trips as the backend allows. The outer error fails the whole batch
+    /// (connection); per item, `true` when still owned and extended, `false` when not
+    /// owned, or that item's own error (e.g. `WrongType`: its key was overwritten),
+    /// which leaves the other items unharmed.
+    fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<Result<bool>>>;
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>>;
     /// Deletes the lock whoever holds it and wakes every client's waiters.
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::keys::{LockKeys, redact_url, validate_prefix};
 use crate::mutex::Mutex;
 use crate::notifier::{self, NotifierConfig};
-use crate::options::MutexOptions;
+use crate::options::{MAX_LEASE, MutexOptions};
+use crate::orphans::Orphans;
 use crate::reentrant::{ReentrantMutex, ReentrantState};
 use crate::registry::Registry;
 use crate::single::{ConnectSettings, SingleServer};
@@ -145,6 +146,11 @@ impl LockClient {
 }
 
 /// Configures a [`LockClient`]. Every option has a documented default.
+///
+/// Every duration option must be at most [`MAX_LEASE`](crate::MAX_LEASE) (about 34
+/// years; `Duration::MAX` is refused, not taken to mean "forever"), and all but
+/// `outage_tolerance` longer than zero: `build` returns [`Error::InvalidOption`]
+/// naming the option otherwise.
 ///
 /// ```no_run
 /// use redis_mutex::LockClient;
@@ -284,17 +290,26 @@ impl LockClientBuilder {
         if self.pool_max_size == 0 {
             return Err(Error::InvalidOption { option: "pool_max_size", reason: "must be at least 1".into() });
         }
-        for (option, d) in [
-            ("pool_timeout", self.pool_timeout),
-            ("connect_timeout", self.connect_timeout),
-            ("read_timeout", self.read_timeout),
-            ("write_timeout", self.write_timeout),
-            ("recheck_interval", self.recheck_interval),
-            ("ping_interval", self.ping_interval),
-            ("reservation_timeout", self.reservation_timeout),
+        for (option, d, zero_ok) in [
+            ("pool_timeout", self.pool_timeout, false),
+            ("connect_timeout", self.connect_timeout, false),
+            ("read_timeout", self.read_timeout, false),
+            ("write_timeout", self.write_timeout, false),
+            ("outage_tolerance", self.outage_tolerance, true),
+            ("recheck_interval", self.recheck_interval, false),
+            ("ping_interval", self.ping_interval, false),
+            ("reservation_timeout", self.reservation_timeout, false),
         ] {
-            if d.is_zero() {
+            if d.is_zero() && !zero_ok {
                 return Err(Error::InvalidOption { option, reason: "must be longer than zero".into() });
+            }
+            // Every duration is added to a clock somewhere (and some are sent to Redis
+            // as milliseconds): one limit that neither overflows.
+            if d > MAX_LEASE {
+                return Err(Error::InvalidOption {
+                    option,
+                    reason: format!("{d:?} is longer than the maximum of {MAX_LEASE:?} (about 34 years)"),
+                });
             }
         }
         Ok(())
@@ -359,6 +374,7 @@ impl LockClientBuilder {
             max_sleep: self.recheck_interval,
             outage_tolerance: self.outage_tolerance,
             handoff_limit: self.handoff_limit,
+            orphans: Orphans::default(),
         });
         let spawn_err = |e: std::io::Error| Error::InvalidOption {
             option: "threads",

@@ -1,6 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
@@ -44,7 +44,7 @@ impl MutexGuard {
         }
         // Timed from when the acquiring request was sent: no later than Redis started
         // the lease, so renewals and lost-lease detection err on the early side.
-        let lease = Arc::new(Lease::new(keys, a.token, want.lease_ms, a.at, fence));
+        let lease = Arc::new(Lease::new(keys, a.token, want.lease_ms, a.at, fence, a.turn));
         let client = &mutex.client().inner;
         let renewing = want.auto_renew.then(|| client.watchdog.register(lease.clone()));
         MutexGuard { fence, mutex, lease, renewing, released: false }
@@ -108,17 +108,7 @@ impl MutexGuard {
                 reason: format!("{lease:?} is outside 1 ms ..= {MAX_LEASE:?}"),
             });
         }
-        self.check_not_lost()?;
-        let ms = lease.as_millis() as u64;
-        let sent = Instant::now();
-        let owned = self.core().backend.extend(&[(&self.lease.keys, &self.lease.token, ms)])?;
-        if owned.first().copied().unwrap_or(false) {
-            self.lease.confirmed(sent, ms);
-            Ok(())
-        } else {
-            self.lease.mark_lost(self.core(), "extend found another owner or no lock");
-            Err(self.lost_error())
-        }
+        self.core().extend(&self.lease, lease.as_millis() as u64)
     }
 
     /// Releases the lock now, reporting what went wrong.
@@ -160,8 +150,8 @@ impl MutexGuard {
             self.mutex.client().inner.watchdog.deregister(id, &self.lease);
         }
         self.check_not_lost()?;
-        let turn_due = self.lease.local_handoffs() >= self.core().handoff_limit;
-        let result = self.core().release(&self.lease.keys, &self.lease.token, self.lease.lease_ms(), turn_due);
+        let lease = &self.lease;
+        let result = self.core().release(&lease.keys, &lease.token, lease.lease_ms(), lease.local_handoffs());
         if let Err(Error::LockLost { .. }) = &result {
             self.lease.mark_lost(self.core(), "the release found another owner or no lock");
         }

@@ -45,11 +45,17 @@
 //!   attempt queues its client in the lock itself, and a release passes the lock to
 //!   the first queued client with a message to that client. Only the first waiter of a
 //!   lock in each client asks Redis, and its sleep is never longer than the holder's
-//!   remaining lease; the threads queued behind it get the lock by handoff.
+//!   remaining lease; the threads queued behind it get the lock by handoff, and are
+//!   woken to ask Redis themselves whenever the first stops watching (it leaves, or
+//!   holds the lock on a lease that is not renewed and may just run out).
 //! - **Fair**: a release hands the lock to the longest-waiting thread of the same
 //!   client (a thread that releases and locks again queues behind it); while other
 //!   clients wait, after at most `handoff_limit` handoffs the lock passes to the client
-//!   that has waited longest, so processes take turns in the order they queued.
+//!   that has waited longest, so processes take turns in the order they queued. The
+//!   bound holds whatever options the client's threads lock with.
+//! - **No lock held by a lost reply**: a request that acquired a lock but whose reply
+//!   was lost (the caller got an error) is remembered, and the lock released as soon
+//!   as Redis answers again, instead of blocking everyone for a lease.
 //!
 //! # Limits
 //!
@@ -58,7 +64,11 @@
 //!   it reports it ([`MutexGuard::is_lost`], [`Error::LockLost`]), and fencing tokens
 //!   ([`MutexOptions::fencing`]) let the protected resource refuse the stale holder.
 //! - **Clocks.** Leases are measured by the Redis server's clock; client clocks do not
-//!   matter, but a server whose clock jumps shortens or stretches leases.
+//!   matter, but a server whose clock jumps shortens or stretches leases. The client
+//!   decides whether a lease is fresh enough to hand on without asking Redis by the
+//!   larger of its monotonic and its wall clock, so a suspended machine (whose
+//!   monotonic clock stops) does not keep a lease looking fresh; this assumes the wall
+//!   clock is not stepped backwards (NTP slews it).
 //! - **A waiting process that crashes** can hold up the others once, by its
 //!   reservation (`reservation_timeout`, 1 s by default), when its turn comes.
 //! - **One Redis.** Locks live on one server. Without persistence, a Redis restart
@@ -73,12 +83,14 @@
 
 mod backend;
 mod client;
+mod clock;
 mod error;
 mod guard;
 mod keys;
 mod mutex;
 mod notifier;
 mod options;
+mod orphans;
 mod reentrant;
 mod registry;
 mod single;

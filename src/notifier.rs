@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::clock::later;
 use crate::keys::{channel_pattern, name_from_channel};
 use crate::registry::Registry;
 use crate::single::ConnectSettings;
 use crate::stats::{Counters, bump};
 use crate::wait::{Backoff, jitter};
+use crate::watchdog::panic_message;
 
 /// How often the thread looks up from a quiet connection (to see whether the client
 /// was dropped).
@@ -50,49 +52,78 @@ fn stopped(shutdown: &Receiver<()>) -> bool {
 }
 
 fn run(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) {
-    let pattern = channel_pattern(&cfg.prefix);
-    let mut backoff = Backoff::new();
-    let mut connected_before = false;
-    let mut last_error: Option<String> = None;
-    while !stopped(&shutdown) {
-        let outcome = cfg.connect.connect(":notifier").and_then(|mut con| {
-            // The `PubSub` lives as long as the connection: dropping it unsubscribes.
-            let mut pubsub = con.as_pubsub();
-            pubsub.psubscribe(&pattern)?;
-            confirm_subscribed(&cfg, &mut pubsub, &pattern)?;
-            pubsub.set_read_timeout(Some(TICK))?;
-            backoff = Backoff::new();
-            last_error = None;
-            if connected_before {
-                bump(&shared.stats.notifier_reconnects);
-                log::warn!("redis-mutex: notifier subscribed again to {pattern}");
-            } else {
-                log::debug!("redis-mutex: notifier subscribed to {pattern}");
-            }
-            connected_before = true;
-            shared.up.store(true, Ordering::Release);
-            // Releases may have gone unheard while disconnected: everyone re-checks.
-            shared.registry.wake_all();
-            let broke = listen(&cfg, &shared, &mut pubsub, &shutdown);
+    supervise(&shared, &shutdown, |memory| serve(&cfg, &shared, &shutdown, memory));
+}
+
+/// What the notifier carries from one connection to the next.
+struct Memory {
+    backoff: Backoff,
+    connected_before: bool,
+    /// Logged once, not per retry.
+    last_error: Option<String>,
+}
+
+/// Runs `session` (one subscribed connection) until the client is dropped: after it
+/// breaks, backs off and runs it again. A panic in it (a bug) is caught and handled
+/// like a broken connection: logged, the notifier marked down (waiters poll), and a
+/// new session started, so that no wake-up is lost for good.
+fn supervise(shared: &Shared, shutdown: &Receiver<()>, mut session: impl FnMut(&mut Memory) -> redis::RedisResult<()>) {
+    let mut memory = Memory { backoff: Backoff::new(), connected_before: false, last_error: None };
+    while !stopped(shutdown) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session(&mut memory)));
+        let outcome = outcome.unwrap_or_else(|panic| {
             shared.up.store(false, Ordering::Release);
-            broke.map_or(Ok(()), Err)
+            let msg = panic_message(&panic).to_owned();
+            log::error!("redis-mutex: notifier panicked ({msg}); subscribing again");
+            Err(redis::RedisError::from((redis::ErrorKind::Client, "notifier panicked", msg)))
         });
         match outcome {
             Ok(()) => return,
             Err(e) => {
                 let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
+                if memory.last_error.as_deref() != Some(msg.as_str()) {
                     log::warn!("redis-mutex: notifier disconnected ({msg}); waiters poll Redis until it is back");
-                    last_error = Some(msg);
+                    memory.last_error = Some(msg);
                 }
             }
         }
         // Back off, but stop at once if the client goes away.
-        match shutdown.recv_timeout(backoff.next_delay().max(Duration::from_millis(50))) {
+        match shutdown.recv_timeout(memory.backoff.next_delay().max(Duration::from_millis(50))) {
             Err(RecvTimeoutError::Timeout) | Ok(()) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// One subscribed connection: `Ok` when the client was dropped, else why it broke.
+fn serve(
+    cfg: &NotifierConfig,
+    shared: &Shared,
+    shutdown: &Receiver<()>,
+    memory: &mut Memory,
+) -> redis::RedisResult<()> {
+    let pattern = channel_pattern(&cfg.prefix);
+    let mut con = cfg.connect.connect(":notifier")?;
+    // The `PubSub` lives as long as the connection: dropping it unsubscribes.
+    let mut pubsub = con.as_pubsub();
+    pubsub.psubscribe(&pattern)?;
+    confirm_subscribed(cfg, &mut pubsub, &pattern)?;
+    pubsub.set_read_timeout(Some(TICK))?;
+    memory.backoff = Backoff::new();
+    memory.last_error = None;
+    if memory.connected_before {
+        bump(&shared.stats.notifier_reconnects);
+        log::warn!("redis-mutex: notifier subscribed again to {pattern}");
+    } else {
+        log::debug!("redis-mutex: notifier subscribed to {pattern}");
+    }
+    memory.connected_before = true;
+    shared.up.store(true, Ordering::Release);
+    // Releases may have gone unheard while disconnected: everyone re-checks.
+    shared.registry.wake_all();
+    let broke = listen(cfg, shared, &mut pubsub, shutdown);
+    shared.up.store(false, Ordering::Release);
+    broke.map_or(Ok(()), Err)
 }
 
 /// redis-rs discards the reply to `PSUBSCRIBE`, so a refusal (`NOPERM`: the user's ACL
@@ -158,7 +189,8 @@ fn listen(
                     Some(target) if target == mine => true,
                     Some(_) => {
                         if shared.registry.waiting(name) > 0 {
-                            let due = Instant::now() + cfg.reservation + TICK + jitter(cfg.reservation / 4);
+                            let wait = cfg.reservation.saturating_add(TICK).saturating_add(jitter(cfg.reservation / 4));
+                            let due = later(Instant::now(), wait);
                             checks.insert(name.to_owned(), due);
                         }
                         continue;
@@ -189,5 +221,47 @@ fn listen(
             }
             Err(e) => return Some(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn shared() -> Shared {
+        Shared {
+            registry: Registry::new(),
+            stats: Arc::new(Counters::default()),
+            up: Arc::new(AtomicBool::new(false)),
+            unclaimed: Box::new(|_| {}),
+        }
+    }
+
+    #[test]
+    fn a_session_that_panics_is_marked_down_and_started_again() {
+        let shared = shared();
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let stop_tx = Mutex::new(Some(stop_tx));
+        let mut sessions = 0;
+        let mut up_after_panic = None;
+        supervise(&shared, &stop_rx, |_| {
+            sessions += 1;
+            match sessions {
+                1 => {
+                    shared.up.store(true, Ordering::Release);
+                    panic!("a bug in the loop");
+                }
+                2 => {
+                    up_after_panic = Some(shared.up.load(Ordering::Acquire));
+                    // The client is dropped while this session serves.
+                    drop(stop_tx.lock().unwrap().take());
+                    Ok(())
+                }
+                _ => unreachable!("the client was dropped"),
+            }
+        });
+        assert_eq!(sessions, 2, "a new session after the panic");
+        assert_eq!(up_after_panic, Some(false), "marked down: waiters poll meanwhile");
     }
 }

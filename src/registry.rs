@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
+use crate::clock::Stamp;
 use crate::sync::lock;
 use crate::watchdog::Lease;
 
@@ -38,6 +39,17 @@ pub(crate) struct Tenure {
     pub renewing: u64,
 }
 
+/// What a waiter was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The fencing token (0 without fencing).
+    pub fence: u64,
+    /// When the handing release was sent: the lease is timed from here.
+    pub at: Stamp,
+    /// Handoffs of this client's turn before this one (see `Released::Handed`).
+    pub turn: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Queued,
@@ -45,9 +57,8 @@ enum State {
     Claimed {
         leaving: bool,
     },
-    /// The lock was handed over with this fence value (0 = no fencing), by a release
-    /// sent at this instant.
-    Granted(u64, Instant),
+    /// The lock was handed over.
+    Granted(Grant),
 }
 
 struct Waiter {
@@ -58,6 +69,9 @@ struct Waiter {
     /// Sleeping without a time bound of its own, relying on the first waiter (see
     /// `wait::Core::acquire`): it must be woken if it becomes first.
     relies_on_first: AtomicBool,
+    /// A release through Redis that would have handed the lock to this waiter failed:
+    /// Redis may list its token as the owner although nobody told it.
+    maybe_handed: AtomicBool,
     /// Set with `Granted` by an in-process handoff that kept the Redis tenure.
     tenure: Mutex<Option<Tenure>>,
     tx: Sender<()>,
@@ -75,9 +89,8 @@ pub(crate) enum Woken {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Leave {
     Left,
-    /// It was handed the lock before it could leave: it holds it now (fence, and when
-    /// the handing release was sent).
-    Granted((u64, Instant)),
+    /// It was handed the lock before it could leave: it holds it now.
+    Granted(Grant),
 }
 
 /// A registered waiter, owned by its thread. Dropping it leaves the queue.
@@ -114,6 +127,7 @@ impl Registry {
             target,
             state: Mutex::new(State::Queued),
             relies_on_first: AtomicBool::new(false),
+            maybe_handed: AtomicBool::new(false),
             tenure: Mutex::new(None),
             tx,
             rx,
@@ -173,6 +187,24 @@ impl Registry {
             }
         }
     }
+
+    /// Removes `waiter`, which now holds the lock. The waiter behind it, if it sleeps
+    /// relying on the first (no time bound of its own), counts on the holder's release
+    /// to wake it. A holder whose lease is renewed always releases or is found lost
+    /// (which wakes the first waiter too); one with `auto_renew` off may just let its
+    /// lease run out, which nobody announces: then the next waiter is woken now, to
+    /// ask Redis and sleep no longer than that lease.
+    fn remove_holder(&self, queues: &mut HashMap<Arc<str>, VecDeque<Arc<Waiter>>>, waiter: &Waiter) {
+        let was_first = queues.get(&waiter.name).and_then(|q| q.front()).is_some_and(|w| w.id == waiter.id);
+        self.remove(queues, waiter);
+        if was_first
+            && !waiter.target.auto_renew
+            && let Some(next) = queues.get(&waiter.name).and_then(|q| q.front())
+            && next.relies_on_first.load(Ordering::Acquire)
+        {
+            let _ = next.tx.try_send(());
+        }
+    }
 }
 
 impl Claim {
@@ -185,17 +217,22 @@ impl Claim {
     /// waiter without a round trip.
     pub fn grant_tenure(self, tenure: Tenure, fence: u64) {
         *lock(&self.waiter.tenure) = Some(tenure);
-        self.grant(fence, Instant::now());
+        self.grant(Grant { fence, at: Stamp::now(), turn: 0 });
     }
 
-    /// The waiter now owns the lock, by a release sent at `sent`: take it out of the
-    /// queue and wake it.
-    pub fn grant(mut self, fence: u64, sent: Instant) {
+    /// The waiter now owns the lock: take it out of the queue and wake it.
+    pub fn grant(mut self, grant: Grant) {
         self.settled = true;
         let mut queues = lock(&self.registry.queues);
-        *lock(&self.waiter.state) = State::Granted(fence, sent);
-        self.registry.remove(&mut queues, &self.waiter);
+        *lock(&self.waiter.state) = State::Granted(grant);
+        self.registry.remove_holder(&mut queues, &self.waiter);
         let _ = self.waiter.tx.try_send(());
+    }
+
+    /// The release that was to hand the lock to this waiter failed: Redis may have
+    /// handed it over all the same.
+    pub fn maybe_handed(&self) {
+        self.waiter.maybe_handed.store(true, Ordering::Release);
     }
 }
 
@@ -227,13 +264,17 @@ impl WaitHandle {
         queues.get(&self.waiter.name).and_then(|q| q.front()).is_some_and(|w| w.id == self.waiter.id)
     }
 
-    /// The fence value, and when the release was sent, if a releaser handed this
-    /// waiter the lock.
-    pub fn granted(&self) -> Option<(u64, Instant)> {
+    /// What a releaser handed this waiter, if it did.
+    pub fn granted(&self) -> Option<Grant> {
         match *lock(&self.waiter.state) {
-            State::Granted(fence, at) => Some((fence, at)),
+            State::Granted(grant) => Some(grant),
             _ => None,
         }
+    }
+
+    /// Whether a failed release may have handed this waiter the lock in Redis.
+    pub fn maybe_handed(&self) -> bool {
+        self.waiter.maybe_handed.load(Ordering::Acquire)
     }
 
     /// Sleeps until woken or `until`.
@@ -261,11 +302,12 @@ impl WaitHandle {
         (left, tenure)
     }
 
-    /// The waiter acquired the lock itself: leave the queue without passing anything on.
+    /// The waiter acquired the lock itself: leave the queue (see `remove_holder` for
+    /// what the waiter behind it is told).
     pub fn finish(mut self) {
         self.done = true;
         let mut queues = lock(&self.registry.queues);
-        self.registry.remove(&mut queues, &self.waiter);
+        self.registry.remove_holder(&mut queues, &self.waiter);
     }
 
     /// Leaves the queue. If a releaser is handing the lock over right now, waits for
@@ -276,9 +318,9 @@ impl WaitHandle {
                 let mut queues = lock(&self.registry.queues);
                 let mut st = lock(&self.waiter.state);
                 match *st {
-                    State::Granted(fence, at) => {
+                    State::Granted(grant) => {
                         self.done = true;
-                        return Leave::Granted((fence, at));
+                        return Leave::Granted(grant);
                     }
                     State::Queued => {
                         drop(st);
@@ -403,10 +445,10 @@ mod tests {
         let c2 = r.claim_first("x").unwrap();
         assert_eq!(c2.target().token, "b");
         assert!(r.claim_first("x").is_none());
-        let sent = Instant::now();
-        c1.grant(7, sent);
+        let grant = Grant { fence: 7, at: Stamp::now(), turn: 0 };
+        c1.grant(grant);
         assert_eq!(a.sleep_until(soon()), Woken::Notified);
-        assert_eq!(a.granted(), Some((7, sent)));
+        assert_eq!(a.granted(), Some(grant));
         assert_eq!(r.waiting("x"), 1);
         drop(c2); // not granted: b is queued again and can be claimed again
         assert_eq!(b.granted(), None);
@@ -415,7 +457,7 @@ mod tests {
 
     #[test]
     fn a_claimed_waiter_that_leaves_waits_for_the_outcome() {
-        let sent = Instant::now();
+        let handed = Grant { fence: 3, at: Stamp::now(), turn: 0 };
         for grant in [true, false] {
             let r = Registry::new();
             let a = r.register("x".into(), target("a"));
@@ -423,12 +465,12 @@ mod tests {
             let releaser = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
                 if grant {
-                    claim.grant(3, sent);
+                    claim.grant(handed);
                 }
             });
             let out = a.leave();
             releaser.join().unwrap();
-            assert_eq!(out, if grant { Leave::Granted((3, sent)) } else { Leave::Left });
+            assert_eq!(out, if grant { Leave::Granted(handed) } else { Leave::Left });
             assert_eq!(r.waiting("x"), 0);
         }
     }

@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, ConnectionLike, RedisError, Script, Value};
 
-use crate::backend::{Attempt, AttemptArgs, Backend, Holder, Released};
+use crate::backend::{Attempt, AttemptArgs, Backend, Holder, ReleaseArgs, Released};
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
-use crate::registry::HandoffTarget;
 use crate::sync::lock;
 
 /// Connection settings shared by the pool and the notifier's connection.
@@ -99,12 +98,17 @@ pub(crate) struct SingleServer {
 
 /// The reply `{a, b}` of our scripts.
 fn pair(v: &Value, operation: &'static str) -> Result<(i64, i64)> {
-    if let Value::Array(items) = v
-        && let [Value::Int(a), Value::Int(b)] = items.as_slice()
-    {
-        return Ok((*a, *b));
+    match ints(v, operation)?.as_slice() {
+        [a, b] => Ok((*a, *b)),
+        _ => Err(Error::UnexpectedReply { operation, reply: format!("{v:?}") }),
     }
-    Err(Error::UnexpectedReply { operation, reply: format!("{v:?}") })
+}
+
+/// A reply that is an array of integers.
+fn ints(v: &Value, operation: &'static str) -> Result<Vec<i64>> {
+    let unexpected = || Error::UnexpectedReply { operation, reply: format!("{v:?}") };
+    let Value::Array(items) = v else { return Err(unexpected()) };
+    items.iter().map(|i| if let Value::Int(n) = i { Ok(*n) } else { Err(unexpected()) }).collect()
 }
 
 fn flag(on: bool) -> &'static str {
@@ -229,53 +233,64 @@ impl Backend for SingleServer {
         }
     }
 
-    fn release(
-        &self,
-        keys: &LockKeys,
-        token: &str,
-        lease_ms: u64,
-        limit: u32,
-        fence_span: u64,
-        handoff: Option<&HandoffTarget>,
-    ) -> Result<Released> {
+    fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(&keys.key).key(&keys.fence).arg(token).arg(&self.client_id);
-        match handoff {
-            Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(if t.fencing { fence_span } else { 0 }),
+        inv.key(&keys.key).key(&keys.fence).arg(a.token).arg(&self.client_id);
+        match a.handoff {
+            Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(if t.fencing { a.fence_span } else { 0 }),
             None => inv.arg("").arg(0).arg(0),
         };
-        inv.arg(limit).arg(self.reservation_ms).arg(lease_ms);
+        inv.arg(a.limit).arg(self.reservation_ms).arg(a.lease_ms).arg(a.local_handoffs);
         let v = self.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
-        match pair(&v, "release")? {
+        let unexpected = || Error::UnexpectedReply { operation: "release", reply: format!("{v:?}") };
+        match ints(&v, "release")?.as_slice() {
             // After a retry this may also mean the first try ran before its connection
             // broke. Reporting a loss that did not happen is the safe mistake; the
             // other would hide a lease that ran out.
-            (0, _) => Ok(Released::NotOwner),
-            (1, _) => Ok(Released::Deleted),
-            (2, fence) => Ok(Released::Handed { fence: fence.max(0) as u64 }),
-            (3, _) => Ok(Released::Passed),
-            _ => Err(Error::UnexpectedReply { operation: "release", reply: format!("{v:?}") }),
+            [0, _] => Ok(Released::NotOwner),
+            [1, _] => Ok(Released::Deleted),
+            [2, fence, turn] => Ok(Released::Handed {
+                fence: (*fence).max(0) as u64,
+                turn: u32::try_from(*turn).map_err(|_| unexpected())?,
+            }),
+            [3, _] => Ok(Released::Passed),
+            _ => Err(unexpected()),
         }
     }
 
-    fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<bool>> {
+    fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<Result<bool>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let hash = self.scripts.extend.get_hash().to_owned();
         let mut pipe = redis::pipe();
+        // Each reply on its own: one lock's error (WRONGTYPE where someone wrote over
+        // its key) must not fail the renewal of the others in the batch.
+        pipe.ignore_errors();
         for (keys, token, lease_ms) in items {
             pipe.cmd("EVALSHA").arg(&hash).arg(1).arg(&keys.key).arg(*token).arg(*lease_ms);
         }
-        let run = |c: &mut Connection| match pipe.query::<Vec<i64>>(c) {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.scripts.extend.load(c)?;
-                pipe.query::<Vec<i64>>(c)
-            }
-            other => other,
+        type Replies = Vec<redis::RedisResult<i64>>;
+        let no_script = |r: &Replies| {
+            r.iter().any(|r| {
+                r.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            })
         };
-        let replies = self.with_conn(items.first().map(|i| i.0.key.as_str()), None, run)?;
-        Ok(replies.into_iter().map(|r| r == 1).collect())
+        let run = |c: &mut Connection| {
+            let replies = pipe.query::<Replies>(c)?;
+            if no_script(&replies) {
+                // Extending again is harmless: each item checks its token.
+                self.scripts.extend.load(c)?;
+                return pipe.query::<Replies>(c);
+            }
+            Ok(replies)
+        };
+        let replies = self.with_conn(None, None, run)?;
+        Ok(replies
+            .into_iter()
+            .zip(items)
+            .map(|(r, (keys, ..))| r.map(|n| n == 1).map_err(|e| Error::from_redis(e, Some(&keys.key))))
+            .collect())
     }
 
     fn leave(&self, keys: &LockKeys) -> Result<()> {

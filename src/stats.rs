@@ -29,6 +29,9 @@ pub struct Stats {
     pub renewals: u64,
     /// Guards found to have lost their lock (by the watchdog or on use).
     pub leases_lost: u64,
+    /// Locks released by the client on its own because the reply to the request that
+    /// acquired them was lost (the caller got an error instead of a guard).
+    pub orphans_released: u64,
 }
 
 impl Stats {
@@ -60,6 +63,7 @@ impl Stats {
             notifier_reconnects: d(self.notifier_reconnects, earlier.notifier_reconnects),
             renewals: d(self.renewals, earlier.renewals),
             leases_lost: d(self.leases_lost, earlier.leases_lost),
+            orphans_released: d(self.orphans_released, earlier.orphans_released),
         }
     }
 }
@@ -77,6 +81,7 @@ pub(crate) struct Counters {
     pub notifier_reconnects: AtomicU64,
     pub renewals: AtomicU64,
     pub leases_lost: AtomicU64,
+    pub orphans_released: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -98,6 +103,7 @@ impl Counters {
             notifier_reconnects: g(&self.notifier_reconnects),
             renewals: g(&self.renewals),
             leases_lost: g(&self.leases_lost),
+            orphans_released: g(&self.orphans_released),
         }
     }
 }

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Attempt, AttemptArgs, Backend, Released};
+use crate::backend::{Attempt, AttemptArgs, Backend, ReleaseArgs, Released};
+use crate::clock::{Stamp, later};
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
-use crate::registry::{HandoffTarget, Leave, Registry, Tenure, WaitHandle, Woken};
+use crate::orphans::Orphans;
+use crate::registry::{Grant, HandoffTarget, Leave, Registry, Tenure, WaitHandle, Woken};
 use crate::stats::{Counters, bump};
 use crate::watchdog::Lease;
 
@@ -30,9 +32,11 @@ pub(crate) struct Core {
     pub max_sleep: Duration,
     /// How long `lock()` (no deadline) keeps retrying through Redis errors.
     pub outage_tolerance: Duration,
-    /// In-process handoffs per tenure, and consecutive handoffs through Redis while
+    /// In-process handoffs per tenure, and handoffs per turn of this client while
     /// other clients wait (see `LockClientBuilder::handoff_limit`).
     pub handoff_limit: u32,
+    /// Acquisitions whose reply was lost, to release once Redis answers again.
+    pub orphans: Orphans,
 }
 
 /// A lock now held.
@@ -42,10 +46,12 @@ pub(crate) struct Acquired {
     pub fence: u64,
     /// No later than the moment Redis started the lease (when the acquiring request
     /// was sent): leases are timed from here, erring early.
-    pub at: Instant,
+    pub at: Stamp,
     /// The previous holder's tenure, when it was handed over without a round trip:
     /// the guard takes over its lease and watchdog registration (and `token` is its).
     pub tenure: Option<Tenure>,
+    /// Handoffs of this client's turn before this acquisition (see `Released::Handed`).
+    pub turn: u32,
 }
 
 /// The settings of one acquisition.
@@ -83,6 +89,7 @@ pub(crate) fn jitter(max: Duration) -> Duration {
 
 /// Jittered exponential backoff: 2 ms doubling to 256 ms, each step drawn from
 /// [step/2, step].
+#[derive(Debug)]
 pub(crate) struct Backoff {
     step: Duration,
 }
@@ -107,7 +114,7 @@ impl Core {
     pub fn try_once(&self, keys: &LockKeys, want: Want) -> Result<Option<Acquired>> {
         let token = new_token();
         bump(&self.stats.attempts);
-        let at = Instant::now();
+        let at = Stamp::now();
         let args = AttemptArgs {
             token: &token,
             lease_ms: want.lease_ms,
@@ -115,21 +122,28 @@ impl Core {
             will_wait: false,
             deadline: None,
         };
-        match self.backend.attempt(keys, args)? {
-            Attempt::Acquired { fence } => {
+        match self.backend.attempt(keys, args) {
+            Ok(Attempt::Acquired { fence }) => {
                 bump(&self.stats.acquisitions);
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
-                Ok(Some(Acquired { token, fence, at, tenure: None }))
+                Ok(Some(Acquired { token, fence, at, tenure: None, turn: 0 }))
             }
-            Attempt::Held { .. } | Attempt::Reserved { .. } => Ok(None),
+            Ok(Attempt::Held { .. } | Attempt::Reserved { .. }) => Ok(None),
+            Err(e) => {
+                if may_have_run(&e) {
+                    self.orphans.add(keys, &token, want.lease_ms);
+                }
+                Err(e)
+            }
         }
     }
 
     /// How long to sleep after finding the lock held.
     fn sleep_bound(&self, remaining: Option<Duration>, backoff: &mut Backoff) -> Duration {
         // The holder's lease is the latest moment it can matter: expiry publishes nothing.
-        let lease_bound =
-            remaining.map(|r| r + Duration::from_millis(1) + jitter((r / 10).min(Duration::from_millis(50))));
+        let lease_bound = remaining.map(|r| {
+            r.saturating_add(Duration::from_millis(1)).saturating_add(jitter((r / 10).min(Duration::from_millis(50))))
+        });
         if self.notifier_up.load(Ordering::Acquire) {
             lease_bound.unwrap_or(self.max_sleep).min(self.max_sleep)
         } else {
@@ -157,29 +171,37 @@ impl Core {
         let mut outage_since: Option<Instant> = None;
         // Whether it had to wait (slept at least once): a contended acquisition.
         let mut slept = false;
-        let done = |fence: u64, at: Instant, tenure: Option<Tenure>, how: &str, slept: bool| {
+        // Whether an attempt failed in a way that may have run it: Redis may then list
+        // this token as the owner although nobody heard so.
+        let mut maybe_ran = false;
+        let done = |grant: Grant, tenure: Option<Tenure>, how: &str, slept: bool| {
             bump(&self.stats.acquisitions);
             if slept {
                 bump(&self.stats.contended_acquisitions);
             }
             log::debug!("redis-mutex: acquired {} ({how}) after {:?}", keys.key, started.elapsed());
             let token = tenure.as_ref().map_or_else(|| token.clone(), |t| t.lease.token.clone());
-            Ok(Some(Acquired { token, fence, at, tenure }))
+            Ok(Some(Acquired { token, fence: grant.fence, at: grant.at, tenure, turn: grant.turn }))
         };
         // Leaving without the lock, unless a releaser handed it over meanwhile.
-        let give_up =
-            |waiter: WaitHandle, slept: bool, outcome: Result<Option<Acquired>>| match waiter.leave_with_tenure() {
-                (Leave::Granted((fence, at)), tenure) => done(fence, at, tenure, "handed", slept),
+        let give_up = |waiter: WaitHandle, slept: bool, maybe_ran: bool, outcome: Result<Option<Acquired>>| {
+            let maybe_owner = maybe_ran || waiter.maybe_handed();
+            match waiter.leave_with_tenure() {
+                (Leave::Granted(grant), tenure) => done(grant, tenure, "handed", slept),
                 (Leave::Left, _) => {
+                    if maybe_owner {
+                        self.orphans.add(keys, &token, want.lease_ms);
+                    }
                     if matches!(outcome, Ok(None)) {
                         self.leave_queue(keys);
                     }
                     outcome
                 }
-            };
+            }
+        };
         loop {
-            if let Some((fence, at)) = waiter.granted() {
-                return done(fence, at, waiter.take_tenure(), "handed", slept);
+            if let Some(grant) = waiter.granted() {
+                return done(grant, waiter.take_tenure(), "handed", slept);
             }
             // Behind another waiter of this client, an attempt can only fail: the lock
             // reaches us by handoff from the waiters ahead, and the first of them
@@ -200,11 +222,11 @@ impl Core {
                     will_wait: true,
                     deadline,
                 };
-                let sent = Instant::now();
+                let sent = Stamp::now();
                 match self.backend.attempt(keys, args) {
                     Ok(Attempt::Acquired { fence }) => {
                         waiter.finish();
-                        return done(fence, sent, None, "attempt", slept);
+                        return done(Grant { fence, at: sent, turn: 0 }, None, "attempt", slept);
                     }
                     // Held, or reserved for another client: this client is queued in
                     // the lock now, and is told when its turn comes (or re-checks
@@ -214,21 +236,25 @@ impl Core {
                         (self.sleep_bound(remaining, &mut backoff), None)
                     }
                     Err(e) if e.is_transient() => {
+                        maybe_ran |= may_have_run(&e);
                         let since = *outage_since.get_or_insert_with(Instant::now);
                         if deadline.is_none() && since.elapsed() >= self.outage_tolerance {
-                            return give_up(waiter, slept, Err(e));
+                            return give_up(waiter, slept, maybe_ran, Err(e));
                         }
                         log::debug!("redis-mutex: attempt on {} failed, will retry: {e}", keys.key);
                         (backoff.next_delay(), Some(e))
                     }
-                    Err(e) => return give_up(waiter, slept, Err(e)),
+                    Err(e) => {
+                        maybe_ran |= may_have_run(&e);
+                        return give_up(waiter, slept, maybe_ran, Err(e));
+                    }
                 }
             };
             let now = Instant::now();
-            let mut until = now + bound;
+            let mut until = later(now, bound);
             if let Some(deadline) = deadline {
                 if now >= deadline {
-                    return give_up(waiter, slept, failure.map_or(Ok(None), Err));
+                    return give_up(waiter, slept, maybe_ran, failure.map_or(Ok(None), Err));
                 }
                 until = until.min(deadline);
             }
@@ -276,14 +302,16 @@ impl Core {
     /// - while Redis confirmed the lease within its renewal period (`Lease::is_fresh`):
     ///   a process that stalled past its lease, or lost touch with Redis, asks Redis
     ///   before anyone else relies on the lock;
-    /// - at most `handoff_limit` times per tenure: then a release through Redis notices
-    ///   a lost lock and lets a queued client have its turn.
+    /// - at most `handoff_limit` times per tenure, and per turn of this client counted
+    ///   on from the tenure's `turn_base`: then a release through Redis notices a lost
+    ///   lock and lets a queued client have its turn.
     ///
     /// With fencing, the k-th handoff gets the tenure's fencing token + k, from the
     /// block its acquisition took (see `fence_span`). `false` when it did not hand over
     /// (the caller then releases through Redis).
     pub fn hand_over_locally(&self, keys: &LockKeys, lease: &Arc<Lease>, renewing: u64) -> bool {
-        if lease.local_handoffs() >= self.handoff_limit || lease.is_lost() || !lease.is_fresh(Instant::now()) {
+        let turn = lease.turn_base.saturating_add(lease.local_handoffs());
+        if turn >= self.handoff_limit || lease.is_lost() || !lease.is_fresh(Stamp::now()) {
             return false;
         }
         let Some(claim) = self.registry.claim_first(&keys.name) else { return false };
@@ -303,20 +331,30 @@ impl Core {
 
     /// Releases the lock `token` holds (its lease `lease_ms`), handing it to a waiting
     /// thread of this client when there is one and no other client's turn has come.
-    /// `turn_due`: this tenure used up its in-process handoffs, so a queued client goes
-    /// first.
-    pub fn release(&self, keys: &LockKeys, token: &str, lease_ms: u64, turn_due: bool) -> Result<()> {
+    /// `local_handoffs`: the in-process handoffs of the releasing tenure, which count
+    /// towards this client's turn.
+    pub fn release(&self, keys: &LockKeys, token: &str, lease_ms: u64, local_handoffs: u32) -> Result<()> {
+        self.release_through_redis(keys, token, lease_ms, local_handoffs)?;
+        bump(&self.stats.releases);
+        Ok(())
+    }
+
+    fn release_through_redis(&self, keys: &LockKeys, token: &str, lease_ms: u64, local_handoffs: u32) -> Result<()> {
         let claim = self.registry.claim_first(&keys.name);
-        let sent = Instant::now();
-        let limit = if turn_due { 0 } else { self.handoff_limit };
-        let span = self.fence_span(true);
-        let outcome = self.backend.release(keys, token, lease_ms, limit, span, claim.as_ref().map(|c| c.target()));
-        match outcome {
-            Ok(Released::Handed { fence }) => {
-                bump(&self.stats.releases);
+        let sent = Stamp::now();
+        let args = ReleaseArgs {
+            token,
+            lease_ms,
+            local_handoffs,
+            limit: self.handoff_limit,
+            fence_span: self.fence_span(true),
+            handoff: claim.as_ref().map(|c| c.target()),
+        };
+        match self.backend.release(keys, args) {
+            Ok(Released::Handed { fence, turn }) => {
                 bump(&self.stats.handoffs);
                 if let Some(claim) = claim {
-                    claim.grant(fence, sent);
+                    claim.grant(Grant { fence, at: sent, turn });
                 }
                 log::debug!("redis-mutex: handed {} to a waiting thread", keys.key);
                 Ok(())
@@ -326,7 +364,6 @@ impl Core {
                 // script queued this client behind the others: its turn is announced the
                 // same way. Without one, a waiter that registered after `claim_first`
                 // (expecting a handoff, so not queued) must attempt, to queue.
-                bump(&self.stats.releases);
                 if claim.is_none() {
                     self.registry.notify(&keys.name);
                 }
@@ -334,7 +371,6 @@ impl Core {
                 Ok(())
             }
             Ok(Released::Deleted) => {
-                bump(&self.stats.releases);
                 drop(claim);
                 // A waiter that registered after the claim found nobody attempts now.
                 self.registry.notify(&keys.name);
@@ -347,12 +383,73 @@ impl Core {
                 Err(Error::LockLost { key: keys.key.clone() })
             }
             Err(e) => {
-                drop(claim);
+                if let Some(claim) = claim {
+                    // Redis may have handed it the lock all the same: if it gives up
+                    // without asking Redis again, its token is released as an orphan.
+                    claim.maybe_handed();
+                }
                 self.registry.notify(&keys.name);
                 Err(e)
             }
         }
     }
+
+    /// Sets `lease` to `lease_ms` from now, if its token still owns the lock. One
+    /// request at a time per lease (a renewal in flight is waited for), so that no
+    /// late reply can make the client believe in a longer lease than Redis was last
+    /// told.
+    pub fn extend(&self, lease: &Lease, lease_ms: u64) -> Result<()> {
+        let _one_at_a_time = lease.requests();
+        if lease.is_lost() {
+            return Err(Error::LockLost { key: lease.keys.key.clone() });
+        }
+        let sent = Stamp::now();
+        let reply = self.backend.extend(&[(&lease.keys, &lease.token, lease_ms)]);
+        match reply.map(|r| r.into_iter().next().unwrap_or(Ok(false))) {
+            Ok(Ok(true)) => {
+                lease.set_lease_ms(lease_ms);
+                lease.confirmed(sent, lease_ms);
+                Ok(())
+            }
+            Ok(Ok(false)) => {
+                lease.mark_lost(self, "extend found another owner or no lock");
+                Err(Error::LockLost { key: lease.keys.key.clone() })
+            }
+            Ok(Err(Error::WrongType { .. })) => {
+                lease.mark_lost(self, "extend found a value of another type where the lock was");
+                Err(Error::LockLost { key: lease.keys.key.clone() })
+            }
+            Ok(Err(e)) | Err(e) => {
+                lease.maybe_applied(sent, lease_ms);
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases the acquisitions whose reply was lost and whose time has come (see
+    /// `Orphans`). Returns when the next one is due.
+    pub fn release_orphans(&self) -> Option<Instant> {
+        for mut orphan in self.orphans.due(Instant::now()) {
+            match self.release_through_redis(&orphan.keys, &orphan.token, orphan.lease_ms, 0) {
+                Ok(()) => {
+                    bump(&self.stats.orphans_released);
+                    log::info!("redis-mutex: released {}, acquired by a request whose reply was lost", orphan.keys.key);
+                }
+                // Never acquired, or its lease ran out: nothing to do.
+                Err(Error::LockLost { .. }) => {}
+                Err(e) if e.is_transient() && orphan.retry(Instant::now()) => self.orphans.put_back(orphan),
+                Err(e) => log::debug!("redis-mutex: gave up releasing {} after a lost reply: {e}", orphan.keys.key),
+            }
+        }
+        self.orphans.next_due()
+    }
+}
+
+/// Whether a failed request may have reached Redis and run: an error on a connection
+/// that was open (a timeout, a reset), as opposed to a refused connection or a refusal
+/// by the server.
+fn may_have_run(e: &Error) -> bool {
+    matches!(e, Error::Connection(e) if !e.is_connection_refusal())
 }
 
 #[cfg(test)]
@@ -412,19 +509,12 @@ pub(crate) mod tests {
             Ok(Attempt::Acquired { fence })
         }
 
-        fn release(
-            &self,
-            keys: &LockKeys,
-            token: &str,
-            _: u64,
-            _: u32,
-            fence_span: u64,
-            handoff: Option<&HandoffTarget>,
-        ) -> Result<Released> {
+        fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {
             let mut locks = self.locks.lock().unwrap();
             match locks.get_mut(&keys.key) {
-                Some(l) if l.owner == token && l.expires > Instant::now() => {
-                    if let Some(t) = handoff {
+                Some(l) if l.owner == a.token && l.expires > Instant::now() => {
+                    // One client: nobody else waits, so there is no turn to count.
+                    if let Some(t) = a.handoff {
                         l.owner = t.token.clone();
                         l.expires = Instant::now() + Duration::from_millis(t.lease_ms);
                         l.handoffs += 1;
@@ -432,10 +522,10 @@ pub(crate) mod tests {
                         if t.fencing {
                             let mut f = self.fences.lock().unwrap();
                             let v = f.entry(keys.key.clone()).or_default();
-                            *v += fence_span;
-                            fence = *v - fence_span + 1;
+                            *v += a.fence_span;
+                            fence = *v - a.fence_span + 1;
                         }
-                        return Ok(Released::Handed { fence });
+                        return Ok(Released::Handed { fence, turn: 0 });
                     }
                     locks.remove(&keys.key);
                     Ok(Released::Deleted)
@@ -444,16 +534,16 @@ pub(crate) mod tests {
             }
         }
 
-        fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<bool>> {
+        fn extend(&self, items: &[(&LockKeys, &str, u64)]) -> Result<Vec<Result<bool>>> {
             let mut locks = self.locks.lock().unwrap();
             Ok(items
                 .iter()
                 .map(|(k, t, ms)| match locks.get_mut(&k.key) {
                     Some(l) if l.owner == *t && l.expires > Instant::now() => {
                         l.expires = Instant::now() + Duration::from_millis(*ms);
-                        true
+                        Ok(true)
                     }
-                    _ => false,
+                    _ => Ok(false),
                 })
                 .collect())
         }
@@ -476,7 +566,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn mem_core(backend: MemBackend) -> Core {
+    pub(crate) fn mem_core(backend: impl Backend) -> Core {
         Core {
             backend: Box::new(backend),
             registry: Registry::new(),
@@ -485,12 +575,13 @@ pub(crate) mod tests {
             max_sleep: Duration::from_secs(60),
             outage_tolerance: Duration::from_millis(300),
             handoff_limit: 8,
+            orphans: Orphans::default(),
         }
     }
 
-    const WANT: Want = Want { lease_ms: 60_000, fencing: false, auto_renew: true };
+    pub(crate) const WANT: Want = Want { lease_ms: 60_000, fencing: false, auto_renew: true };
 
-    fn keys() -> LockKeys {
+    pub(crate) fn keys() -> LockKeys {
         LockKeys::new("t", "job").unwrap()
     }
 
@@ -512,7 +603,7 @@ pub(crate) mod tests {
         let core = mem_core(MemBackend::default());
         let a = core.try_once(&keys(), WANT).unwrap().unwrap();
         assert!(core.try_once(&keys(), WANT).unwrap().is_none());
-        core.release(&keys(), &a.token, WANT.lease_ms, false).unwrap();
+        core.release(&keys(), &a.token, WANT.lease_ms, 0).unwrap();
         assert!(core.try_once(&keys(), WANT).unwrap().is_some());
     }
 
@@ -529,7 +620,7 @@ pub(crate) mod tests {
         while core.stats.attempts.load(Ordering::SeqCst) < 2 {
             std::thread::yield_now();
         }
-        core.release(&keys(), &first.token, WANT.lease_ms, false).unwrap();
+        core.release(&keys(), &first.token, WANT.lease_ms, 0).unwrap();
         let second = waiter.join().unwrap();
         let s = core.stats.snapshot();
         assert_eq!(s.handoffs, 1);
@@ -549,7 +640,7 @@ pub(crate) mod tests {
                     while !stop.load(Ordering::Relaxed) {
                         let g = core.acquire(&keys(), WANT, None).unwrap().unwrap();
                         n += 1;
-                        core.release(&keys(), &g.token, WANT.lease_ms, false).unwrap();
+                        core.release(&keys(), &g.token, WANT.lease_ms, 0).unwrap();
                     }
                     n
                 })
@@ -611,9 +702,12 @@ pub(crate) mod tests {
     }
 
     /// The tenure of `a`, as a guard holds it (confirmed `age` ago).
-    fn tenure_of(a: &Acquired, want: Want, age: Duration) -> Arc<Lease> {
+    pub(crate) fn tenure_of(a: &Acquired, want: Want, age: Duration) -> Arc<Lease> {
         let fence = want.fencing.then_some(a.fence);
-        Arc::new(Lease::new(keys(), a.token.clone(), want.lease_ms, Instant::now() - age, fence))
+        let mut at = Stamp::now();
+        at.mono -= age;
+        at.wall -= age;
+        Arc::new(Lease::new(keys(), a.token.clone(), want.lease_ms, at, fence, 0))
     }
 
     /// A thread waiting (asleep, after its failed attempt) for the lock with `want`.
@@ -661,7 +755,7 @@ pub(crate) mod tests {
         let waiter = waiting_thread(&core, WANT);
         assert!(!core.hand_over_locally(&keys(), &lease, 0), "the limit sends the next release to Redis");
         assert_eq!(core.registry.waiting("job"), 1, "the waiter is queued again, unharmed");
-        core.release(&keys(), &first.token, WANT.lease_ms, true).unwrap();
+        core.release(&keys(), &first.token, WANT.lease_ms, core.handoff_limit).unwrap();
         let last = waiter.join().unwrap().unwrap();
         assert!(last.tenure.is_none(), "a handoff through the backend starts a new tenure");
         assert_ne!(last.token, first.token);
@@ -680,7 +774,7 @@ pub(crate) mod tests {
         lost.mark_lost(&core, "test");
         assert!(!core.hand_over_locally(&keys(), &lost, 0));
         assert_eq!(core.stats.snapshot().local_handoffs, 0);
-        core.release(&keys(), &first.token, WANT.lease_ms, false).unwrap();
+        core.release(&keys(), &first.token, WANT.lease_ms, 0).unwrap();
         assert!(waiter.join().unwrap().unwrap().tenure.is_none());
     }
 
@@ -694,10 +788,10 @@ pub(crate) mod tests {
             let lease = tenure_of(&holder, WANT, Duration::ZERO);
             let waiter = waiting_thread(&core, other);
             assert!(!core.hand_over_locally(&keys(), &lease, 0), "{other:?}");
-            core.release(&keys(), &holder.token, WANT.lease_ms, false).unwrap();
+            core.release(&keys(), &holder.token, WANT.lease_ms, 0).unwrap();
             let g = waiter.join().unwrap().unwrap();
             assert!(g.tenure.is_none(), "{other:?}: its own tenure, through the backend");
-            core.release(&keys(), &g.token, other.lease_ms, false).unwrap();
+            core.release(&keys(), &g.token, other.lease_ms, 0).unwrap();
         }
         assert_eq!(core.stats.snapshot().local_handoffs, 0);
     }
@@ -715,7 +809,7 @@ pub(crate) mod tests {
             assert!(core.hand_over_locally(&keys(), &lease, 0));
             fences.push(waiter.join().unwrap().unwrap().fence);
         }
-        core.release(&keys(), &first.token, fenced.lease_ms, true).unwrap();
+        core.release(&keys(), &first.token, fenced.lease_ms, core.handoff_limit).unwrap();
         let next = core.try_once(&keys(), fenced).unwrap().unwrap();
         fences.push(next.fence);
         let span = u64::from(core.handoff_limit) + 1;
@@ -727,6 +821,6 @@ pub(crate) mod tests {
         let core = mem_core(MemBackend::default());
         let a = core.try_once(&keys(), WANT).unwrap().unwrap();
         core.backend.force_unlock(&keys()).unwrap();
-        assert!(core.release(&keys(), &a.token, WANT.lease_ms, false).unwrap_err().is_lock_lost());
+        assert!(core.release(&keys(), &a.token, WANT.lease_ms, 0).unwrap_err().is_lock_lost());
     }
 }

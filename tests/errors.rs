@@ -370,3 +370,66 @@ fn a_server_that_answers_garbage_gives_an_error() {
     drop(client);
     assert!(fake.finish() >= 1);
 }
+
+/// Durations no clock can add (`Duration::MAX`, as a caller writes "forever") are refused
+/// by the builder with the limit in the message: once accepted, one would panic a
+/// waiter, every `lock()` or the notifier thread the first time it is added to a clock.
+#[test]
+fn durations_too_long_for_a_clock_are_refused_with_the_limit() {
+    type Setter = fn(redis_mutex::LockClientBuilder, Duration) -> redis_mutex::LockClientBuilder;
+    let options: [(&str, Setter); 8] = [
+        ("pool_timeout", |b, d| b.pool_timeout(d)),
+        ("connect_timeout", |b, d| b.connect_timeout(d)),
+        ("read_timeout", |b, d| b.read_timeout(d)),
+        ("write_timeout", |b, d| b.write_timeout(d)),
+        ("outage_tolerance", |b, d| b.outage_tolerance(d)),
+        ("recheck_interval", |b, d| b.recheck_interval(d)),
+        ("ping_interval", |b, d| b.ping_interval(d)),
+        ("reservation_timeout", |b, d| b.reservation_timeout(d)),
+    ];
+    let fake = FakeServer::start(None);
+    for (name, set) in options {
+        for d in [Duration::MAX, Duration::from_secs(u64::MAX / 2), redis_mutex::MAX_LEASE + Duration::from_millis(1)] {
+            match set(LockClient::builder(), d).build_unchecked(&fake.url()) {
+                Err(Error::InvalidOption { option, reason }) => {
+                    assert_eq!(option, name);
+                    assert!(reason.contains(&format!("{:?}", redis_mutex::MAX_LEASE)), "{name}: {reason}");
+                }
+                other => panic!("{name}({d:?}) was accepted: {other:?}"),
+            }
+        }
+        // The limit itself is accepted.
+        let c = set(LockClient::builder(), redis_mutex::MAX_LEASE).build_unchecked(&fake.url());
+        assert!(c.is_ok(), "{name} at the limit: {c:?}");
+    }
+    assert_eq!(fake.finish(), 0, "the builder connected before checking its options");
+}
+
+/// The longest accepted `recheck_interval` and `pool_timeout` do not panic a waiter.
+#[test]
+fn the_longest_accepted_durations_work() {
+    let server = RedisServer::start();
+    let client = support::connected_with(
+        &server,
+        LockClient::builder()
+            .recheck_interval(redis_mutex::MAX_LEASE)
+            .pool_timeout(redis_mutex::MAX_LEASE)
+            .outage_tolerance(redis_mutex::MAX_LEASE)
+            .reservation_timeout(redis_mutex::MAX_LEASE),
+    );
+    let m = client.mutex("long");
+    let held = m.lock().unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let m = m.clone();
+            thread::spawn(move || m.try_lock_for(Duration::MAX).map(|g| g.is_some()))
+        })
+        .collect();
+    support::wait_until(Duration::from_secs(5), "both waiters to queue", || m.waiting_threads() == 2);
+    thread::sleep(Duration::from_millis(100));
+    drop(held);
+    for w in waiters {
+        assert!(w.join().expect("no waiter panics").unwrap());
+    }
+    assert!(client.is_notifier_connected());
+}

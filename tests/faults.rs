@@ -1,6 +1,8 @@
 //! Outages: a stopped, restarted or paused Redis. Deadlines end retries with an error,
 //! `lock()` rides out an outage shorter than its tolerance and reports a longer one,
-//! and waiters keep making progress once the server is back.
+//! and waiters keep making progress once the server is back. An acquisition whose reply
+//! was lost (the script ran, the caller timed out) is released as soon as Redis answers
+//! again, instead of holding the lock for a lease nobody renews.
 
 mod support;
 
@@ -9,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis_mutex::{LockClient, MutexOptions};
-use support::RedisServer;
+use support::{FaultProxy, RedisServer};
 
 fn client(server: &RedisServer, tolerance: Duration) -> LockClient {
     LockClient::builder()
@@ -132,4 +134,74 @@ fn client_pause_holds_commands_without_errors() {
     let g = m.lock().expect("a pause shorter than the read timeout is only a delay");
     assert!(t.elapsed() >= Duration::from_millis(500), "the lock waited for the pause: {:?}", t.elapsed());
     g.unlock().unwrap();
+}
+
+/// The owner token Redis lists for `key`, if any.
+fn owner(server: &RedisServer, key: &str) -> Option<String> {
+    redis::cmd("HGET").arg(key).arg("o").query::<Option<String>>(&mut server.conn()).unwrap().filter(|o| !o.is_empty())
+}
+
+/// A client talking to `server` through `proxy`, with a short read timeout so that a
+/// lost reply is an error quickly.
+fn through(proxy: &FaultProxy, builder: redis_mutex::LockClientBuilder) -> LockClient {
+    builder
+        .read_timeout(Duration::from_millis(300))
+        .outage_tolerance(Duration::from_secs(1))
+        .pool_timeout(Duration::from_secs(1))
+        .build(&proxy.url())
+        .unwrap()
+}
+
+#[test]
+fn a_try_lock_whose_reply_was_lost_is_released_once_redis_answers() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let a = through(&proxy, LockClient::builder());
+    let m = a.mutex("orphan"); // 30 s lease
+    let key = m.key().unwrap().to_owned();
+    drop(m.lock().unwrap()); // scripts loaded, a pooled connection
+    proxy.drop_replies(true);
+    let err = m.try_lock().expect_err("the reply never comes");
+    assert!(err.is_transient(), "{err}");
+    let orphan = owner(&server, &key).expect("the script ran: Redis lists an owner nobody knows of");
+    proxy.drop_replies(false);
+    // Another client gets the lock once `a` has cleaned up, long before the 30 s lease.
+    let b = LockClient::open(&server.url()).unwrap();
+    let t = Instant::now();
+    let g = b.mutex("orphan").try_lock_for(Duration::from_secs(10)).unwrap();
+    let waited = t.elapsed();
+    assert!(g.is_some(), "the orphaned acquisition ({orphan}) still held the lock after {waited:?}");
+    assert!(waited < Duration::from_secs(5), "released soon after Redis answered again: {waited:?}");
+}
+
+#[test]
+fn a_handoff_whose_reply_was_lost_is_released_when_the_waiter_gives_up() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    // Every release goes through Redis and hands the lock to the waiting thread there.
+    let a = through(&proxy, LockClient::builder().handoff_limit(0));
+    let m = a.mutex("orphan");
+    let key = m.key().unwrap().to_owned();
+    drop(m.lock().unwrap()); // scripts loaded
+    let held = m.lock().unwrap();
+    let waiter = {
+        let m = m.clone();
+        thread::spawn(move || m.try_lock_for(Duration::from_millis(1500)).map(|g| g.is_some()))
+    };
+    support::wait_until(Duration::from_secs(5), "the waiter to queue", || m.waiting_threads() == 1);
+    thread::sleep(Duration::from_millis(100)); // its attempt found the lock held
+    let holder = held.token().to_owned();
+    proxy.drop_replies(true);
+    assert!(held.unlock().is_err(), "the release's reply is lost");
+    let outcome = waiter.join().unwrap();
+    assert!(!matches!(outcome, Ok(true)), "the waiter never heard it was handed the lock: {outcome:?}");
+    let orphan = owner(&server, &key).expect("the release handed the lock to the waiter's token in Redis");
+    assert_ne!(orphan, holder);
+    proxy.drop_replies(false);
+    let b = LockClient::open(&server.url()).unwrap();
+    let t = Instant::now();
+    let g = b.mutex("orphan").try_lock_for(Duration::from_secs(10)).unwrap();
+    let waited = t.elapsed();
+    assert!(g.is_some(), "the handed-over lock of a waiter that gave up was never released ({waited:?})");
+    assert!(waited < Duration::from_secs(5), "released soon after Redis answered again: {waited:?}");
 }

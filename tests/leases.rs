@@ -2,7 +2,9 @@
 //! runs out (or is force-unlocked, or forgotten by a restarted Redis) is detected and
 //! reported as `LockLost`, refused renewals are retried at a bounded rate until the
 //! lease runs out, dropped guards are never renewed, one pipelined batch per period
-//! renews 1,000 guards, and fencing tokens rise strictly in acquisition order.
+//! renews 1,000 guards, and fencing tokens rise strictly in acquisition order. A foreign
+//! key on one lock costs only that lock its lease, and no waiting thread, first in line
+//! or not, sleeps past the holder's lease.
 
 mod support;
 use support::RedisServer;
@@ -392,4 +394,120 @@ fn a_failing_renewal_is_retried_at_a_bounded_rate_until_the_lease_runs_out() {
     assert!((2..=20).contains(&attempts), "{attempts} renewals refused in {lost_after:?}");
     thread::sleep(Duration::from_millis(500));
     assert_eq!(refused(), attempts, "a lost guard was renewed again");
+}
+
+#[test]
+fn a_foreign_key_on_one_lock_costs_only_that_lock_its_renewal() {
+    let server = RedisServer::start();
+    let a = client(&server);
+    let lease = opts(1500, true);
+    // Taken together, so that their renewals share one pipelined batch.
+    let ga = a.mutex_with("a", lease.clone()).lock().unwrap();
+    let gb = a.mutex_with("b", lease.clone()).lock().unwrap();
+    let key_a = ga.mutex().key().unwrap().to_owned();
+    redis::cmd("SET").arg(&key_a).arg("x").query::<()>(&mut server.conn()).unwrap();
+    // Three lease lengths: `b` must have been renewed throughout.
+    let other = client(&server);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(4500) {
+        assert!(!gb.is_lost(), "b was marked lost after {:?} because a's key was overwritten", t.elapsed());
+        assert!(
+            other.mutex_with("b", lease.clone()).try_lock().unwrap().is_none(),
+            "another client acquired b after {:?}",
+            t.elapsed()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gb.is_held().unwrap());
+    assert!(ga.is_lost(), "a's renewal found a value of another type where its lock was");
+    assert!(a.stats().renewals >= 4, "{:#?}", a.stats());
+    gb.unlock().unwrap();
+}
+
+/// Acquires `name` in `threads` threads started `gap` apart, each waiting at most
+/// `deadline`, on unrenewed leases of `lease` that are never released (as by a holder
+/// that hangs, then crashes): each lock is free again only when its lease runs out, and
+/// nothing announces that. Returns who acquired, in order, with when.
+fn leases_that_run_out(
+    server: &RedisServer,
+    threads: usize,
+    gap: Duration,
+    lease: Duration,
+    deadline: Duration,
+    builder: redis_mutex::LockClientBuilder,
+) -> Vec<(usize, Duration)> {
+    let c = support::connected_with(server, builder);
+    let m = c.mutex_with("expiring", MutexOptions::default().lease(lease).auto_renew(false));
+    let order = StdMutex::new(Vec::new());
+    let t0 = Instant::now();
+    thread::scope(|s| {
+        for i in 0..threads {
+            let (m, order) = (&m, &order);
+            s.spawn(move || {
+                if let Some(g) = m.try_lock_for(deadline).unwrap() {
+                    order.lock().unwrap().push((i, t0.elapsed()));
+                    std::mem::forget(g);
+                }
+            });
+            thread::sleep(gap);
+        }
+    });
+    order.into_inner().unwrap()
+}
+
+#[test]
+fn no_waiter_sleeps_past_the_holders_lease() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(500);
+    let got = leases_that_run_out(
+        &server,
+        8,
+        Duration::from_millis(100),
+        lease,
+        Duration::from_secs(10),
+        LockClient::builder(),
+    );
+    println!("acquired (thread, at): {got:?}");
+    let who: Vec<usize> = got.iter().map(|g| g.0).collect();
+    assert_eq!(who, (0..8).collect::<Vec<_>>(), "every waiter acquired, in the order it came");
+    // Each lease runs out 500 ms after it was taken: 8 of them take about 4 s.
+    let last = got.last().unwrap().1;
+    assert!(last < Duration::from_secs(6), "the last waiter acquired at {last:?}");
+    for w in got.windows(2) {
+        let gap = w[1].1.saturating_sub(w[0].1);
+        assert!(gap < lease * 2, "{} acquired {gap:?} after {} (lease {lease:?})", w[1].0, w[0].0);
+    }
+}
+
+#[test]
+fn a_waiter_behind_a_handed_over_holder_wakes_when_that_lease_runs_out() {
+    let server = RedisServer::start();
+    let c = support::connected_with(&server, LockClient::builder());
+    let lease = Duration::from_millis(400);
+    let m = c.mutex_with("handed", MutexOptions::default().lease(lease).auto_renew(false));
+    let first = m.lock().unwrap();
+    let t0 = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let spawn = |i: usize| {
+        let (m, tx) = (m.clone(), tx.clone());
+        thread::spawn(move || {
+            if let Some(g) = m.try_lock_for(Duration::from_secs(10)).unwrap() {
+                tx.send((i, t0.elapsed())).unwrap();
+                std::mem::forget(g); // hangs, then its lease runs out
+            }
+        })
+    };
+    let second = spawn(1);
+    support::wait_until(Duration::from_secs(5), "the second thread to wait", || m.waiting_threads() == 1);
+    let third = spawn(2);
+    support::wait_until(Duration::from_secs(5), "the third thread to wait", || m.waiting_threads() == 2);
+    thread::sleep(Duration::from_millis(50));
+    first.unlock().unwrap(); // hands the lock to the second thread
+    let (who, handed_at) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(who, 1);
+    let next = rx.recv_timeout(Duration::from_secs(12)).expect("the third thread acquires");
+    second.join().unwrap();
+    third.join().unwrap();
+    let after = next.1.saturating_sub(handed_at);
+    assert!(after < lease * 3, "the third thread acquired {after:?} after the second got a {lease:?} lease");
 }

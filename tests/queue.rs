@@ -1,15 +1,16 @@
 //! The queue of waiting clients (field `q` of the lock hash): clients take turns in the
 //! order they started waiting, a client that never takes its turn (crashed, stopped)
 //! costs the others about `reservation_timeout`, and a client whose waiters gave up
-//! leaves the queue or passes its turn on at once.
+//! leaves the queue or passes its turn on at once. A turn is bounded by `handoff_limit`
+//! whatever options the client's threads lock with.
 
 mod support;
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_mutex::{LockClient, Stats};
-use support::{RedisServer, connected_with, contend, wait_until, while_all_busy};
+use redis_mutex::{LockClient, MutexOptions, Stats};
+use support::{RedisServer, connected_with, contend, contend_with, wait_until, while_all_busy};
 
 const KEY: &str = "redis-mutex:{job}";
 
@@ -134,4 +135,35 @@ fn a_client_without_waiters_leaves_the_queue_or_passes_its_turn_on() {
     wait_until(Duration::from_secs(5), "the lock key to go", || {
         !redis::cmd("EXISTS").arg(KEY).query::<bool>(&mut con).unwrap()
     });
+}
+
+/// Threads of one client that lock with different options cannot share a tenure (the
+/// lock goes through Redis between them, each time a new tenure): the turn is counted
+/// across tenures, so the other client still gets the lock every `handoff_limit + 1`.
+#[test]
+fn a_turn_is_bounded_whatever_options_the_clients_threads_use() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 100;
+    const LIMIT: u32 = 8;
+    let server = RedisServer::start();
+    let clients: Vec<LockClient> =
+        (0..2).map(|_| connected_with(&server, LockClient::builder().handoff_limit(LIMIT))).collect();
+    // Client 0's threads take turns between two leases; client 1's all use one.
+    let seen = contend_with(&clients, THREADS, ROUNDS, "job", |c, t| {
+        let lease = if c == 0 && t % 2 == 1 { 20 } else { 30 };
+        MutexOptions::default().lease(Duration::from_secs(lease))
+    });
+    assert_eq!(seen.overlaps, 0, "two holders at once");
+    let busy = while_all_busy(&seen.order, 2, THREADS * ROUNDS);
+    let turns: Vec<(usize, usize)> = busy.chunk_by(|a, b| a == b).map(|t| (t[0], t.len())).collect();
+    let longest = |who: usize| turns.iter().filter(|t| t.0 == who).map(|t| t.1).max().unwrap_or(0);
+    println!("{} turns in {} acquisitions; longest turns {} and {}", turns.len(), busy.len(), longest(0), longest(1));
+    assert!(turns.len() >= 20, "too few turns to judge: {}", turns.len());
+    for who in 0..2 {
+        assert!(
+            longest(who) <= LIMIT as usize + 1,
+            "client {who} held the lock {} times in a row while the other waited (limit {LIMIT} + 1)",
+            longest(who)
+        );
+    }
 }
