@@ -26,9 +26,12 @@ const KEY_AND_CHANNEL_RULES: &[&str] =
 
 /// Every command the crate sends, its scripts' inner commands included. Each one is
 /// needed: `every_permission_in_the_recommended_acl_is_needed` takes each away in turn.
-/// (`unsubscribe`/`punsubscribe`: redis-rs sends both when a client's notifier closes.)
+/// (`unsubscribe`/`punsubscribe`: redis-rs sends both when a client's notifier closes;
+/// `select`: redis-rs sends it when connecting to a database other than 0, which is why
+/// these tests use database 1.)
 const COMMANDS: &[&str] = &[
     "ping",
+    "select",
     "client|setname",
     "evalsha",
     "script|load",
@@ -111,8 +114,31 @@ fn set_user(server: &RedisServer, user: &str, rules: &[String]) {
     cmd.query::<()>(&mut server.admin_conn()).unwrap_or_else(|e| panic!("ACL SETUSER {user} {rules:?}: {e}"));
 }
 
+/// A URL for `user` on database 1: redis-rs sends `SELECT` only for a database other
+/// than 0, so with `/0` (or none) the ACL's `+select` would go untested.
 fn user_url(server: &RedisServer, user: &str) -> String {
-    format!("redis://{user}:{PASSWORD}@127.0.0.1:{}/", server.port())
+    format!("redis://{user}:{PASSWORD}@127.0.0.1:{}/1", server.port())
+}
+
+/// Takes `command` away from `user`, whose connections are open: Redis checks a
+/// connection's user at every command, so they are refused from now on.
+fn revoke(server: &RedisServer, user: &str, command: &str) {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg(user).arg(format!("-{command}"));
+    cmd.query::<()>(&mut server.admin_conn()).unwrap_or_else(|e| panic!("ACL SETUSER {user} -{command}: {e}"));
+}
+
+/// Asserts that `err` is the `Error::Auth` of a refused permission, not retried as an
+/// outage, whose message points at the ACL to fix.
+#[track_caller]
+fn assert_acl_refusal(what: &str, err: &Error) {
+    assert!(matches!(err, Error::Auth(_)), "{what}: expected Error::Auth, got {err:?}");
+    assert!(!err.is_transient(), "{what}: {err}");
+    let msg = err.to_string();
+    for advice in ["README", "ACL LOG"] {
+        assert!(msg.contains(advice), "{what}: the message must say what to fix ({advice}): {msg}");
+    }
+    assert!(!msg.contains(PASSWORD), "{msg}");
 }
 
 fn text(v: &redis::Value) -> String {
@@ -322,6 +348,91 @@ fn a_missing_permission_is_an_auth_error_that_names_the_acl() {
         );
         assert!(!msg.contains(PASSWORD), "{msg}");
         assert!(matches!(m.try_lock(), Err(Error::Auth(_))), "try_lock too");
+    }
+}
+
+#[test]
+fn a_refused_select_when_connecting_is_an_auth_error() {
+    let server = RedisServer::start();
+    set_user(&server, "no-select", &rules(&server, Some("select")));
+    let url = user_url(&server, "no-select");
+
+    let err = LockClient::open(&url).expect_err("SELECT 1 is refused");
+    assert_acl_refusal("open", &err);
+    assert!(err.to_string().contains("'select'"), "the message names the command: {err}");
+
+    // Without the check in `build`, the pool meets the refusal when it connects.
+    let client = LockClient::builder().pool_timeout(Duration::from_secs(1)).build_unchecked(&url).unwrap();
+    let err = client.mutex("job").try_lock().expect_err("SELECT 1 is refused");
+    assert_acl_refusal("try_lock through the pool", &err);
+    let t = Instant::now();
+    let err = client.mutex("job").lock().expect_err("SELECT 1 is refused");
+    assert_acl_refusal("lock through the pool", &err);
+    assert!(t.elapsed() < Duration::from_secs(3), "a refusal is not an outage to wait out: {:?}", t.elapsed());
+}
+
+#[test]
+fn a_command_refused_inside_a_script_is_an_auth_error() {
+    let server = RedisServer::start();
+    // Without `+incrby`, a plain lock works and a fenced one is refused inside the
+    // acquire script, after its own `EVALSHA` (and the keys) passed the ACL.
+    set_user(&server, "no-incrby", &rules(&server, Some("incrby")));
+    let client = LockClient::open(&user_url(&server, "no-incrby")).expect("connect");
+    let plain = client.mutex("plain").try_lock().expect("a lock without fencing needs no INCRBY").expect("free");
+    plain.unlock().unwrap();
+    let fenced = client.mutex_with("fenced", MutexOptions::default().fencing(true));
+    let err = fenced.try_lock().expect_err("INCRBY is refused");
+    assert_acl_refusal("try_lock with fencing", &err);
+    let t = Instant::now();
+    let err = fenced.lock().expect_err("INCRBY is refused");
+    assert_acl_refusal("lock with fencing", &err);
+    assert!(t.elapsed() < Duration::from_secs(3), "a refusal is not an outage to wait out: {:?}", t.elapsed());
+}
+
+#[test]
+fn a_refusal_inside_holder_s_pipeline_is_an_auth_error() {
+    let server = RedisServer::start();
+    // `holder` sends HMGET and PTTL in one pipeline; only PTTL (not the first) is refused.
+    set_user(&server, "no-pttl", &rules(&server, Some("pttl")));
+    let client = LockClient::open(&user_url(&server, "no-pttl")).expect("connect");
+    let err = client.mutex("job").holder().expect_err("PTTL is refused");
+    assert_acl_refusal("holder", &err);
+}
+
+#[test]
+fn a_refusal_inside_the_renewal_pipeline_is_an_auth_error() {
+    let server = RedisServer::start();
+    // `extend` sends `EVALSHA extend` in a pipeline (the watchdog batches many); its
+    // HGET is refused inside the script once the user loses `+hget`.
+    set_user(&server, "loses-hget", &rules(&server, None));
+    let client = LockClient::open(&user_url(&server, "loses-hget")).expect("connect");
+    let guard = client.mutex("job").lock().unwrap();
+    revoke(&server, "loses-hget", "hget");
+    let err = guard.extend(Duration::from_secs(60)).expect_err("HGET is refused");
+    assert_acl_refusal("extend", &err);
+}
+
+#[test]
+fn refused_renewals_are_reported_as_acl_refusals() {
+    capture_logs();
+    let server = RedisServer::start();
+    set_user(&server, "loses-pexpire", &rules(&server, None));
+    let client = LockClient::open(&user_url(&server, "loses-pexpire")).expect("connect");
+    let m = client.mutex_with("renewed", MutexOptions::default().lease(Duration::from_millis(600)));
+    let guard = m.lock().unwrap();
+    // The watchdog's batched renewals are refused inside the extend script (PEXPIRE)
+    // until the lease runs out. Each failure is logged: it must say what to fix.
+    let logs_before = captured().len();
+    revoke(&server, "loses-pexpire", "pexpire");
+    assert!(wait_until(Duration::from_secs(3), || guard.is_lost()), "the lease must run out unrenewed");
+    let failed: Vec<String> =
+        captured().split_off(logs_before).into_iter().filter(|l| l.contains("renewal of 1 leases failed")).collect();
+    assert!(!failed.is_empty(), "the refused renewals must be logged");
+    for record in &failed {
+        assert!(
+            record.contains("ACL LOG") && record.contains("README"),
+            "a refused renewal must be reported as an ACL refusal: {record}"
+        );
     }
 }
 
