@@ -1,6 +1,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::keys::redact_url;
+
 /// Everything that can go wrong when talking to the lock service.
 ///
 /// Contention is never an error: `try_lock*` return `Ok(None)` when another holder keeps
@@ -13,7 +15,10 @@ pub enum Error {
     /// The server could not be reached or stopped answering (refused, reset, timed out).
     /// Usually passes: retry later, or check that Redis runs at the configured URL.
     Connection(redis::RedisError),
-    /// The server rejected the credentials or the ACL denied a command.
+    /// The server rejected the credentials, or its ACL refused a command, key or channel:
+    /// whether at the top level, inside one of this crate's scripts, in a pipeline, or
+    /// the `SELECT` of a database while connecting. Not transient: it lasts until the
+    /// credentials or the ACL change.
     Auth(redis::RedisError),
     /// The server answered with an error this crate does not expect.
     Redis(redis::RedisError),
@@ -53,9 +58,11 @@ pub enum Error {
     },
     /// The Redis URL could not be parsed.
     InvalidUrl {
-        /// The URL, with any password replaced by `***`.
+        /// The URL, with its credentials (userinfo, a `pass=` parameter) replaced by
+        /// `***`.
         url: String,
-        /// What the parser said.
+        /// What the parser said; without its details when the URL holds credentials
+        /// (they may quote part of the password).
         reason: String,
     },
     /// The lock is no longer held by this guard: its lease ran out, or someone
@@ -95,6 +102,28 @@ impl Error {
         matches!(self, Error::LockLost { .. })
     }
 
+    /// The error for a `url` that redis-rs refused to parse with `err`, showing neither
+    /// the credentials in the URL nor redis-rs's details about it when the URL holds
+    /// credentials: those details quote the URL (an invalid `protocol=` value), and a
+    /// password holding `?` ends the authority early, so its tail reads as the query
+    /// (`redis://user:1?protocol=secret@host/`).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "src/client.rs (builder, being changed elsewhere) is to build InvalidUrl with it")
+    )]
+    pub(crate) fn invalid_url(url: &str, err: &redis::RedisError) -> Error {
+        let shown = redact_url(url);
+        let said = err.to_string();
+        let reason = match err.detail() {
+            Some(detail) if shown != url => match said.strip_suffix(detail).and_then(|s| s.strip_suffix(": ")) {
+                Some(summary) => format!("{summary} (details withheld: the URL holds credentials)"),
+                None => "the URL does not parse (details withheld: the URL holds credentials)".to_owned(),
+            },
+            _ => said,
+        };
+        Error::InvalidUrl { url: shown, reason }
+    }
+
     /// Sorts a redis error into the variant a caller can act on.
     pub(crate) fn from_redis(err: redis::RedisError, key: Option<&str>) -> Error {
         if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
@@ -107,10 +136,8 @@ impl Error {
         });
         let code = code.as_deref();
         match err.kind() {
-            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
-                Error::Auth(err)
-            }
-            _ if code == Some("NOAUTH") || code == Some("WRONGPASS") => Error::Auth(err),
+            redis::ErrorKind::AuthenticationFailed => Error::Auth(err),
+            _ if code == Some("NOAUTH") || code == Some("WRONGPASS") || is_acl_refusal(&err) => Error::Auth(err),
             _ if code == Some("WRONGTYPE") || err.detail().is_some_and(|d| d.contains("not an integer")) => match key {
                 Some(key) => Error::WrongType { key: key.to_owned() },
                 None => Error::Redis(err),
@@ -120,16 +147,45 @@ impl Error {
     }
 }
 
+/// `true` when the server refused a command, key or channel under its ACL, however the
+/// refusal reached us. A plain `NOPERM` reply has redis-rs's `NoPerm` kind, but:
+/// - in a pipeline (`holder`, the watchdog's batched renewals) the kind is that of the
+///   first failed item only, so every item is looked at;
+/// - redis-rs reports a refused `SELECT` while connecting as "refused to switch
+///   database", kind `ResponseError`, the server's text in the detail;
+/// - a command refused *inside* a script comes back as `ERR The user executing the
+///   script can't run this command or subcommand ...` (Redis 6 and 7.0) or, in later
+///   versions, with `NOPERM` in the text, possibly wrapped in a script error.
+///
+/// Hence the server's phrasings are matched as well as its code.
+fn is_acl_refusal(err: &redis::RedisError) -> bool {
+    fn says_refused(text: &str) -> bool {
+        text.contains("NOPERM") || text.contains("no permissions to") || text.contains("The user executing the script")
+    }
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        || err.code() == Some("NOPERM")
+        || err.detail().is_some_and(says_refused)
+        || err.clone().into_server_errors().is_some_and(|items| {
+            items.iter().any(|(_, e)| e.code() == "NOPERM" || e.details().is_some_and(says_refused))
+        })
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Connection(e) => {
                 write!(f, "cannot reach Redis ({e}); check that the server runs at the configured URL, or retry later")
             }
+            Error::Auth(e) if is_acl_refusal(e) => write!(
+                f,
+                "Redis's ACL refused a command, key or channel this crate needs ({e}); grant the user \
+                 every permission of the ACL line in the README (\"Redis permissions\"); `ACL LOG` on the \
+                 server shows what was refused"
+            ),
             Error::Auth(e) => write!(
                 f,
-                "Redis refused the credentials or the command ({e}); check the username and password \
-                 in the URL and the user's ACL (see the README for the ACL this crate needs)"
+                "Redis refused the credentials ({e}); check the username and password in the URL, and \
+                 that the user is enabled (`on`) in the server's ACL"
             ),
             Error::Redis(e) => write!(f, "Redis returned an error: {e}"),
             Error::WrongType { key } => write!(
@@ -167,5 +223,82 @@ impl std::error::Error for Error {
             Error::Connection(e) | Error::Auth(e) | Error::Redis(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(url: &str) -> redis::RedisError {
+        redis::Client::open(url).expect_err("the URL does not parse")
+    }
+
+    #[test]
+    fn an_invalid_url_shows_neither_the_password_nor_details_that_quote_it() {
+        // The password `1?protocol=Zq9` ends the authority after `1`, so redis-rs reads
+        // `protocol=Zq9@host/` as the query and quotes it.
+        let url = "redis://user:1?protocol=Zq9@127.0.0.1:1/";
+        let err = parse_error(url);
+        assert!(err.to_string().contains("Zq9"), "redis-rs no longer quotes the value: {err}");
+        let err = Error::invalid_url(url, &err);
+        let Error::InvalidUrl { url: shown, reason } = &err else { panic!("{err:?}") };
+        assert_eq!(shown, "redis://***@127.0.0.1:1/");
+        assert!(reason.starts_with("Invalid protocol version") && reason.contains("withheld"), "{reason}");
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains("Zq9"), "{text}");
+        }
+    }
+
+    /// The error redis-rs makes of the server's reply `line`.
+    fn reply(line: &str) -> redis::RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acl_refusals_are_auth_errors_whatever_their_shape() {
+        let select = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "Redis server refused to switch database",
+            "this user has no permissions to run the 'select' command".to_owned(),
+        ));
+        for err in [
+            reply("NOPERM this user has no permissions to run the 'pttl' command"),
+            reply("NOPERM this user has no permissions to access one of the keys used as arguments"),
+            reply(
+                "ERR The user executing the script can't run this command or subcommand script: 1f, on @user_script:4.",
+            ),
+            reply("ERR The user executing the script can't publish to the channel mentioned in the command"),
+            reply("ERR Error running script (call to f_1f): @user_script:1: NOPERM User u has no permissions"),
+            select,
+        ] {
+            let shown = err.to_string();
+            let err = Error::from_redis(err, Some("k"));
+            assert!(matches!(err, Error::Auth(_)), "{shown}: {err:?}");
+            assert!(err.to_string().contains("ACL LOG"), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_server_errors_are_not_auth_errors() {
+        let err = Error::from_redis(reply("ERR wrong number of arguments for 'hset' command"), Some("k"));
+        assert!(matches!(err, Error::Redis(_)), "{err:?}");
+        let err =
+            Error::from_redis(reply("WRONGTYPE Operation against a key holding the wrong kind of value"), Some("k"));
+        assert!(matches!(err, Error::WrongType { .. }), "{err:?}");
+        let err = Error::from_redis(reply("WRONGPASS invalid username-password pair or user is disabled."), None);
+        assert!(matches!(err, Error::Auth(_)) && err.to_string().contains("username and password"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_url_without_credentials_keeps_the_parser_s_details() {
+        let url = "redis://127.0.0.1:1/?protocol=resp9";
+        let err = Error::invalid_url(url, &parse_error(url));
+        let Error::InvalidUrl { url: shown, reason } = &err else { panic!("{err:?}") };
+        assert_eq!(shown, url);
+        assert!(reason.contains("resp9"), "{reason}");
     }
 }

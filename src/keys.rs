@@ -72,38 +72,97 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     Err(Error::InvalidOption { option: "key_prefix", reason: format!("{prefix:?} {reason}") })
 }
 
-/// `url` with the password (if any) replaced by `***`, for `Debug`, logs and errors.
+/// `url` with its credentials replaced by `***`, for `Debug`, logs and errors.
+///
+/// Works on any text, a URL or not, and hides too much rather than too little: a
+/// password may hold `/ ? # @ :`, which end the userinfo for a URL parser but not for
+/// whoever wrote it, so parsing the URL the way redis-rs does would show the rest.
+/// Hidden, each as one `***`:
+/// - everything between the scheme's `://` (or the start, when there is no plausible
+///   scheme) and the **last** `@`: the userinfo, whatever it holds, username included
+///   (`redis://secret:x@h` cannot be told from a user `secret`);
+/// - from a query parameter whose name contains `pass` (`pass=`, `password=`, also
+///   percent-encoded or in capitals) to the end: redis-rs takes a unix socket's
+///   password from `?pass=`, and the value may hold `&` or `#` too.
 pub(crate) fn redact_url(url: &str) -> String {
-    redact_query(&redact_userinfo(url))
+    let mut hidden: Vec<(usize, usize)> = Vec::new();
+    if let Some(at) = url.rfind('@') {
+        hidden.push((userinfo_start(url, at), at));
+    }
+    if let Some(value) = password_parameter(url) {
+        hidden.push((value, url.len()));
+    }
+    hidden.sort_unstable();
+    // Overlapping or touching ranges become one, shown as one `***`.
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (from, to) in hidden.into_iter().filter(|(from, to)| from < to) {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => merged.push((from, to)),
+        }
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut shown_from = 0;
+    for (from, to) in merged {
+        out.push_str(&url[shown_from..from]);
+        out.push_str("***");
+        shown_from = to;
+    }
+    out.push_str(&url[shown_from..]);
+    out
 }
 
-/// `redis+unix:///path?pass=secret`: redis-rs takes a unix socket's password from the
-/// query string.
-fn redact_query(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
+/// Where the userinfo ending at `at` starts: after `scheme://`, if `url` opens with a
+/// scheme whose `://` comes before `at`; otherwise at 0, so that a `://` inside a
+/// password does not pass for the scheme's and leave the text before it shown.
+fn userinfo_start(url: &str, at: usize) -> usize {
+    match url.find("://") {
+        Some(i) if i + 3 <= at && is_scheme(&url[..i]) => i + 3,
+        _ => 0,
+    }
 }
 
-fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
-    let userinfo = &rest[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None if userinfo.is_empty() => String::new(),
-        // `redis://secret@host` puts the password where the user would be.
-        None => "***".to_owned(),
-    };
-    format!("{}{}{}", &url[..scheme_end + 3], user, &rest[at..])
+/// RFC 3986: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Where the value of the first `pass`-like parameter starts: after the `=` of a name
+/// that follows any `?`, `&`, `;` or `#` (wherever it is, even inside what a parser
+/// would call the path or the userinfo) and contains `pass` once percent-decoded and
+/// lowercased.
+fn password_parameter(url: &str) -> Option<usize> {
+    url.match_indices(['?', '&', ';', '#']).find_map(|(i, _)| {
+        let rest = &url[i + 1..];
+        let eq = rest.find('=')?;
+        let name = &rest[..eq];
+        (!name.contains(['&', ';', '?', '#']) && percent_decoded(name).to_lowercase().contains("pass"))
+            .then_some(i + 1 + eq + 1)
+    })
+}
+
+/// `s` with `%XX` escapes decoded (others kept as written) and `+` read as a space, as
+/// redis-rs reads query names.
+fn percent_decoded(s: &str) -> String {
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+            (b'+', ..) => out.push(b' '),
+            (b, ..) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -142,12 +201,57 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("redis://user:pw@host:6379/0"), "redis://user:***@host:6379/0");
-        assert_eq!(redact_url("redis://:pw@host/"), "redis://:***@host/");
+        assert_eq!(redact_url("redis://user:pw@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact_url("redis://:pw@host/"), "redis://***@host/");
         assert_eq!(redact_url("redis://pw@host/"), "redis://***@host/");
         assert_eq!(redact_url("redis://host:6379/"), "redis://host:6379/");
-        assert_eq!(redact_url("rediss://u:p@h/?x=a@b"), "rediss://u:***@h/?x=a@b");
+        assert_eq!(redact_url("redis://@host/"), "redis://@host/");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url(""), "");
         assert_eq!(redact_url("redis+unix:///tmp/r.sock?db=1&pass=pw"), "redis+unix:///tmp/r.sock?db=1&pass=***");
+        assert_eq!(redact_url("redis+unix:///tmp/r.sock?db=1"), "redis+unix:///tmp/r.sock?db=1");
+    }
+
+    #[test]
+    fn a_password_that_ends_the_userinfo_early_is_still_hidden() {
+        for (url, shown) in [
+            ("redis://:se/cret@host/", "redis://***@host/"),
+            ("redis://user:pa#ss@host/", "redis://***@host/"),
+            ("redis://user:pa?ss@host/", "redis://***@host/"),
+            ("redis://user:p@ss@host/1", "redis://***@host/1"),
+            ("rediss://user:a://b@host/", "rediss://***@host/"),
+            // Without a plausible scheme, everything up to the last `@` goes.
+            ("1se://cret@host", "***@host"),
+            ("x y://secret@host", "***@host"),
+            // An `@` after the userinfo hides more than needed, never less.
+            ("rediss://u:p@h/?x=a@b", "rediss://***@b"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_password_parameter_is_hidden_to_the_end() {
+        for (url, shown) in [
+            ("redis+unix:///s?pass=pw&db=1", "redis+unix:///s?pass=***"),
+            ("redis+unix:///s?db=1&password=p&w#x", "redis+unix:///s?db=1&password=***"),
+            ("redis+unix:///s?PASS=pw", "redis+unix:///s?PASS=***"),
+            ("redis+unix:///s?pa%73s=pw", "redis+unix:///s?pa%73s=***"),
+            ("redis+unix:///s?user=u;pass=pw", "redis+unix:///s?user=u;pass=***"),
+            ("unix:/s?pass=", "unix:/s?pass="),
+            // A `@` in the value: both rules apply, and the hidden parts merge.
+            ("redis+unix:///s?pass=p@w", "redis+unix://***"),
+            ("redis://u:p?pass=q@host/", "redis://***"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn percent_escapes_decode_and_bad_ones_stay() {
+        assert_eq!(percent_decoded("pa%73s"), "pass");
+        assert_eq!(percent_decoded("a+b%2"), "a b%2");
+        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
+        assert_eq!(percent_decoded("%C3%A9"), "é");
     }
 }
