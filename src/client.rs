@@ -345,7 +345,7 @@ impl LockClientBuilder {
 
     fn settings(&self, url: &str) -> Result<ConnectSettings> {
         let client =
-            redis::Client::open(url).map_err(|e| Error::InvalidUrl { url: redact_url(url), reason: e.to_string() })?;
+            redis::Client::open(url).map_err(|e| Error::invalid_url(url, &e))?;
         Ok(ConnectSettings {
             client,
             name: format!("redis-mutex:{}", uuid::Uuid::new_v4().simple()),

@@ -107,10 +107,6 @@ impl Error {
     /// credentials: those details quote the URL (an invalid `protocol=` value), and a
     /// password holding `?` ends the authority early, so its tail reads as the query
     /// (`redis://user:1?protocol=secret@host/`).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "src/client.rs (builder, being changed elsewhere) is to build InvalidUrl with it")
-    )]
     pub(crate) fn invalid_url(url: &str, err: &redis::RedisError) -> Error {
         let shown = redact_url(url);
         let said = err.to_string();

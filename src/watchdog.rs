@@ -61,8 +61,9 @@ struct LeaseState {
     /// expiry is no earlier than `confirmed + confirmed_ms`.
     confirmed: Stamp,
     confirmed_ms: u64,
-    /// After a failed renewal: when to retry.
+    /// After a failed renewal: when to retry, and why it failed.
     retry: Option<Instant>,
+    failure: Option<String>,
 }
 
 impl Lease {
@@ -82,7 +83,7 @@ impl Lease {
             local_handoffs: AtomicU32::new(0),
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
-            state: Mutex::new(LeaseState { lease_ms, confirmed, confirmed_ms: lease_ms, retry: None }),
+            state: Mutex::new(LeaseState { lease_ms, confirmed, confirmed_ms: lease_ms, retry: None, failure: None }),
             requests: Mutex::new(()),
         }
     }
@@ -116,6 +117,7 @@ impl Lease {
         st.confirmed = sent;
         st.confirmed_ms = lease_ms;
         st.retry = None;
+        st.failure = None;
     }
 
     /// A request sent at `sent` that set the lease to `lease_ms` failed: Redis may have
@@ -186,7 +188,22 @@ impl Lease {
         }
         let step = (Duration::from_millis(lease_ms) / 10).clamp(Duration::from_millis(1), Duration::from_millis(250));
         st.retry = Some(later(sent.mono, step));
+        st.failure = Some(why.to_string());
         false
+    }
+
+    /// A lease whose renewals kept failing and whose time is up by `now`: marked lost
+    /// with the last failure as the cause (a renewal sent now would only find the key
+    /// gone and blame "another owner"). `true` when lost.
+    fn ran_out_unrenewed(&self, core: &Core, now: Stamp) -> bool {
+        let st = lock(&self.state);
+        let Some(failure) = st.failure.clone() else { return false };
+        if st.confirmed.elapsed_at(now) < Duration::from_millis(st.confirmed_ms) {
+            return false;
+        }
+        drop(st);
+        self.mark_lost(core, &format!("renewals failed until the lease ran out ({failure})"));
+        true
     }
 }
 
@@ -296,7 +313,8 @@ fn pass(core: &Core, table: &Table) -> Pass {
     // moments share a batch instead of a round trip each. A lease whose `extend` is
     // in flight waits for it: that reply confirms it.
     let (batch, next_due): (Vec<(u64, Arc<Lease>)>, Option<Instant>) = {
-        let t = lock(&table.leases);
+        let mut t = lock(&table.leases);
+        t.retain(|_, lease| !lease.ran_out_unrenewed(core, now));
         let mut batch = Vec::new();
         let mut next_due: Option<Instant> = None;
         for (id, lease) in t.iter() {
@@ -375,6 +393,9 @@ fn renew(core: &Core, table: &Table, chunk: &[(u64, Arc<Lease>)]) {
                 gone.push(*id);
             }
             Err(e) => {
+                if replies.is_ok() {
+                    log::debug!("redis-mutex: renewal of {} failed, retrying: {e}", lease.keys.key);
+                }
                 if lease.renewal_failed(core, sent, *lease_ms, &e) {
                     gone.push(*id);
                 }

@@ -425,8 +425,8 @@ fn refused_renewals_are_reported_as_acl_refusals() {
     let logs_before = captured().len();
     revoke(&server, "loses-pexpire", "pexpire");
     assert!(wait_until(Duration::from_secs(3), || guard.is_lost()), "the lease must run out unrenewed");
-    let failed: Vec<String> =
-        captured().split_off(logs_before).into_iter().filter(|l| l.contains("renewal of 1 leases failed")).collect();
+    let records = captured().split_off(logs_before);
+    let failed: Vec<&String> = records.iter().filter(|l| l.contains("renewal of") && l.contains("failed")).collect();
     assert!(!failed.is_empty(), "the refused renewals must be logged");
     for record in &failed {
         assert!(
@@ -434,6 +434,9 @@ fn refused_renewals_are_reported_as_acl_refusals() {
             "a refused renewal must be reported as an ACL refusal: {record}"
         );
     }
+    let lost: Vec<&String> = records.iter().filter(|l| l.contains("lost lock")).collect();
+    assert_eq!(lost.len(), 1, "one warning for the lost lease: {lost:#?}");
+    assert!(lost[0].contains("ACL LOG"), "the lost lease names the refusal as its cause: {}", lost[0]);
 }
 
 #[test]
@@ -682,9 +685,8 @@ fn odd_passwords_in_any_url_shape_never_appear_in_errors_debug_or_logs() {
 /// A password holding `?` ends the authority early for the URL parser, which then
 /// reads the password's tail as the query and quotes an invalid `protocol=` value in
 /// its error (`Error::InvalidUrl::reason`). `Error::invalid_url` withholds those details
-/// (unit-tested in `src/error.rs`); `src/client.rs` does not use it yet.
+/// (unit-tested in `src/error.rs`).
 #[test]
-#[ignore = "needs src/client.rs `settings()` to build InvalidUrl with `Error::invalid_url`"]
 fn a_parse_error_never_quotes_the_tail_of_a_password() {
     let passwords = [format!("1?protocol={MARK}"), format!("1?protocol={MARK}&db=1")];
     let (checked, found) = outputs_leaking(&passwords);
