@@ -16,8 +16,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-const ACQUIRE: &str = concat!(include_str!("../src/lua/queue.lua"), include_str!("../src/lua/acquire.lua"));
-const RELEASE: &str = concat!(include_str!("../src/lua/queue.lua"), include_str!("../src/lua/release.lua"));
+const ACQUIRE: &str = concat!(
+    include_str!("../src/lua/queue.lua"),
+    include_str!("../src/lua/fence.lua"),
+    include_str!("../src/lua/acquire.lua")
+);
+const RELEASE: &str = concat!(
+    include_str!("../src/lua/queue.lua"),
+    include_str!("../src/lua/fence.lua"),
+    include_str!("../src/lua/release.lua")
+);
 
 /// Runs `a` and `b` in alternating blocks of `block` iterations, `pairs` times; returns
 /// the median ratio of a block of `a` to the adjacent block of `b`, and the medians of

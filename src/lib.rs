@@ -58,7 +58,16 @@
 //!   it reports it ([`MutexGuard::is_lost`], [`Error::LockLost`]), and fencing tokens
 //!   ([`MutexOptions::fencing`]) let the protected resource refuse the stale holder.
 //! - **Clocks.** Leases are measured by the Redis server's clock; client clocks do not
-//!   matter, but a server whose clock jumps shortens or stretches leases.
+//!   matter, but a server whose clock jumps shortens or stretches leases. Fencing
+//!   tokens follow the server's clock too (`max(counter, clock in µs) + block`), so
+//!   that they never go backwards even when their counter is lost: that holds as long
+//!   as the clock moves forward and tokens are taken slower than one per µs on
+//!   average (see [`MutexOptions::fencing`]).
+//! - **Redis settings.** `maxmemory-policy noeviction`: under any other policy Redis
+//!   may evict a held lock, and another client then acquires while the holder learns
+//!   it only at its next renewal. AOF (`appendonly yes`) to keep locks across a
+//!   restart: without persistence a restart forgets every lock (see below); fencing
+//!   tokens stay safe either way.
 //! - **A waiting process that crashes** can hold up the others once, by its
 //!   reservation (`reservation_timeout`, 1 s by default), when its turn comes.
 //! - **One Redis.** Locks live on one server. Without persistence, a Redis restart

@@ -41,7 +41,9 @@ const COMMANDS: &[&str] = &[
     "del",
     "pexpire",
     "pttl",
-    "incrby",
+    "time",
+    "get",
+    "set",
     "publish",
     "type",
 ];
