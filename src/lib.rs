@@ -67,7 +67,9 @@
 //!   may evict a held lock, and another client then acquires while the holder learns
 //!   it only at its next renewal. AOF (`appendonly yes`) to keep locks across a
 //!   restart: without persistence a restart forgets every lock (see below); fencing
-//!   tokens stay safe either way.
+//!   tokens stay safe either way. [`LockClientBuilder::build`] reads both (`INFO`)
+//!   and logs a warning for an eviction policy, a note for no AOF, and "could not
+//!   check" when the server refuses to say; it never fails because of them.
 //! - **A waiting process that crashes** can hold up the others once, by its
 //!   reservation (`reservation_timeout`, 1 s by default), when its turn comes.
 //! - **One Redis.** Locks live on one server. Without persistence, a Redis restart

@@ -26,10 +26,13 @@ const KEY_AND_CHANNEL_RULES: &[&str] =
 
 /// Every command the crate sends, its scripts' inner commands included. Each one is
 /// needed: `every_permission_in_the_recommended_acl_is_needed` takes each away in turn.
-/// (`unsubscribe`/`punsubscribe`: redis-rs sends both when a client's notifier closes.)
+/// (`unsubscribe`/`punsubscribe`: redis-rs sends both when a client's notifier closes;
+/// `info`: `build()` reads the eviction policy and AOF setting with it, and only logs
+/// that it could not check when refused.)
 const COMMANDS: &[&str] = &[
     "ping",
     "client|setname",
+    "info",
     "evalsha",
     "script|load",
     "psubscribe",
