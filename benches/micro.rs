@@ -16,8 +16,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-const ACQUIRE: &str = concat!(include_str!("../src/lua/queue.lua"), include_str!("../src/lua/acquire.lua"));
-const RELEASE: &str = concat!(include_str!("../src/lua/queue.lua"), include_str!("../src/lua/release.lua"));
+const ACQUIRE: &str = concat!(
+    include_str!("../src/lua/queue.lua"),
+    include_str!("../src/lua/fence.lua"),
+    include_str!("../src/lua/acquire.lua")
+);
+const RELEASE: &str = concat!(
+    include_str!("../src/lua/queue.lua"),
+    include_str!("../src/lua/fence.lua"),
+    include_str!("../src/lua/release.lua")
+);
 
 /// Runs `a` and `b` in alternating blocks of `block` iterations, `pairs` times; returns
 /// the median ratio of a block of `a` to the adjacent block of `b`, and the medians of
@@ -78,6 +86,7 @@ fn micro(c: &mut Criterion) {
                 .arg(8)
                 .arg(1000)
                 .arg(30_000)
+                .arg(0)
                 .invoke(&mut con)
                 .unwrap();
         })
@@ -146,6 +155,7 @@ fn interleaved_pairs() {
             .arg(8)
             .arg(1000)
             .arg(30_000)
+            .arg(0)
             .invoke(&mut **con)
             .unwrap();
         assert_eq!(released.0, 1);

@@ -52,8 +52,10 @@
 //!
 //! See [`check`]: overlapping critical sections, fencing-token order, stale fenced writes
 //! that were accepted, and lost counter updates, with the accounting explained there.
-//! Fencing cannot hold across a restart without persistence (the fence counter restarts
-//! from 0), so fencing is checked within each "epoch" between such restarts.
+//! Fencing tokens must rise across restarts without persistence too (the fence counter
+//! is lost, but the next one follows the server clock); the fenced resource and the
+//! counter, which live in the same Redis, are wiped by such a restart and are checked
+//! within each "epoch" between them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -1472,8 +1474,12 @@ pub struct Report {
     pub writes_after_is_lost: usize,
     /// Longest `try_lock_until` that succeeded.
     pub max_wait: Duration,
-    /// Epochs between restarts without persistence (fencing is checked per epoch).
+    /// Epochs between restarts without persistence (fencing order is checked across
+    /// them, the fenced resource and the counter within each).
     pub epochs: usize,
+    /// Per lock and restart without persistence: the first token after it (of a holder
+    /// that kept its lock) less the last one before it. Must be positive.
+    pub rises_across_wipes: Vec<i128>,
     /// Guards alive across a restart without persistence.
     pub survivors_restart: Survivors,
     /// Guards alive across a restart from the AOF.
@@ -1552,18 +1558,22 @@ fn describe(r: &Rec) -> String {
 ///   "First" is the order in which Redis granted the lock: by epoch, then by fencing
 ///   token. A later holder that overlaps a first one that kept its lock broke exclusion,
 ///   even if it lost its own lease afterwards.
-/// - **Epochs**: a restart without persistence forgets fence counters and the fenced
-///   resource, so tokens restart from 1: fencing is checked within each epoch between
-///   such restarts. A critical section that spans one (acquired before the kill, ended
-///   after) is "tainted": its token belongs to the old epoch; it is excluded from the
-///   fencing checks and its writes count as possibly stale.
-/// - **Fencing order**: per lock and epoch, the tokens of holders that kept their lock,
-///   ordered by start, rise strictly; no token is issued twice.
+/// - **Epochs**: a restart without persistence forgets the fence counters, the fenced
+///   resource and the counter, which all live in the run's Redis. Tokens must rise
+///   across it all the same (a lost fence counter restarts above the server clock);
+///   the resource and the counter are checked per epoch between such restarts. A
+///   critical section that spans one (acquired before the kill, ended after) is
+///   "tainted": it holds a lock the new server never granted, so its writes count as
+///   possibly stale and its refused write is no violation.
+/// - **Fencing order**: per lock, over the whole run (every epoch), the tokens of
+///   holders that kept their lock, ordered by start, rise strictly; no token is issued
+///   twice, lost holders' included.
 /// - **Stale write accepted**: an accepted fenced write whose token is lower than one
-///   the resource had already accepted (that write acknowledged before this one was
-///   sent). **Refused while held**: the resource refused the write of a holder that kept
-///   its lock (a higher token existed while it held the lock), unless a tainted write
-///   from before a restart raised the resource's highest token.
+///   the resource had already accepted in the same epoch (that write acknowledged before
+///   this one was sent); a write is placed in the epoch whose server applied it, and one
+///   that may have reached either side of a restart is left out. **Refused while held**:
+///   the resource refused the write of an untainted holder that kept its lock (a higher
+///   token existed while it held the lock).
 /// - **Counter (lost updates)**: per lock and epoch, the counter read at the epoch's
 ///   end is compared with I = the increments (acknowledged `SET`s before that reading)
 ///   of holders that kept their lock. Extra increments are fine and expected (a SIGKILLed
@@ -1624,6 +1634,13 @@ fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) -> Rep
     // Acquired before a wipe (nothing is acquired while Redis is down, so a guard that
     // arrived before the new server was spawned came from the old one) and used after.
     let tainted = |r: &Rec| wipes.iter().any(|w| r.asked < w.kill_ns && r.start < w.spawn_ns && r.end >= w.kill_ns);
+    // The epoch of the server that applied a write sent at `sent` and acknowledged at
+    // `ack`: after every kill before it was sent, before every kill after the reply.
+    let applied_in = |sent: u64, ack: u64| {
+        let (after, maybe_after) =
+            (wipes.iter().filter(|w| w.kill_ns <= sent).count(), wipes.iter().filter(|w| w.kill_ns < ack).count());
+        (after == maybe_after).then_some(after)
+    };
 
     for (persistent, survivors) in [(false, &mut report.survivors_restart), (true, &mut report.survivors_restart_aof)] {
         for r in records {
@@ -1675,25 +1692,41 @@ fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) -> Rep
             }
         }
 
+        // Tokens: strictly rising among holders that kept the lock, across restarts
+        // without persistence too; never reused.
+        let kept: Vec<&Rec> = mine.iter().copied().filter(|r| !r.lost()).collect();
+        for w in kept.windows(2) {
+            if w[1].token <= w[0].token {
+                let across = if epoch_at(w[0].start) == epoch_at(w[1].start) {
+                    ""
+                } else {
+                    " (across a restart without persistence)"
+                };
+                report.violation(FENCING_ORDER, format!("{} started after {}{across}", describe(w[1]), describe(w[0])));
+            }
+        }
+        for (i, w) in wipes.iter().enumerate() {
+            let before = kept.iter().rfind(|r| r.start < w.spawn_ns);
+            let after = kept.iter().find(|r| r.start >= w.spawn_ns && epoch_at(r.start) == i + 1);
+            if let (Some(b), Some(a)) = (before, after) {
+                report.rises_across_wipes.push(a.token as i128 - b.token as i128);
+            }
+        }
+        let mut seen: HashMap<u64, &Rec> = HashMap::new();
+        for r in &mine {
+            if let Some(prev) = seen.insert(r.token, r) {
+                report.violation(DUPLICATE_TOKEN, format!("{} and {}", describe(prev), describe(r)));
+            }
+        }
+
         for epoch in 0..=wipes.len() {
-            let clean: Vec<&Rec> = mine.iter().copied().filter(|r| !tainted(r) && epoch_at(r.start) == epoch).collect();
-
-            // Tokens: strictly rising among holders that kept the lock; never reused.
-            let kept: Vec<&Rec> = clean.iter().copied().filter(|r| !r.lost()).collect();
-            for w in kept.windows(2) {
-                if w[1].token <= w[0].token {
-                    report.violation(FENCING_ORDER, format!("{} started after {}", describe(w[1]), describe(w[0])));
-                }
-            }
-            let mut seen: HashMap<u64, &Rec> = HashMap::new();
-            for r in &clean {
-                if let Some(prev) = seen.insert(r.token, r) {
-                    report.violation(DUPLICATE_TOKEN, format!("{} and {}", describe(prev), describe(r)));
-                }
-            }
-
-            // Accepted stale writes: was a higher token accepted before this write?
-            let mut accepted: Vec<&Rec> = clean.iter().copied().filter(|r| r.write == WriteState::Accepted).collect();
+            // Accepted stale writes: was a higher token accepted before this write, by
+            // the same incarnation of the resource?
+            let mut accepted: Vec<&Rec> = mine
+                .iter()
+                .copied()
+                .filter(|r| r.write == WriteState::Accepted && applied_in(r.wr_sent, r.wr_ack) == Some(epoch))
+                .collect();
             accepted.sort_by_key(|r| r.wr_ack);
             let mut max_before = Vec::with_capacity(accepted.len());
             let mut running = 0;
@@ -1710,15 +1743,12 @@ fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) -> Rep
                     );
                 }
             }
-            for r in clean.iter().filter(|r| r.write == WriteState::Refused && !r.lost()) {
-                let excused = mine.iter().any(|t| tainted(t) && t.write == WriteState::Accepted && t.token == r.wr_top);
-                if !excused {
-                    report.violation(
-                        REFUSED_WHILE_HELD,
-                        format!("{} was refused (resource had seen token {})", describe(r), r.wr_top),
-                    );
-                }
-            }
+        }
+        for r in mine.iter().filter(|r| r.write == WriteState::Refused && !r.lost() && !tainted(r)) {
+            report.violation(
+                REFUSED_WHILE_HELD,
+                format!("{} was refused (resource had seen token {})", describe(r), r.wr_top),
+            );
         }
     }
 
@@ -1804,10 +1834,17 @@ impl fmt::Display for Report {
                 s.total, s.watchdog, s.is_held, s.at_release, s.unconfirmed, s.kept
             )?;
         }
+        let rises = match (self.rises_across_wipes.iter().min(), self.rises_across_wipes.iter().max()) {
+            (Some(lo), Some(hi)) => {
+                format!("{} first tokens after one checked, rise {lo}..{hi}", self.rises_across_wipes.len())
+            }
+            _ => "no token on both sides of one".into(),
+        };
         writeln!(
             f,
-            "fencing checked within {} epoch(s): a restart without persistence resets fence counters and the \
-             resource, so tokens restart from 1",
+            "fencing order checked across {} epoch(s) (restarts without persistence lose the fence counter; \
+             tokens must rise all the same: {rises}); the fenced resource and the counter, wiped by such a \
+             restart, within each",
             self.epochs
         )?;
         for (e, row) in self.counters.iter().enumerate() {
@@ -1875,5 +1912,82 @@ fn main() {
             eprintln!("torture: {e}");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            procs: 1,
+            threads: 1,
+            secs: 1,
+            locks: 1,
+            faults: vec![Fault::Restart],
+            seed: 1,
+            lease: Duration::from_secs(2),
+            worker: WorkerCommand { program: PathBuf::new(), args: Vec::new() },
+            no_exclusion: false,
+        }
+    }
+
+    /// A clean critical section on lock 0 from `start` to `start + 100` (ns), with an
+    /// acknowledged counter increment and an accepted fenced write.
+    fn section(token: u64, start: u64) -> Rec {
+        Rec {
+            worker: 0,
+            thread: 0,
+            lock: 0,
+            token,
+            asked: start - 10,
+            start,
+            end: start + 100,
+            get_sent: start + 10,
+            set_sent: start + 20,
+            set_ack: start + 30,
+            set: SetState::Acked,
+            wr_sent: start + 40,
+            wr_ack: start + 50,
+            write: WriteState::Accepted,
+            wr_top: 0,
+            lost_before_write: false,
+            recovery: Recovery::None,
+            lost_at_end: false,
+            unlock: Unlock::Ok,
+        }
+    }
+
+    /// Three sections, a restart without persistence, two more sections with `after`'s
+    /// tokens (the fenced resource and the counter were wiped: the writes are accepted).
+    fn history(after: [u64; 2]) -> Report {
+        let mut records: Vec<Rec> = [(1, 1_000), (2, 2_000), (3, 3_000)].map(|(t, s)| section(t, s)).to_vec();
+        records.extend([section(after[0], 5_000), section(after[1], 6_000)]);
+        let events = Events {
+            restarts: vec![RestartEvent {
+                persistent: false,
+                kill_ns: 4_000,
+                spawn_ns: 4_500,
+                up_ns: 4_600,
+                before: Some(Snapshot { sent_ns: 3_900, values: vec![Some(3)] }),
+            }],
+            ..Events::default()
+        };
+        check(&config(), &records, &events, &Snapshot { sent_ns: 9_000, values: vec![Some(2)] })
+    }
+
+    #[test]
+    fn tokens_that_keep_rising_across_a_restart_without_persistence_pass() {
+        let report = history([4, 5]);
+        assert_eq!(report.violation_count(), 0, "{report}");
+    }
+
+    #[test]
+    fn a_fence_counter_reset_by_a_restart_without_persistence_is_a_violation() {
+        // What INCRBY did when the restart forgot the counter: tokens start from 1 again.
+        let report = history([1, 2]);
+        assert_eq!(report.violations[FENCING_ORDER], 1, "the drop from 3 to 1:\n{report}");
+        assert_eq!(report.violations[DUPLICATE_TOKEN], 2, "tokens 1 and 2 handed out twice:\n{report}");
     }
 }

@@ -318,6 +318,13 @@ impl LockClientBuilder {
     /// Builds the client and checks, with one connection and a `PING`, that the server
     /// answers and accepts the credentials.
     ///
+    /// On the same connection it reads the settings locks depend on, and logs what is
+    /// at risk: a `maxmemory-policy` other than `noeviction` is a warning (Redis may
+    /// evict a held lock), a server without AOF a note at info level (a restart forgets
+    /// every lock). It asks with `INFO`; a server that refuses (an ACL without `+info`, a
+    /// managed Redis without the command) is noted as "could not check", and never
+    /// fails the build.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidOption`] / [`Error::InvalidUrl`] before any I/O;
@@ -328,6 +335,7 @@ impl LockClientBuilder {
         let settings = self.settings(url)?;
         let mut con = settings.connect(":check").map_err(|e| Error::from_redis(e, None))?;
         redis::cmd("PING").query::<()>(&mut con).map_err(|e| Error::from_redis(e, None))?;
+        log_server_risks(&mut con, &redact_url(url));
         self.start(url, settings)
     }
 
@@ -344,8 +352,7 @@ impl LockClientBuilder {
     }
 
     fn settings(&self, url: &str) -> Result<ConnectSettings> {
-        let client =
-            redis::Client::open(url).map_err(|e| Error::invalid_url(url, &e))?;
+        let client = redis::Client::open(url).map_err(|e| Error::invalid_url(url, &e))?;
         Ok(ConnectSettings {
             client,
             name: format!("redis-mutex:{}", uuid::Uuid::new_v4().simple()),
@@ -419,5 +426,42 @@ impl LockClientBuilder {
                 _notifier_stop: stop_tx,
             }),
         })
+    }
+}
+
+/// Reads the server's `maxmemory-policy` and whether AOF is on, and logs what they put
+/// at risk. From `INFO` (its memory and persistence sections), not `CONFIG GET`: managed
+/// Redis services often refuse `CONFIG`, and an ACL should not grant it (it reads
+/// passwords), while `+info` is safe to grant. Every error is swallowed (a refused or
+/// unknown command, a timeout): this only informs, so it must never stop a client that
+/// would work.
+fn log_server_risks(con: &mut redis::Connection, url: &str) {
+    let info = match redis::cmd("INFO").query::<String>(con) {
+        Ok(info) => info,
+        Err(e) => {
+            log::info!(
+                "redis-mutex: could not check maxmemory-policy and persistence of {url} ({e}): locks need \
+                 noeviction, and AOF to survive a restart"
+            );
+            return;
+        }
+    };
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim);
+    match field("maxmemory_policy") {
+        Some("noeviction") => {}
+        Some(p) => log::warn!(
+            "redis-mutex: {url} has maxmemory-policy {p}: locks can be evicted: a holder would lose its lock \
+             without knowing until its next renewal, and another client could take it meanwhile; set \
+             maxmemory-policy noeviction"
+        ),
+        None => log::info!("redis-mutex: could not check maxmemory-policy of {url}: locks need noeviction"),
+    }
+    match field("aof_enabled") {
+        Some("1") => {}
+        Some(_) => log::info!(
+            "redis-mutex: {url} has no AOF: a restart forgets every lock (holders learn it at their next \
+             renewal; fencing tokens stay safe). Set appendonly yes to keep locks across restarts"
+        ),
+        None => log::info!("redis-mutex: could not check persistence of {url}: locks survive a restart with AOF"),
     }
 }

@@ -68,7 +68,18 @@
 //!   decides whether a lease is fresh enough to hand on without asking Redis by the
 //!   larger of its monotonic and its wall clock, so a suspended machine (whose
 //!   monotonic clock stops) does not keep a lease looking fresh; this assumes the wall
-//!   clock is not stepped backwards (NTP slews it).
+//!   clock is not stepped backwards (NTP slews it). Fencing tokens follow the server's
+//!   clock (`max(counter, clock in µs) + block`), so that they never go backwards even
+//!   when their counter is lost: that holds as long as the server clock moves forward
+//!   and tokens are taken slower than one per µs on average (see
+//!   [`MutexOptions::fencing`]).
+//! - **Redis settings.** `maxmemory-policy noeviction`: under any other policy Redis
+//!   may evict a held lock, and another client then acquires while the holder learns
+//!   it only at its next renewal. AOF (`appendonly yes`) to keep locks across a
+//!   restart: without persistence a restart forgets every lock (see below); fencing
+//!   tokens stay safe either way. [`LockClientBuilder::build`] reads both (`INFO`)
+//!   and logs a warning for an eviction policy, a note for no AOF, and "could not
+//!   check" when the server refuses to say; it never fails because of them.
 //! - **A waiting process that crashes** can hold up the others once, by its
 //!   reservation (`reservation_timeout`, 1 s by default), when its turn comes.
 //! - **One Redis.** Locks live on one server. Without persistence, a Redis restart

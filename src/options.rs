@@ -52,11 +52,21 @@ impl MutexOptions {
     /// Whether each acquisition gets a fencing token
     /// ([`MutexGuard::fencing_token`](crate::MutexGuard::fencing_token)): a number that
     /// rises strictly with every acquisition of this lock name. Not by one: an
-    /// acquisition through Redis takes a block of `handoff_limit + 1` tokens (one
-    /// `INCRBY` inside its script) and hands the rest, in order, to the threads of its
-    /// client the lock passes to without a round trip; the next acquisition through
-    /// Redis starts above the block. One never-expiring counter key per lock name.
-    /// Defaults to `false`.
+    /// acquisition through Redis takes a block of `handoff_limit + 1` tokens and hands
+    /// the rest, in order, to the threads of its client the lock passes to without a
+    /// round trip; the next acquisition through Redis starts above the block. One
+    /// never-expiring counter key per lock name.
+    ///
+    /// Tokens never go backwards, even when the counter is lost (evicted, forgotten by
+    /// a restart without persistence) or stale: every block is taken as
+    /// `counter = max(counter, server clock in µs) + block`, so tokens are about the
+    /// server's time in µs since 1970 (about 1.8e15). This assumes that the Redis
+    /// server's clock moves forward (across restarts and failovers too) and that
+    /// tokens are taken slower than one per µs on average, blocks counted whole (a
+    /// block per acquisition through Redis): otherwise the counter runs ahead of the
+    /// clock, and a lost counter would restart below it. Tokens stay exact until the
+    /// year 2255 (2^53 µs); past 2^53 locking with fencing returns an error rather than
+    /// a token that could repeat. Defaults to `false`.
     pub fn fencing(mut self, on: bool) -> Self {
         self.fencing = on;
         self

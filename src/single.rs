@@ -145,8 +145,16 @@ impl SingleServer {
             last_connect_error,
             probe: settings,
             scripts: Scripts {
-                acquire: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/acquire.lua"))),
-                release: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/release.lua"))),
+                acquire: Script::new(concat!(
+                    include_str!("lua/queue.lua"),
+                    include_str!("lua/fence.lua"),
+                    include_str!("lua/acquire.lua")
+                )),
+                release: Script::new(concat!(
+                    include_str!("lua/queue.lua"),
+                    include_str!("lua/fence.lua"),
+                    include_str!("lua/release.lua")
+                )),
                 leave: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/leave.lua"))),
                 extend: Script::new(include_str!("lua/extend.lua")),
                 force_unlock: Script::new(include_str!("lua/force_unlock.lua")),

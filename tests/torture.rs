@@ -1,9 +1,11 @@
 //! Mutual exclusion survives faults across processes: the torture program
 //! (`examples/torture.rs`) runs bounded, with every fault (SIGKILL, SIGSTOP past the
 //! lease, CLIENT KILL, CLIENT PAUSE, Redis restarts with and without persistence), and
-//! its checker finds no overlapping holders, no fencing token out of order, no stale
-//! fenced write accepted and no lost counter update, with in-process handoffs (no
-//! round trip) among the acquisitions.
+//! its checker finds no overlapping holders, no fencing token out of order (across
+//! restarts without persistence too), no stale fenced write accepted and no lost
+//! counter update, with in-process handoffs (no round trip) among the acquisitions.
+//! The checker's own unit tests (`torture::tests`) show it reports a fence counter
+//! that a restart reset.
 //!
 //! The program's logic is compiled into this test binary (`#[path]` module) and its
 //! controller runs in-process; worker processes are this same binary re-run with a
@@ -78,9 +80,11 @@ fn torture_with_every_fault_finds_no_violation() {
 fn the_checker_catches_processes_that_do_not_exclude_each_other() {
     // Each worker process locks a private name: threads of one process still exclude
     // each other, processes do not. Without faults, every violation is the checker's find.
+    // Each private name has its own fence counter, both following the server clock: their
+    // tokens interleave out of order (they rarely coincide, so duplicates are no sign).
     let cfg = Config { procs: 2, threads: 2, locks: 1, no_exclusion: true, ..config(5, Vec::new()) };
     let report = torture::run(&cfg).unwrap_or_else(|e| panic!("the torture run could not run: {e}"));
-    for kind in ["overlap", "duplicate-token", "counter-lost-update"] {
+    for kind in ["overlap", "fencing-order", "counter-lost-update"] {
         assert!(report.violations.get(kind).is_some_and(|n| *n > 0), "no `{kind}` violation found:\n{report}");
     }
     assert!(!report.is_ok(), "{report}");

@@ -25,8 +25,8 @@ if unset(held[1]) then
   local fields = {'o', ARGV[1], 'c', me}
   local span = tonumber(ARGV[3])
   if span > 0 then
-    fence = redis.call('INCRBY', KEYS[2], span) - span + 1
-    fields[#fields + 1] = 'f'; fields[#fields + 1] = fence
+    fence = take_fence(KEYS[2], span)
+    fields[#fields + 1] = 'f'; fields[#fields + 1] = integer_text(fence)
   end
   if held[4] then fields[#fields + 1] = 'g'; fields[#fields + 1] = '' end
   if held[5] then fields[#fields + 1] = 'q'; fields[#fields + 1] = queue_without(held[5], me) end

@@ -25,8 +25,8 @@ if ARGV[3] ~= '' then
     local fence = 0
     local span = tonumber(ARGV[5])
     if span > 0 then
-      fence = redis.call('INCRBY', KEYS[2], span) - span + 1
-      fields[#fields + 1] = 'f'; fields[#fields + 1] = fence
+      fence = take_fence(KEYS[2], span)
+      fields[#fields + 1] = 'f'; fields[#fields + 1] = integer_text(fence)
     end
     redis.call('HSET', KEYS[1], unpack(fields))
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
