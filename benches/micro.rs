@@ -11,21 +11,11 @@
 
 use criterion::{Criterion, criterion_group};
 use redis_mutex::LockClient;
+use redis_mutex::bench_support::Floor;
 
 mod common;
 
 use std::time::{Duration, Instant};
-
-const ACQUIRE: &str = concat!(
-    include_str!("../src/lua/queue.lua"),
-    include_str!("../src/lua/fence.lua"),
-    include_str!("../src/lua/acquire.lua")
-);
-const RELEASE: &str = concat!(
-    include_str!("../src/lua/queue.lua"),
-    include_str!("../src/lua/fence.lua"),
-    include_str!("../src/lua/release.lua")
-);
 
 /// Runs `a` and `b` in alternating blocks of `block` iterations, `pairs` times; returns
 /// the median ratio of a block of `a` to the adjacent block of `b`, and the medians of
@@ -57,38 +47,15 @@ fn micro(c: &mut Criterion) {
     let server = common::start_server();
     let client = LockClient::open(&server.url).unwrap();
     let mut con = redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap();
-    let (acquire, release) = (redis::Script::new(ACQUIRE), redis::Script::new(RELEASE));
-    let (key, fence) = ("redis-mutex:{floor}", "redis-mutex:{floor}:fence");
+    let floor = Floor::new("redis-mutex", "floor", "bench");
 
     let mut g = c.benchmark_group("uncontended");
     g.bench_function("PING round trip", |b| b.iter(|| redis::cmd("PING").query::<()>(&mut con).unwrap()));
     g.bench_function("floor: acquire + release scripts by hand", |b| {
         b.iter(|| {
             let token = uuid::Uuid::new_v4().to_string();
-            let _: (i64, i64) = acquire
-                .key(key)
-                .key(fence)
-                .arg(&token)
-                .arg(30_000)
-                .arg("0")
-                .arg("bench")
-                .arg("1")
-                .invoke(&mut con)
-                .unwrap();
-            let _: (i64, i64) = release
-                .key(key)
-                .key(fence)
-                .arg(&token)
-                .arg("bench")
-                .arg("")
-                .arg(0)
-                .arg("0")
-                .arg(8)
-                .arg(1000)
-                .arg(30_000)
-                .arg(0)
-                .invoke(&mut con)
-                .unwrap();
+            assert!(floor.attempt(&mut con, &token, true).unwrap());
+            assert!(floor.release(&mut con, &token).unwrap());
         })
     });
     let m = client.mutex("crate");
@@ -97,21 +64,9 @@ fn micro(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("held");
     let _held = client.mutex("busy").lock().unwrap();
-    let busy_key = "redis-mutex:{busy}";
+    let busy_floor = Floor::new("redis-mutex", "busy", "bench");
     g.bench_function("floor: acquire script on a held lock by hand", |b| {
-        b.iter(|| {
-            let r: (i64, i64) = acquire
-                .key(busy_key)
-                .key("redis-mutex:{busy}:fence")
-                .arg("someone-else")
-                .arg(30_000)
-                .arg("0")
-                .arg("bench")
-                .arg("0")
-                .invoke(&mut con)
-                .unwrap();
-            assert_eq!(r.0, 0);
-        })
+        b.iter(|| assert!(!busy_floor.attempt(&mut con, "someone-else", false).unwrap()))
     });
     let busy = client.mutex("busy");
     g.bench_function("redis-mutex: try_lock on a held lock", |b| {
@@ -125,40 +80,15 @@ fn interleaved_pairs() {
     let server = common::start_server();
     let client = LockClient::open(&server.url).unwrap();
     let mut con = redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap();
-    let (acquire, release) = (redis::Script::new(ACQUIRE), redis::Script::new(RELEASE));
-    let (key, fence) = ("redis-mutex:{floor}", "redis-mutex:{floor}:fence");
+    let by_hand = Floor::new("redis-mutex", "floor", "bench");
     let pairs = std::env::var("MICRO_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let m = client.mutex("crate");
     let con = std::cell::RefCell::new(&mut con);
     let floor = || {
         let token = uuid::Uuid::new_v4().to_string();
         let mut con = con.borrow_mut();
-        let acquired: (i64, i64) = acquire
-            .key(key)
-            .key(fence)
-            .arg(&token)
-            .arg(30_000)
-            .arg("0")
-            .arg("bench")
-            .arg("1")
-            .invoke(&mut **con)
-            .unwrap();
-        assert_eq!(acquired.0, 1);
-        let released: (i64, i64) = release
-            .key(key)
-            .key(fence)
-            .arg(&token)
-            .arg("bench")
-            .arg("")
-            .arg(0)
-            .arg("0")
-            .arg(8)
-            .arg(1000)
-            .arg(30_000)
-            .arg(0)
-            .invoke(&mut **con)
-            .unwrap();
-        assert_eq!(released.0, 1);
+        assert!(by_hand.attempt(&mut con, &token, true).unwrap());
+        assert!(by_hand.release(&mut con, &token).unwrap());
     };
     let (ratio, ours, by_hand) = interleaved(pairs, 20, || drop(m.lock().unwrap()), floor);
     println!(
@@ -168,19 +98,8 @@ fn interleaved_pairs() {
 
     let _held = client.mutex("busy").lock().unwrap();
     let busy = client.mutex("busy");
-    let floor = || {
-        let r: (i64, i64) = acquire
-            .key("redis-mutex:{busy}")
-            .key("redis-mutex:{busy}:fence")
-            .arg("someone-else")
-            .arg(30_000)
-            .arg("0")
-            .arg("bench")
-            .arg("0")
-            .invoke(&mut **con.borrow_mut())
-            .unwrap();
-        assert_eq!(r.0, 0);
-    };
+    let busy_floor = Floor::new("redis-mutex", "busy", "bench");
+    let floor = || assert!(!busy_floor.attempt(&mut con.borrow_mut(), "someone-else", false).unwrap());
     let (ratio, ours, by_hand) = interleaved(pairs, 20, || assert!(busy.try_lock().unwrap().is_none()), floor);
     println!(
         "interleaved, {pairs} pairs of 20: try_lock on a held lock {ours:?} vs floor {by_hand:?} per iteration \

@@ -1,24 +1,17 @@
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
-
+use crate::backend::{self, Deployment};
 use crate::error::{Error, Result};
-use crate::keys::{LockKeys, redact_url, validate_prefix};
+use crate::keys::{redact_url, validate_prefix};
 use crate::mutex::Mutex;
-use crate::notifier::{self, NotifierConfig};
 use crate::options::{MAX_LEASE, MutexOptions};
-use crate::orphans::Orphans;
 use crate::reentrant::{ReentrantMutex, ReentrantState};
-use crate::registry::Registry;
-use crate::single::{ConnectSettings, SingleServer};
 use crate::stats::{Counters, Stats};
 use crate::sync::lock;
-use crate::wait::Core;
-use crate::watchdog::Watchdog;
+use crate::wait::{self, Core, Registry};
 
 /// A connection to one Redis deployment, from which [`Mutex`] handles are made.
 ///
@@ -46,15 +39,12 @@ pub struct LockClient {
 }
 
 pub(crate) struct ClientInner {
-    pub core: Arc<Core>,
-    pub watchdog: Watchdog,
-    pub prefix: String,
-    pub client_id: String,
+    core: Arc<Core>,
+    prefix: String,
+    client_id: String,
     url: String,
     pool_max_size: u32,
-    pub reentrant: StdMutex<HashMap<String, Weak<ReentrantState>>>,
-    /// Dropping it stops the notifier thread.
-    _notifier_stop: Sender<()>,
+    reentrant: StdMutex<HashMap<String, Weak<ReentrantState>>>,
 }
 
 impl fmt::Debug for LockClient {
@@ -86,6 +76,20 @@ impl LockClient {
 
     /// A lock named `name` with default [`MutexOptions`] (30 s lease, renewed while
     /// held). Cheap: no I/O. An invalid name is reported by the first locking call.
+    ///
+    /// # Examples
+    ///
+    /// A name is checked before anything is sent (so this runs without a server):
+    ///
+    /// ```
+    /// use redis_mutex::{Error, LockClient};
+    ///
+    /// let client = LockClient::builder().build_unchecked("redis://127.0.0.1:1/")?;
+    /// let m = client.mutex("job{42}"); // braces delimit the Cluster hash tag
+    /// assert!(matches!(m.try_lock(), Err(Error::InvalidName { .. })));
+    /// assert!(matches!(m.lock(), Err(Error::InvalidName { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn mutex(&self, name: &str) -> Mutex {
         self.mutex_with(name, MutexOptions::default())
     }
@@ -93,7 +97,7 @@ impl LockClient {
     /// A lock named `name` with the given options. Cheap: no I/O. An invalid name or
     /// option is reported by the first locking call, before any I/O.
     pub fn mutex_with(&self, name: &str, options: MutexOptions) -> Mutex {
-        Mutex::new(self.clone(), name, options)
+        Mutex::new(self.clone(), self.inner.core.clone(), &self.inner.prefix, name, options)
     }
 
     /// A lock that the thread holding it may lock again without waiting (a hold count
@@ -118,7 +122,7 @@ impl LockClient {
 
     /// A snapshot of this client's counters.
     pub fn stats(&self) -> Stats {
-        self.inner.core.stats.snapshot()
+        self.inner.core.stats()
     }
 
     /// The key prefix of every lock of this client.
@@ -136,12 +140,19 @@ impl LockClient {
     /// Whether the notifier is subscribed right now. While it is not, waiters poll
     /// Redis with backoff.
     pub fn is_notifier_connected(&self) -> bool {
-        self.inner.core.notifier_up.load(std::sync::atomic::Ordering::Acquire)
+        self.inner.core.is_listening()
     }
 
-    /// Guards whose leases the watchdog is renewing right now.
+    /// How many leases the watchdog is renewing right now (one per tenure: guards that
+    /// took the lock over from each other in memory share one).
+    pub fn renewing_count(&self) -> usize {
+        self.inner.core.renewing()
+    }
+
+    /// The same as [`renewing_count`](Self::renewing_count).
+    #[deprecated(since = "0.2.0", note = "a count: use `renewing_count`")]
     pub fn renewing(&self) -> usize {
-        self.inner.watchdog.len()
+        self.renewing_count()
     }
 }
 
@@ -331,12 +342,7 @@ impl LockClientBuilder {
     /// [`Error::Connection`] when nothing answers in time; [`Error::Auth`] when the
     /// credentials are refused.
     pub fn build(self, url: &str) -> Result<LockClient> {
-        self.check()?;
-        let settings = self.settings(url)?;
-        let mut con = settings.connect(":check").map_err(|e| Error::from_redis(e, None))?;
-        redis::cmd("PING").query::<()>(&mut con).map_err(|e| Error::from_redis(e, None))?;
-        log_server_risks(&mut con, &redact_url(url));
-        self.start(url, settings)
+        self.start(url, true)
     }
 
     /// Builds the client without contacting the server: connection problems show up
@@ -344,124 +350,61 @@ impl LockClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] / [`Error::InvalidUrl`].
+    /// [`Error::InvalidOption`] / [`Error::InvalidUrl`]; [`Error::Spawn`] when a
+    /// background thread cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// Options and the URL are checked before anything else, so this runs anywhere:
+    ///
+    /// ```
+    /// use redis_mutex::{Error, LockClient};
+    ///
+    /// let err = LockClient::builder().key_prefix("app*").build_unchecked("redis://127.0.0.1:1/").unwrap_err();
+    /// assert!(matches!(err, Error::InvalidOption { option: "key_prefix", .. }));
+    /// let err = LockClient::builder().build_unchecked("not a url").unwrap_err();
+    /// assert!(matches!(err, Error::InvalidUrl { .. }));
+    /// let client = LockClient::builder().build_unchecked("redis://127.0.0.1:1/")?; // no I/O
+    /// assert_eq!(client.key_prefix(), "redis-mutex");
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn build_unchecked(self, url: &str) -> Result<LockClient> {
-        self.check()?;
-        let settings = self.settings(url)?;
-        self.start(url, settings)
+        self.start(url, false)
     }
 
-    fn settings(&self, url: &str) -> Result<ConnectSettings> {
-        let client = redis::Client::open(url).map_err(|e| Error::invalid_url(url, &e))?;
-        Ok(ConnectSettings {
-            client,
-            name: format!("redis-mutex:{}", uuid::Uuid::new_v4().simple()),
+    fn start(self, url: &str, check: bool) -> Result<LockClient> {
+        self.check()?;
+        let client_id = uuid::Uuid::new_v4().simple().to_string();
+        let registry = Registry::new();
+        let stats = Arc::new(Counters::default());
+        let options = backend::Options {
+            client_id: client_id.clone(),
+            prefix: self.key_prefix.clone(),
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
-        })
-    }
-
-    fn start(self, url: &str, settings: ConnectSettings) -> Result<LockClient> {
-        let client_id = settings.name.trim_start_matches("redis-mutex:").to_owned();
-        let registry = Registry::new();
-        let stats = Arc::new(Counters::default());
-        let up = Arc::new(AtomicBool::new(false));
-        let core = Arc::new(Core {
-            backend: Box::new(SingleServer::new(
-                settings.clone(),
-                self.pool_max_size,
-                self.pool_timeout,
-                client_id.clone(),
-                self.reservation_timeout,
-            )),
-            registry: registry.clone(),
-            stats: stats.clone(),
-            notifier_up: up.clone(),
+            pool_max_size: self.pool_max_size,
+            pool_timeout: self.pool_timeout,
+            reservation: self.reservation_timeout,
+            ping_interval: self.ping_interval,
+        };
+        let backend = backend::open(Deployment::Single { url }, options, registry.clone(), stats.clone(), check)?;
+        let settings = wait::Settings {
             max_sleep: self.recheck_interval,
             outage_tolerance: self.outage_tolerance,
             handoff_limit: self.handoff_limit,
-            orphans: Orphans::default(),
-        });
-        let spawn_err = |e: std::io::Error| Error::InvalidOption {
-            option: "threads",
-            reason: format!("cannot start a background thread: {e}"),
         };
-        let (watchdog, _) = Watchdog::spawn(core.clone()).map_err(spawn_err)?;
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
-        notifier::spawn(
-            NotifierConfig {
-                connect: settings,
-                prefix: self.key_prefix.clone(),
-                client_id: client_id.clone(),
-                ping_after: self.ping_interval,
-                reservation: self.reservation_timeout,
-            },
-            notifier::Shared {
-                registry,
-                stats,
-                up,
-                unclaimed: {
-                    let (core, prefix) = (core.clone(), self.key_prefix.clone());
-                    Box::new(move |name| {
-                        if let Ok(keys) = LockKeys::new(&prefix, name) {
-                            core.leave_queue(&keys);
-                        }
-                    })
-                },
-            },
-            stop_rx,
-        )
-        .map_err(spawn_err)?;
+        let core = Arc::new(Core::new(backend, registry, stats, settings)?);
         log::debug!("redis-mutex: client {client_id} for {} (prefix {})", redact_url(url), self.key_prefix);
         Ok(LockClient {
             inner: Arc::new(ClientInner {
                 core,
-                watchdog,
                 prefix: self.key_prefix,
                 client_id,
                 url: redact_url(url),
                 pool_max_size: self.pool_max_size,
                 reentrant: StdMutex::default(),
-                _notifier_stop: stop_tx,
             }),
         })
-    }
-}
-
-/// Reads the server's `maxmemory-policy` and whether AOF is on, and logs what they put
-/// at risk. From `INFO` (its memory and persistence sections), not `CONFIG GET`: managed
-/// Redis services often refuse `CONFIG`, and an ACL should not grant it (it reads
-/// passwords), while `+info` is safe to grant. Every error is swallowed (a refused or
-/// unknown command, a timeout): this only informs, so it must never stop a client that
-/// would work.
-fn log_server_risks(con: &mut redis::Connection, url: &str) {
-    let info = match redis::cmd("INFO").query::<String>(con) {
-        Ok(info) => info,
-        Err(e) => {
-            log::info!(
-                "redis-mutex: could not check maxmemory-policy and persistence of {url} ({e}): locks need \
-                 noeviction, and AOF to survive a restart"
-            );
-            return;
-        }
-    };
-    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim);
-    match field("maxmemory_policy") {
-        Some("noeviction") => {}
-        Some(p) => log::warn!(
-            "redis-mutex: {url} has maxmemory-policy {p}: locks can be evicted: a holder would lose its lock \
-             without knowing until its next renewal, and another client could take it meanwhile; set \
-             maxmemory-policy noeviction"
-        ),
-        None => log::info!("redis-mutex: could not check maxmemory-policy of {url}: locks need noeviction"),
-    }
-    match field("aof_enabled") {
-        Some("1") => {}
-        Some(_) => log::info!(
-            "redis-mutex: {url} has no AOF: a restart forgets every lock (holders learn it at their next \
-             renewal; fencing tokens stay safe). Set appendonly yes to keep locks across restarts"
-        ),
-        None => log::info!("redis-mutex: could not check persistence of {url}: locks survive a restart with AOF"),
     }
 }

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::redact_url;
@@ -71,6 +72,14 @@ pub enum Error {
         /// The Redis key of the lock.
         key: String,
     },
+    /// A background thread of the client (its notifier or watchdog) could not be
+    /// started: the process is out of threads or memory.
+    Spawn {
+        /// The thread's name.
+        thread: &'static str,
+        /// What the operating system said.
+        source: Arc<std::io::Error>,
+    },
 }
 
 /// Shorthand for `Result<T, redis_mutex::Error>`.
@@ -95,6 +104,10 @@ impl Error {
             ),
             _ => false,
         }
+    }
+
+    pub(crate) fn spawn(thread: &'static str, e: std::io::Error) -> Error {
+        Error::Spawn { thread, source: Arc::new(e) }
     }
 
     /// `true` when a guard found that it no longer owns its lock.
@@ -209,6 +222,11 @@ impl fmt::Display for Error {
                 "lock `{key}` is no longer held by this guard (its lease ran out or it was force-unlocked); \
                  work done under it since may have overlapped with another holder"
             ),
+            Error::Spawn { thread, source } => write!(
+                f,
+                "cannot start the client's {thread} thread ({source}); the process may have reached its \
+                 thread or memory limit"
+            ),
         }
     }
 }
@@ -217,6 +235,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Connection(e) | Error::Auth(e) | Error::Redis(e) => Some(e),
+            Error::Spawn { source, .. } => Some(&**source),
             _ => None,
         }
     }

@@ -93,27 +93,26 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod backoff;
+#[doc(hidden)]
+pub mod bench_support;
 mod client;
 mod clock;
 mod error;
 mod guard;
+pub mod holder;
 mod keys;
 mod mutex;
-mod notifier;
 mod options;
-mod orphans;
 mod reentrant;
-mod registry;
-mod single;
 mod stats;
 mod sync;
 mod wait;
-mod watchdog;
 
-pub use backend::Holder;
 pub use client::{LockClient, LockClientBuilder};
 pub use error::{Error, Result};
 pub use guard::MutexGuard;
+pub use holder::Holder;
 pub use mutex::Mutex;
 pub use options::{MAX_LEASE, MutexOptions};
 pub use reentrant::{ReentrantMutex, ReentrantMutexGuard};

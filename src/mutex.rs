@@ -2,13 +2,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::Holder;
 use crate::client::LockClient;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::guard::MutexGuard;
+use crate::holder::Holder;
 use crate::keys::LockKeys;
 use crate::options::MutexOptions;
-use crate::wait::{Acquired, Want};
+use crate::wait::{Core, Hold, Want};
 
 /// A named lock shared by every client that uses the same Redis and key prefix.
 ///
@@ -24,7 +24,7 @@ use crate::wait::{Acquired, Want};
 ///   network partition) loses the lock without knowing until it checks
 ///   ([`MutexGuard::is_lost`], [`MutexGuard::is_held`]). Use fencing tokens
 ///   ([`MutexOptions::fencing`]) to make the protected resource reject such a holder.
-/// - Locking can fail with an [`Error`] (Redis unreachable, bad name); there is no
+/// - Locking can fail with an [`Error`](crate::Error) (Redis unreachable, bad name); there is no
 ///   poisoning.
 /// - Locking twice from one thread waits for the first guard, like `std`; see
 ///   [`LockClient::reentrant_mutex`] for a re-entrant lock.
@@ -49,11 +49,15 @@ pub struct Mutex {
 }
 
 struct MutexInner {
+    /// What locking goes through.
+    core: Arc<Core>,
+    /// For [`Mutex::client`].
     client: LockClient,
     name: String,
     options: MutexOptions,
-    /// The keys, or why the name/options are unusable (reported on use, before I/O).
-    checked: Result<(LockKeys, u64)>,
+    /// The keys and what each acquisition asks for, or why the name or options are
+    /// unusable (reported on use, before any I/O).
+    checked: Result<(LockKeys, Want)>,
 }
 
 impl fmt::Debug for Mutex {
@@ -63,9 +67,16 @@ impl fmt::Debug for Mutex {
 }
 
 impl Mutex {
-    pub(crate) fn new(client: LockClient, name: &str, options: MutexOptions) -> Mutex {
-        let checked = LockKeys::new(&client.inner.prefix, name).and_then(|k| Ok((k, options.lease_ms()?)));
-        Mutex { inner: Arc::new(MutexInner { client, name: name.to_owned(), options, checked }) }
+    pub(crate) fn new(client: LockClient, core: Arc<Core>, prefix: &str, name: &str, options: MutexOptions) -> Mutex {
+        let checked = LockKeys::new(prefix, name).and_then(|keys| {
+            let want = Want {
+                lease_ms: options.lease_ms()?,
+                fencing: options.get_fencing(),
+                auto_renew: options.get_auto_renew(),
+            };
+            Ok((keys, want))
+        });
+        Mutex { inner: Arc::new(MutexInner { core, client, name: name.to_owned(), options, checked }) }
     }
 
     /// The lock's name.
@@ -87,19 +98,18 @@ impl Mutex {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`] for a name that cannot be used.
+    /// [`Error::InvalidName`](crate::Error::InvalidName) for a name that cannot be used.
     pub fn key(&self) -> Result<&str> {
-        Ok(&self.keys()?.0.key)
+        Ok(&self.keys()?.key)
     }
 
-    fn keys(&self) -> Result<&(LockKeys, u64)> {
-        self.inner.checked.as_ref().map_err(Clone::clone)
+    fn keys(&self) -> Result<&LockKeys> {
+        self.want().map(|(keys, _)| keys)
     }
 
     fn want(&self) -> Result<(&LockKeys, Want)> {
-        let (keys, lease_ms) = self.keys()?;
-        let options = &self.inner.options;
-        Ok((keys, Want { lease_ms: *lease_ms, fencing: options.get_fencing(), auto_renew: options.get_auto_renew() }))
+        let (keys, want) = self.inner.checked.as_ref().map_err(Clone::clone)?;
+        Ok((keys, *want))
     }
 
     /// Blocks until this thread holds the lock.
@@ -109,16 +119,12 @@ impl Mutex {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`] / [`Error::InvalidOption`] before any I/O; Redis failures
-    /// after retrying for the client's `outage_tolerance`; [`Error::WrongType`] when
+    /// [`Error::InvalidName`](crate::Error::InvalidName) / [`Error::InvalidOption`](crate::Error::InvalidOption) before any I/O; Redis failures
+    /// after retrying for the client's `outage_tolerance`; [`Error::WrongType`](crate::Error::WrongType) when
     /// something else wrote a key of another type where this lock lives.
     pub fn lock(&self) -> Result<MutexGuard> {
         let (keys, want) = self.want()?;
-        // Without a deadline, `acquire` returns only once acquired or failed.
-        let acquired = self.core().acquire(keys, want, None)?;
-        acquired
-            .map(|a| self.guard(keys, want, a))
-            .ok_or_else(|| Error::UnexpectedReply { operation: "lock", reply: "gave up without a deadline".into() })
+        Ok(self.guard(self.core().lock(keys, want)?))
     }
 
     /// One attempt: the guard if the lock was free, `Ok(None)` if someone holds it.
@@ -128,7 +134,7 @@ impl Mutex {
     /// As [`lock`](Self::lock), without retries.
     pub fn try_lock(&self) -> Result<Option<MutexGuard>> {
         let (keys, want) = self.want()?;
-        Ok(self.core().try_once(keys, want)?.map(|a| self.guard(keys, want, a)))
+        Ok(self.core().try_lock(keys, want)?.map(|h| self.guard(h)))
     }
 
     /// Waits at most `timeout` for the lock; `Ok(None)` if it is still held then.
@@ -138,9 +144,10 @@ impl Mutex {
     ///
     /// As [`lock`](Self::lock); Redis failures are retried until the deadline.
     pub fn try_lock_for(&self, timeout: Duration) -> Result<Option<MutexGuard>> {
-        let (keys, want) = self.want()?;
-        let deadline = Instant::now().checked_add(timeout);
-        Ok(self.core().acquire(keys, want, deadline)?.map(|a| self.guard(keys, want, a)))
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.try_lock_until(deadline),
+            None => self.lock().map(Some),
+        }
     }
 
     /// Waits until `deadline` at the latest; `Ok(None)` if the lock is still held then.
@@ -151,7 +158,7 @@ impl Mutex {
     /// As [`try_lock_for`](Self::try_lock_for).
     pub fn try_lock_until(&self, deadline: Instant) -> Result<Option<MutexGuard>> {
         let (keys, want) = self.want()?;
-        Ok(self.core().acquire(keys, want, Some(deadline))?.map(|a| self.guard(keys, want, a)))
+        Ok(self.core().lock_until(keys, want, deadline)?.map(|h| self.guard(h)))
     }
 
     /// Whether anyone holds the lock right now (one round trip). A lock just passed to
@@ -173,8 +180,7 @@ impl Mutex {
     ///
     /// Redis failures, without retries.
     pub fn holder(&self) -> Result<Option<Holder>> {
-        let (keys, _) = self.keys()?;
-        self.core().backend.holder(keys)
+        self.core().holder(self.keys()?)
     }
 
     /// Deletes the lock whoever holds it and wakes waiters everywhere. Returns whether
@@ -184,22 +190,21 @@ impl Mutex {
     ///
     /// # Errors
     ///
-    /// Redis failures; [`Error::WrongType`] if the key is not a lock (left untouched).
+    /// Redis failures; [`Error::WrongType`](crate::Error::WrongType) if the key is not a lock (left untouched).
     pub fn force_unlock(&self) -> Result<bool> {
-        let (keys, _) = self.keys()?;
-        self.core().backend.force_unlock(keys)
+        self.core().force_unlock(self.keys()?)
     }
 
     /// Threads of this client waiting for this lock right now.
     pub fn waiting_threads(&self) -> usize {
-        self.core().registry.waiting(&self.inner.name)
+        self.core().waiting(&self.inner.name)
     }
 
-    fn core(&self) -> &crate::wait::Core {
-        &self.inner.client.inner.core
+    pub(crate) fn core(&self) -> &Core {
+        &self.inner.core
     }
 
-    fn guard(&self, keys: &LockKeys, want: Want, a: Acquired) -> MutexGuard {
-        MutexGuard::new(self.clone(), keys.clone(), a, want)
+    fn guard(&self, hold: Hold) -> MutexGuard {
+        MutexGuard::new(self.clone(), hold)
     }
 }

@@ -1,4 +1,5 @@
-//! Locking the crate's own std mutexes.
+//! Locking the crate's own std mutexes, and what a background thread says of a panic
+//! it caught.
 
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
@@ -16,4 +17,9 @@ pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
         Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
         Err(TryLockError::WouldBlock) => None,
     }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("?")
 }

@@ -125,7 +125,7 @@ fn an_unrenewed_lease_runs_out_and_the_stale_unlock_reports_lock_lost() {
     let (a, b) = (client(&server), client(&server));
     let started = Instant::now();
     let stale = a.mutex_with("expiring", opts(1000, false)).lock().unwrap();
-    assert_eq!(a.renewing(), 0, "auto_renew(false) must not register with the watchdog");
+    assert_eq!(a.renewing_count(), 0, "auto_renew(false) must not register with the watchdog");
 
     let fresh = b
         .mutex("expiring")
@@ -154,7 +154,7 @@ fn a_force_unlocked_guard_is_marked_lost_within_a_renewal_period() {
     let (a, b) = (client(&server), client(&server));
     let lease = Duration::from_secs(3);
     let guard = a.mutex_with("forced", opts(3000, true)).lock().unwrap();
-    assert_eq!(a.renewing(), 1);
+    assert_eq!(a.renewing_count(), 1);
 
     assert!(b.mutex("forced").force_unlock().unwrap(), "there was a lock to delete");
     let forced_at = Instant::now();
@@ -167,7 +167,7 @@ fn a_force_unlocked_guard_is_marked_lost_within_a_renewal_period() {
         "the guard was not marked lost within {limit:?} of force_unlock"
     );
     assert_eq!(a.stats().leases_lost, 1);
-    assert_eq!(a.renewing(), 0, "a lost guard is no longer renewed");
+    assert_eq!(a.renewing_count(), 0, "a lost guard is no longer renewed");
 
     assert_lock_lost(guard.extend(Duration::from_secs(3)), "extending a lost guard");
     assert_lock_lost(guard.unlock(), "unlocking a lost guard");
@@ -215,7 +215,7 @@ fn dropped_guards_are_never_renewed() {
     for w in workers {
         w.join().unwrap();
     }
-    assert_eq!(client.renewing(), 0, "dropped guards are still registered for renewal");
+    assert_eq!(client.renewing_count(), 0, "dropped guards are still registered for renewal");
 
     let (pexpire0, evalsha0, stats0) =
         (server.command_calls("pexpire"), server.command_calls("evalsha"), client.stats());
@@ -225,7 +225,7 @@ fn dropped_guards_are_never_renewed() {
     assert_eq!(server.command_calls("pexpire") - pexpire0, 0, "a dropped guard's lease was extended");
     assert_eq!(server.command_calls("evalsha") - evalsha0, 0, "scripts ran with no guard alive");
     assert_eq!(stats1.renewals, stats0.renewals);
-    assert_eq!(client.renewing(), 0);
+    assert_eq!(client.renewing_count(), 0);
     assert_eq!(stats1.acquisitions, 1001);
     assert_eq!(stats1.releases, 1001);
     assert_eq!(stats1.leases_lost, 0, "a guard dropped mid-renewal was reported lost");
@@ -240,7 +240,7 @@ fn a_thousand_guards_are_renewed_in_one_batch_per_period() {
     let guards: Vec<MutexGuard> = (0..1000)
         .map(|i| client.mutex_with(&format!("many-{i}"), lease.clone()).try_lock().unwrap().expect("a free lock"))
         .collect();
-    assert_eq!(client.renewing(), 1000);
+    assert_eq!(client.renewing_count(), 1000);
 
     // Guards taken at different moments fall into step within a period or two.
     thread::sleep(2 * period);
@@ -451,7 +451,7 @@ fn a_guard_forgotten_by_a_restarted_redis_is_marked_lost() {
         "the guard was not marked lost within {limit:?} of the server coming back"
     );
     assert_eq!(client.stats().leases_lost, 1);
-    assert_eq!(client.renewing(), 0);
+    assert_eq!(client.renewing_count(), 0);
 
     // The lock is free for others, and the lost guard does not release theirs.
     let other = LockClient::open(&server.url()).unwrap();

@@ -111,7 +111,7 @@ fn one_watchdog_and_one_notifier_per_client_however_many_guards() {
     let guards: Vec<MutexGuard> = (0..1000)
         .map(|i| client.mutex_with(&format!("threads-{i}"), lease.clone()).try_lock().unwrap().expect("a free lock"))
         .collect();
-    assert_eq!(client.renewing(), 1000);
+    assert_eq!(client.renewing_count(), 1000);
     assert_eq!((count(WATCHDOG), count(NOTIFIER)), (1, 1), "threads: {:?}", thread_names());
     assert_eq!(thread_names().len(), before_guards, "holding guards started threads: {:?}", thread_names());
 

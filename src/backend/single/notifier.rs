@@ -1,23 +1,23 @@
 //! The notifier: one pub/sub connection per client, outside the pool, owned by the
 //! `redis-mutex-notifier` thread. It `PSUBSCRIBE`s every release channel of the
 //! client's prefix once per connection and turns each release message into a wake-up
-//! of one local waiter. Waiters never talk to it; it only writes to the registry.
+//! of one local waiter. Waiters never talk to it; it only delivers to the client's
+//! [`ReleaseSink`] (the waiter registry, which it does not otherwise know).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::connection::ConnectSettings;
+use crate::backend::ReleaseSink;
+use crate::backoff::{Backoff, jitter};
 use crate::clock::later;
 use crate::keys::{channel_pattern, name_from_channel};
-use crate::registry::Registry;
-use crate::single::ConnectSettings;
 use crate::stats::{Counters, bump};
-use crate::wait::{Backoff, jitter};
-use crate::watchdog::panic_message;
+use crate::sync::panic_message;
 
 /// How often the thread looks up from a quiet connection (to see whether the client
 /// was dropped).
@@ -34,9 +34,8 @@ pub(crate) struct NotifierConfig {
 }
 
 pub(crate) struct Shared {
-    pub registry: Arc<Registry>,
+    pub sink: Arc<dyn ReleaseSink>,
     pub stats: Arc<Counters>,
-    pub up: Arc<AtomicBool>,
     /// Called with a lock name passed to this client while none of its threads waits
     /// for it any more: leaves the lock's queue, passing the reservation on.
     pub unclaimed: Box<dyn Fn(&str) + Send>,
@@ -72,7 +71,7 @@ fn supervise(shared: &Shared, shutdown: &Receiver<()>, mut session: impl FnMut(&
     while !stopped(shutdown) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session(&mut memory)));
         let outcome = outcome.unwrap_or_else(|panic| {
-            shared.up.store(false, Ordering::Release);
+            shared.sink.set_listening(false);
             let msg = panic_message(&panic).to_owned();
             log::error!("redis-mutex: notifier panicked ({msg}); subscribing again");
             Err(redis::RedisError::from((redis::ErrorKind::Client, "notifier panicked", msg)))
@@ -118,11 +117,11 @@ fn serve(
         log::debug!("redis-mutex: notifier subscribed to {pattern}");
     }
     memory.connected_before = true;
-    shared.up.store(true, Ordering::Release);
+    shared.sink.set_listening(true);
     // Releases may have gone unheard while disconnected: everyone re-checks.
-    shared.registry.wake_all();
+    shared.sink.wake_all();
     let broke = listen(cfg, shared, &mut pubsub, shutdown);
-    shared.up.store(false, Ordering::Release);
+    shared.sink.set_listening(false);
     broke.map_or(Ok(()), Err)
 }
 
@@ -172,7 +171,7 @@ fn listen(
                 if *due > now {
                     return true;
                 }
-                let woke = shared.registry.notify(name);
+                let woke = shared.sink.wake_first(name);
                 log::debug!("redis-mutex: no pass of {name} heard since the last one; waiter re-checks: {woke}");
                 false
             });
@@ -188,7 +187,7 @@ fn listen(
                 let for_me = match payload.strip_prefix(b">") {
                     Some(target) if target == mine => true,
                     Some(_) => {
-                        if shared.registry.waiting(name) > 0 {
+                        if shared.sink.has_waiters(name) {
                             let wait = cfg.reservation.saturating_add(TICK).saturating_add(jitter(cfg.reservation / 4));
                             let due = later(Instant::now(), wait);
                             checks.insert(name.to_owned(), due);
@@ -198,7 +197,7 @@ fn listen(
                     None => false,
                 };
                 checks.remove(name);
-                let woke = shared.registry.notify(name);
+                let woke = shared.sink.wake_first(name);
                 log::trace!("redis-mutex: release of {name} heard; woke a waiter: {woke}");
                 if for_me && !woke {
                     // Its last waiter left after the releaser chose this client.
@@ -228,19 +227,29 @@ fn listen(
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    fn shared() -> Shared {
-        Shared {
-            registry: Registry::new(),
-            stats: Arc::new(Counters::default()),
-            up: Arc::new(AtomicBool::new(false)),
-            unclaimed: Box::new(|_| {}),
+    /// A sink that only remembers whether the notifier says it listens.
+    #[derive(Default)]
+    struct Listening(AtomicBool);
+
+    impl ReleaseSink for Listening {
+        fn wake_first(&self, _: &str) -> bool {
+            false
+        }
+        fn wake_all(&self) {}
+        fn has_waiters(&self, _: &str) -> bool {
+            false
+        }
+        fn set_listening(&self, up: bool) {
+            self.0.store(up, Ordering::SeqCst);
         }
     }
 
     #[test]
     fn a_session_that_panics_is_marked_down_and_started_again() {
-        let shared = shared();
+        let sink = Arc::new(Listening::default());
+        let shared = Shared { sink: sink.clone(), stats: Arc::new(Counters::default()), unclaimed: Box::new(|_| {}) };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let stop_tx = Mutex::new(Some(stop_tx));
         let mut sessions = 0;
@@ -249,11 +258,11 @@ mod tests {
             sessions += 1;
             match sessions {
                 1 => {
-                    shared.up.store(true, Ordering::Release);
+                    shared.sink.set_listening(true);
                     panic!("a bug in the loop");
                 }
                 2 => {
-                    up_after_panic = Some(shared.up.load(Ordering::Acquire));
+                    up_after_panic = Some(sink.0.load(Ordering::SeqCst));
                     // The client is dropped while this session serves.
                     drop(stop_tx.lock().unwrap().take());
                     Ok(())

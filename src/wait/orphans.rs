@@ -8,10 +8,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::keys::LockKeys;
 use crate::sync::lock;
-use crate::wait::Backoff;
 
 /// Most tokens remembered at once: each failed request adds one, and during a long
 /// outage with many `try_lock` calls the list must not grow without bound. Past it the

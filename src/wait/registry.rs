@@ -7,9 +7,12 @@
 //! an unconsumed wake-up passes it on.
 //!
 //! A releasing thread of this client can *claim* the first waiter and hand the lock
-//! straight to it (see `wait::release`). While claimed, the waiter cannot leave: a
+//! straight to it (see `Core::release`). While claimed, the waiter cannot leave: a
 //! waiter whose deadline passes waits for the claim's outcome, which is bounded by the
 //! releaser's round trip.
+//!
+//! The registry is the backend's [`ReleaseSink`]: the backend's subscriber delivers
+//! what it hears here, by lock name.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,26 +21,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
+use super::tenure::Tenure;
+use crate::backend::{HandoffTarget, ReleaseSink};
 use crate::clock::Stamp;
 use crate::sync::lock;
-use crate::watchdog::Lease;
-
-/// What a releaser needs to hand the lock to a waiter.
-#[derive(Debug, Clone)]
-pub(crate) struct HandoffTarget {
-    pub token: String,
-    pub lease_ms: u64,
-    pub fencing: bool,
-    pub auto_renew: bool,
-}
-
-/// A holder's Redis tenure, passed on by an in-process handoff without a round trip:
-/// its lease (token, renewal state) and its id at the watchdog.
-#[derive(Debug)]
-pub(crate) struct Tenure {
-    pub lease: Arc<Lease>,
-    pub renewing: u64,
-}
 
 /// What a waiter was handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +54,13 @@ struct Waiter {
     target: HandoffTarget,
     state: Mutex<State>,
     /// Sleeping without a time bound of its own, relying on the first waiter (see
-    /// `wait::Core::acquire`): it must be woken if it becomes first.
+    /// `Core::wait`): it must be woken if it becomes first.
     relies_on_first: AtomicBool,
     /// A release through Redis that would have handed the lock to this waiter failed:
     /// Redis may list its token as the owner although nobody told it.
     maybe_handed: AtomicBool,
     /// Set with `Granted` by an in-process handoff that kept the Redis tenure.
-    tenure: Mutex<Option<Tenure>>,
+    tenure: Mutex<Option<Arc<Tenure>>>,
     tx: Sender<()>,
     rx: Receiver<()>,
 }
@@ -112,6 +99,32 @@ pub(crate) struct Claim {
 pub(crate) struct Registry {
     queues: Mutex<HashMap<Arc<str>, VecDeque<Arc<Waiter>>>>,
     next_id: AtomicU64,
+    /// Whether the backend's subscriber hears release messages now.
+    listening: AtomicBool,
+}
+
+impl ReleaseSink for Registry {
+    /// Wakes the first waiter of `name`. Returns whether there was one.
+    fn wake_first(&self, name: &str) -> bool {
+        let queues = lock(&self.queues);
+        let first = queues.get(name).and_then(|q| q.front());
+        if let Some(w) = first {
+            let _ = w.tx.try_send(());
+        }
+        first.is_some()
+    }
+
+    fn wake_all(&self) {
+        Registry::wake_all(self);
+    }
+
+    fn has_waiters(&self, name: &str) -> bool {
+        self.waiting(name) > 0
+    }
+
+    fn set_listening(&self, up: bool) {
+        self.listening.store(up, Ordering::Release);
+    }
 }
 
 impl Registry {
@@ -136,16 +149,9 @@ impl Registry {
         WaitHandle { registry: self.clone(), waiter, done: false }
     }
 
-    /// Wakes the first waiter of `name`. Returns whether there was one.
-    pub fn notify(&self, name: &str) -> bool {
-        let queues = lock(&self.queues);
-        match queues.get(name).and_then(|q| q.front()) {
-            Some(w) => {
-                let _ = w.tx.try_send(());
-                true
-            }
-            None => false,
-        }
+    /// Whether release messages are heard now (else waiters poll).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
     }
 
     /// Wakes every waiter once (after the notifier reconnects: messages may be lost).
@@ -215,7 +221,7 @@ impl Claim {
     /// The waiter takes over `tenure` (with fencing token `fence`, 0 without): the lock
     /// stays this client's in Redis, under the same token and lease, and passes to the
     /// waiter without a round trip.
-    pub fn grant_tenure(self, tenure: Tenure, fence: u64) {
+    pub fn grant_tenure(self, tenure: Arc<Tenure>, fence: u64) {
         *lock(&self.waiter.tenure) = Some(tenure);
         self.grant(Grant { fence, at: Stamp::now(), turn: 0 });
     }
@@ -289,13 +295,13 @@ impl WaitHandle {
 
     /// The tenure handed over with the grant, if the handoff kept it (see
     /// [`Claim::grant_tenure`]). Whoever takes it must release or keep renewing it.
-    pub fn take_tenure(&self) -> Option<Tenure> {
+    pub fn take_tenure(&self) -> Option<Arc<Tenure>> {
         lock(&self.waiter.tenure).take()
     }
 
     /// Leaves the queue (see [`leave`](Self::leave)), returning the tenure too if the
     /// lock was handed over with one meanwhile.
-    pub fn leave_with_tenure(self) -> (Leave, Option<Tenure>) {
+    pub fn leave_with_tenure(self) -> (Leave, Option<Arc<Tenure>>) {
         let waiter = self.waiter.clone();
         let left = self.leave();
         let tenure = lock(&waiter.tenure).take();
@@ -377,8 +383,8 @@ mod tests {
         let r = Registry::new();
         let a = r.register("x".into(), target("a"));
         let b = r.register("x".into(), target("b"));
-        assert!(r.notify("x"));
-        assert!(!r.notify("y"));
+        assert!(r.wake_first("x"));
+        assert!(!r.wake_first("y"));
         assert_eq!(a.sleep_until(soon()), Woken::Notified);
         assert_eq!(b.sleep_until(soon()), Woken::TimedOut);
     }
@@ -387,8 +393,8 @@ mod tests {
     fn wake_ups_coalesce_and_are_kept_while_busy() {
         let r = Registry::new();
         let a = r.register("x".into(), target("a"));
-        r.notify("x");
-        r.notify("x");
+        r.wake_first("x");
+        r.wake_first("x");
         assert_eq!(a.sleep_until(soon()), Woken::Notified);
         assert_eq!(a.sleep_until(soon()), Woken::TimedOut);
     }
@@ -398,7 +404,7 @@ mod tests {
         let r = Registry::new();
         let a = r.register("x".into(), target("a"));
         let b = r.register("x".into(), target("b"));
-        r.notify("x");
+        r.wake_first("x");
         assert_eq!(a.leave(), Leave::Left);
         assert_eq!(b.sleep_until(soon()), Woken::Notified);
         assert_eq!(r.waiting("x"), 1);
@@ -430,7 +436,7 @@ mod tests {
         let r = Registry::new();
         let a = r.register("x".into(), target("a"));
         let b = r.register("x".into(), target("b"));
-        r.notify("x");
+        r.wake_first("x");
         a.finish();
         assert_eq!(b.sleep_until(soon()), Woken::TimedOut);
     }

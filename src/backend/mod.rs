@@ -1,0 +1,182 @@
+//! The seam between the waiting protocol and a Redis deployment.
+//!
+//! A backend supplies the scripted operations on one lock (attempt, release, leave,
+//! batched extend) plus two reads (holder, force-unlock), and delivers what its
+//! subscriber hears about releases to a [`ReleaseSink`] (the waiter registry, which it
+//! does not otherwise know). The waiting protocol in `crate::wait` is written against
+//! this trait only; `mem` is an in-memory backend for its unit tests.
+//!
+//! One module per deployment, each with everything it needs (connections, scripts,
+//! subscriber), and one place, [`open`], that picks it:
+//! - `single/`: one Redis server (TCP).
+//! - next to it, as they come: `sentinel` (a master found through Sentinel, followed
+//!   on failover), `cluster` (scripts on each slot's owner, renewals batched per node),
+//!   `redlock` (a quorum of independent masters; it cannot grant, see
+//!   [`Backend::grants`]).
+//!
+//! Nothing here imports `crate::wait` or the public API modules: imports point from
+//! `wait` down to `backend`, never back (`tests/layout.rs` checks it).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::holder::Holder;
+use crate::keys::LockKeys;
+use crate::stats::Counters;
+
+#[cfg(test)]
+pub(crate) mod mem;
+pub(crate) mod single;
+
+/// What a releaser needs to hand the lock to a waiting thread of its client.
+#[derive(Debug, Clone)]
+pub(crate) struct HandoffTarget {
+    pub token: String,
+    pub lease_ms: u64,
+    pub fencing: bool,
+    pub auto_renew: bool,
+}
+
+/// One acquire attempt's request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttemptArgs<'a> {
+    pub token: &'a str,
+    pub lease_ms: u64,
+    /// With fencing, the fencing tokens one acquisition takes (the first is its own,
+    /// the rest go to in-process handoffs, see `wait::Core::hand_over_locally`); 0
+    /// without fencing.
+    pub fence_span: u64,
+    /// Queue the caller's client for the lock if it is held. `try_lock` doesn't.
+    pub will_wait: bool,
+    /// The caller's deadline: no wait for a pooled connection outlasts it.
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// Acquired; the fence value is 0 without fencing.
+    Acquired { fence: u64 },
+    /// Someone else holds it, for at most this much longer (`None`: no expiry set).
+    Held { remaining: Option<Duration> },
+    /// Free, but reserved for another waiting client for at most this much longer
+    /// (see `LockClientBuilder::reservation_timeout`).
+    Reserved { remaining: Option<Duration> },
+}
+
+/// One release's request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReleaseArgs<'a> {
+    pub token: &'a str,
+    /// The releasing tenure's lease: a lock passed to another client keeps its queue
+    /// that long.
+    pub lease_ms: u64,
+    /// In-process handoffs the releasing tenure made: they count towards this client's
+    /// turn (see `handoff_limit`).
+    pub local_handoffs: u32,
+    /// A client's turn while others wait: at most this many handoffs after its first
+    /// acquisition, then the lock passes to the client that has waited longest.
+    pub limit: u32,
+    /// With fencing, the fencing tokens a handoff takes (see `AttemptArgs::fence_span`).
+    pub fence_span: u64,
+    /// A waiting thread of this client to hand the lock to (only to a backend that
+    /// [`grants`](Backend::grants)).
+    pub handoff: Option<&'a HandoffTarget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Deleted: no other client was queued for it.
+    Deleted,
+    /// Ownership passed to the handoff target. `turn`: the acquisitions of this
+    /// client's turn before it (0 when no other client waits).
+    Handed { fence: u64, turn: u32 },
+    /// Reserved for the client that has waited longest, which was told to take it;
+    /// this client queues behind the others if it was given a handoff target.
+    Passed,
+    /// The caller was not the owner (lease ran out, force-unlocked, handed on).
+    NotOwner,
+}
+
+/// One renewal of a batch: the lock, its owner token, the lease to set.
+pub(crate) type Renewal<'a> = (&'a LockKeys, &'a str, u64);
+
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Whether a release can make a waiting thread the owner in the same step
+    /// (`ReleaseArgs::handoff`). A backend that cannot (Redlock: each master would
+    /// grant to its own queue head, and no thread would reach a quorum) only deletes
+    /// and notifies, and the woken waiters compete; the in-process handoff, which
+    /// never asks the backend, applies either way.
+    fn grants(&self) -> bool;
+    fn attempt(&self, keys: &LockKeys, args: AttemptArgs<'_>) -> Result<Attempt>;
+    /// Releases the caller's lock: hands it to `handoff` (a waiter of this client)
+    /// unless another client is queued and this client's turn is over, else passes it
+    /// to the first queued client, else deletes it.
+    fn release(&self, keys: &LockKeys, args: ReleaseArgs<'_>) -> Result<Released>;
+    /// This client has no waiter left for the lock: take it out of the lock's queue of
+    /// waiting clients, passing on a reservation made for it.
+    fn leave(&self, keys: &LockKeys) -> Result<()>;
+    /// Extends every `(keys, token, lease_ms)` whose token still owns its lock, in as
+    /// few round trips as the backend allows. The outer error fails the whole batch
+    /// (connection); per item, `true` when still owned and extended, `false` when not
+    /// owned, or that item's own error (e.g. `WrongType`: its key was overwritten),
+    /// which leaves the other items unharmed.
+    fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>>;
+    fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>>;
+    /// Deletes the lock whoever holds it and wakes every client's waiters.
+    fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;
+}
+
+/// Where a backend delivers what it hears about releases: the client's waiter
+/// registry. The backend knows lock names, not waiters.
+pub(crate) trait ReleaseSink: Send + Sync + 'static {
+    /// A release of `name` concerns this client (passed to it, or forced): wake its
+    /// first waiting thread. `false` when none waits.
+    fn wake_first(&self, name: &str) -> bool;
+    /// Messages may have gone unheard (the subscriber reconnected): every waiting
+    /// thread looks again.
+    fn wake_all(&self);
+    /// Whether a thread of this client waits for `name`.
+    fn has_waiters(&self, name: &str) -> bool;
+    /// Whether release messages are being heard: while not, waiters poll.
+    fn set_listening(&self, up: bool);
+}
+
+/// Where the locks live.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deployment<'a> {
+    /// One Redis server at this URL.
+    Single { url: &'a str },
+}
+
+/// What every backend is built from, besides where the locks live.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Names this client's connections and its place in lock queues.
+    pub client_id: String,
+    pub prefix: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub pool_max_size: u32,
+    pub pool_timeout: Duration,
+    /// How long a lock passed to a waiting client stays reserved for it.
+    pub reservation: Duration,
+    /// Silence after which the subscriber probes its connection.
+    pub ping_interval: Duration,
+}
+
+/// Opens the backend for `deployment`; with `check`, first makes sure the server
+/// answers and accepts the credentials. Its subscriber (started here) delivers to
+/// `sink`. The URL is checked before any I/O.
+pub(crate) fn open(
+    deployment: Deployment<'_>,
+    options: Options,
+    sink: Arc<dyn ReleaseSink>,
+    stats: Arc<Counters>,
+    check: bool,
+) -> Result<Arc<dyn Backend>> {
+    match deployment {
+        Deployment::Single { url } => Ok(Arc::new(single::SingleServer::open(url, options, sink, stats, check)?)),
+    }
+}

@@ -1,0 +1,223 @@
+//! Connections to one server: settings with every timeout, the r2d2 manager, and the
+//! pool wrapper that retries on connections the server dropped and tells an outage
+//! from a busy pool.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, ConnectionLike, RedisError};
+
+use crate::error::{Error, Result};
+use crate::sync::lock;
+
+/// Connection settings shared by the pool and the notifier's connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectSettings {
+    pub client: redis::Client,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// `CLIENT SETNAME` of pooled connections (`redis-mutex:<client id>`); the notifier
+    /// appends `:notifier`. Lets operators and tests tell a client's connections apart.
+    pub name: String,
+}
+
+impl ConnectSettings {
+    /// A connection with every timeout set: nothing blocks forever on a dead socket.
+    pub fn connect(&self, role: &str) -> std::result::Result<Connection, RedisError> {
+        let mut con = self.client.get_connection_with_timeout(self.connect_timeout)?;
+        con.set_read_timeout(Some(self.read_timeout))?;
+        con.set_write_timeout(Some(self.write_timeout))?;
+        redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}{role}", self.name)).query::<()>(&mut con)?;
+        Ok(con)
+    }
+}
+
+/// r2d2 manager that sets our timeouts (redis-rs's own manager connects without any).
+#[derive(Debug)]
+struct Manager(ConnectSettings);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = RedisError;
+
+    fn connect(&self) -> std::result::Result<Connection, RedisError> {
+        self.0.connect("")
+    }
+
+    fn is_valid(&self, con: &mut Connection) -> std::result::Result<(), RedisError> {
+        redis::cmd("PING").query(con)
+    }
+
+    fn has_broken(&self, con: &mut Connection) -> bool {
+        !con.is_open()
+    }
+}
+
+/// The pool's last failure to open a connection. r2d2 keeps only its text; we keep the
+/// error itself, so an unreachable server and a refused password stay apart.
+#[derive(Debug, Default, Clone)]
+struct LastConnectError(Arc<StdMutex<Option<(Instant, RedisError)>>>);
+
+impl r2d2::HandleError<RedisError> for LastConnectError {
+    fn handle_error(&self, error: RedisError) {
+        *lock(&self.0) = Some((Instant::now(), error));
+    }
+}
+
+impl LastConnectError {
+    /// The error, if the pool failed to connect within `recent`.
+    fn recent(&self, recent: Duration) -> Option<RedisError> {
+        let last = lock(&self.0);
+        last.as_ref().filter(|(at, _)| at.elapsed() < recent).map(|(_, e)| e.clone())
+    }
+
+    /// The last error, however old, and how long ago it was.
+    fn any(&self) -> Option<(Duration, RedisError)> {
+        lock(&self.0).as_ref().map(|(at, e)| (at.elapsed(), e.clone()))
+    }
+}
+
+/// The shortest wait for a pooled connection, even close to a caller's deadline: many
+/// waiters sharing a deadline make their last attempts together.
+const MIN_POOL_WAIT: Duration = Duration::from_millis(100);
+
+/// The pool of one client's connections to the server.
+pub(crate) struct Pool {
+    pool: r2d2::Pool<Manager>,
+    timeout: Duration,
+    last_connect_error: LastConnectError,
+    /// Opens the direct connection that checks an unreachable server.
+    probe: ConnectSettings,
+}
+
+impl Pool {
+    pub fn new(settings: ConnectSettings, max_size: u32, timeout: Duration) -> Pool {
+        let last_connect_error = LastConnectError::default();
+        let pool = r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(0))
+            // A PING per check-out would double the round trips of every operation;
+            // a dead connection fails on use instead, and the operation is retried.
+            .test_on_check_out(false)
+            .connection_timeout(timeout)
+            // No reaper: its job keeps r2d2's worker threads alive ~30 s past the
+            // client. Idle connections stay open (at most `max_size`); broken ones are
+            // dropped on return.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            // Failures reach the caller as errors (r2d2 would log every retry).
+            .error_handler(Box::new(last_connect_error.clone()))
+            .build_unchecked(Manager(settings.clone()));
+        Pool { pool, timeout, last_connect_error, probe: settings }
+    }
+
+    /// A pool that gave up: an unreachable server or refused credentials if it failed to
+    /// connect meanwhile, else a busy pool (with the last failure to connect, if any,
+    /// for the record).
+    fn pool_error(&self, waited: Duration) -> Error {
+        match self.last_connect_error.recent(waited + Duration::from_millis(10)) {
+            Some(e) => Error::from_redis(e, None),
+            None => Error::PoolTimeout {
+                waited,
+                last_error: self.last_connect_error.any().map(|(ago, e)| format!("{e} ({ago:.1?} ago)")),
+            },
+        }
+    }
+
+    /// Runs `op` on a pooled connection. A connection the server dropped while it sat
+    /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried until it
+    /// reaches a live one. Acquire and extend are safe to repeat; a repeated release that
+    /// finds the lock gone reports it lost (see `Released::NotOwner`). `key` names the
+    /// lock for a `WrongType` error.
+    pub fn with_conn<T>(
+        &self,
+        key: Option<&str>,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
+    ) -> Result<T> {
+        // A server restart or `CLIENT KILL` breaks every idle pooled connection at once,
+        // and each fails only on use (then r2d2 discards it): retrying just once could
+        // land on another dead one and fail a release although Redis answers. One retry
+        // per pooled connection, plus one, always reaches a fresh connection.
+        let mut retries = 0;
+        loop {
+            let started = Instant::now();
+            // While Redis is down the pool would wait its whole timeout for a connection
+            // it cannot open. When it has none and failed to open one lately, one direct
+            // connect tells at once whether the server is back, and if not, why.
+            // Our own record first: `pool.state()` takes the lock every checkout takes.
+            if let Some(e) = self.last_connect_error.recent(self.timeout)
+                && self.pool.state().idle_connections == 0
+            {
+                match self.probe.connect(":probe") {
+                    Ok(_) => log::debug!("redis-mutex: Redis answers again (after: {e})"),
+                    Err(e) => return Err(Error::from_redis(e, None)),
+                }
+            }
+            let wait = deadline.map_or(self.timeout, |d| {
+                d.saturating_duration_since(started).clamp(MIN_POOL_WAIT.min(self.timeout), self.timeout)
+            });
+            let mut con = self.pool.get_timeout(wait).map_err(|_| self.pool_error(started.elapsed()))?;
+            match op(&mut con) {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if retries <= self.pool.max_size()
+                        && (e.is_connection_dropped() || e.is_io_error())
+                        && !e.is_timeout() =>
+                {
+                    log::debug!("redis-mutex: retrying on a fresh connection after: {e}");
+                    retries += 1;
+                }
+                Err(e) => return Err(Error::from_redis(e, key)),
+            }
+        }
+    }
+}
+
+/// Checks, with one connection and a `PING`, that the server answers and accepts the
+/// credentials, then reads the settings locks depend on and logs what they put at
+/// risk (see `log_server_risks`).
+pub(crate) fn check(settings: &ConnectSettings, shown_url: &str) -> Result<()> {
+    let mut con = settings.connect(":check").map_err(|e| Error::from_redis(e, None))?;
+    redis::cmd("PING").query::<()>(&mut con).map_err(|e| Error::from_redis(e, None))?;
+    log_server_risks(&mut con, shown_url);
+    Ok(())
+}
+
+/// Reads the server's `maxmemory-policy` and whether AOF is on, and logs what they put
+/// at risk. From `INFO` (its memory and persistence sections), not `CONFIG GET`: managed
+/// Redis services often refuse `CONFIG`, and an ACL should not grant it (it reads
+/// passwords), while `+info` is safe to grant. Every error is swallowed (a refused or
+/// unknown command, a timeout): this only informs, so it must never stop a client that
+/// would work.
+fn log_server_risks(con: &mut Connection, url: &str) {
+    let info = match redis::cmd("INFO").query::<String>(con) {
+        Ok(info) => info,
+        Err(e) => {
+            log::info!(
+                "redis-mutex: could not check maxmemory-policy and persistence of {url} ({e}): locks need \
+                 noeviction, and AOF to survive a restart"
+            );
+            return;
+        }
+    };
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim);
+    match field("maxmemory_policy") {
+        Some("noeviction") => {}
+        Some(p) => log::warn!(
+            "redis-mutex: {url} has maxmemory-policy {p}: locks can be evicted: a holder would lose its lock \
+             without knowing until its next renewal, and another client could take it meanwhile; set \
+             maxmemory-policy noeviction"
+        ),
+        None => log::info!("redis-mutex: could not check maxmemory-policy of {url}: locks need noeviction"),
+    }
+    match field("aof_enabled") {
+        Some("1") => {}
+        Some(_) => log::info!(
+            "redis-mutex: {url} has no AOF: a restart forgets every lock (holders learn it at their next \
+             renewal; fencing tokens stay safe). Set appendonly yes to keep locks across restarts"
+        ),
+        None => log::info!("redis-mutex: could not check persistence of {url}: locks survive a restart with AOF"),
+    }
+}

@@ -1,0 +1,174 @@
+//! The single-server backend: the Redis protocol of DESIGN §2 on one server, over an
+//! r2d2 pool (`connection`), with the scripts in `scripts` and `lua/`, and the
+//! subscriber thread in `notifier`.
+
+mod connection;
+mod notifier;
+pub(crate) mod scripts;
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use redis::{Connection, Value};
+
+use self::connection::{ConnectSettings, Pool};
+use self::notifier::NotifierConfig;
+use self::scripts::Scripts;
+use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal};
+use crate::error::{Error, Result};
+use crate::holder::Holder;
+use crate::keys::{LockKeys, redact_url};
+use crate::stats::Counters;
+
+/// One Redis server. Dropping it stops its notifier thread; the pool closes with the
+/// last of the two.
+pub(crate) struct SingleServer {
+    server: Arc<Server>,
+    /// Dropping it stops the notifier thread.
+    _notifier_stop: Sender<()>,
+}
+
+/// What the backend and its notifier share.
+struct Server {
+    pool: Pool,
+    scripts: Scripts,
+    client_id: String,
+    reservation_ms: u64,
+}
+
+impl SingleServer {
+    /// Connects to the server at `url` (with `check`, a `PING` first, see
+    /// `connection::check`) and starts the notifier, which delivers to `sink`.
+    pub fn open(
+        url: &str,
+        options: Options,
+        sink: Arc<dyn ReleaseSink>,
+        stats: Arc<Counters>,
+        check: bool,
+    ) -> Result<SingleServer> {
+        let settings = ConnectSettings {
+            client: redis::Client::open(url).map_err(|e| Error::invalid_url(url, &e))?,
+            name: format!("redis-mutex:{}", options.client_id),
+            connect_timeout: options.connect_timeout,
+            read_timeout: options.read_timeout,
+            write_timeout: options.write_timeout,
+        };
+        if check {
+            connection::check(&settings, &redact_url(url))?;
+        }
+        let server = Arc::new(Server {
+            pool: Pool::new(settings.clone(), options.pool_max_size, options.pool_timeout),
+            scripts: Scripts::new(),
+            client_id: options.client_id.clone(),
+            reservation_ms: options.reservation.as_millis().max(1) as u64,
+        });
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        let unclaimed = {
+            let (server, sink, prefix) = (server.clone(), sink.clone(), options.prefix.clone());
+            // A lock passed to this client after its last waiter left: leave the queue
+            // (passing the turn on), then let a waiter that came meanwhile queue again.
+            Box::new(move |name: &str| {
+                if sink.has_waiters(name) {
+                    sink.wake_first(name);
+                    return;
+                }
+                if let Ok(keys) = LockKeys::new(&prefix, name)
+                    && let Err(e) = server.leave(&keys)
+                {
+                    // The reservation then goes unused until it ends; the others'
+                    // sleeps are bounded by the lease.
+                    log::debug!("redis-mutex: could not leave the queue of {}: {e}", keys.key);
+                }
+                sink.wake_first(name);
+            })
+        };
+        notifier::spawn(
+            NotifierConfig {
+                connect: settings,
+                prefix: options.prefix,
+                client_id: options.client_id,
+                ping_after: options.ping_interval,
+                reservation: options.reservation,
+            },
+            notifier::Shared { sink, stats, unclaimed },
+            stopped,
+        )
+        .map_err(|e| Error::spawn("redis-mutex-notifier", e))?;
+        Ok(SingleServer { server, _notifier_stop: stop })
+    }
+}
+
+impl Server {
+    fn leave(&self, keys: &LockKeys) -> Result<()> {
+        let inv = self.scripts.leave(keys, &self.client_id, self.reservation_ms);
+        let outcome: i64 = self.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
+        log::debug!("redis-mutex: left the queue of {} ({outcome})", keys.key);
+        Ok(())
+    }
+}
+
+impl Backend for SingleServer {
+    fn grants(&self) -> bool {
+        true
+    }
+
+    fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
+        let s = &self.server;
+        let inv = s.scripts.attempt(keys, &a, &s.client_id);
+        let v = s.pool.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
+        Scripts::attempt_reply(&v)
+    }
+
+    fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {
+        let s = &self.server;
+        let inv = s.scripts.release(keys, &a, &s.client_id, s.reservation_ms);
+        let v = s.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
+        Scripts::release_reply(&v)
+    }
+
+    fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.server;
+        let pipe = s.scripts.extend(items);
+        type Replies = Vec<redis::RedisResult<i64>>;
+        let no_script = |r: &Replies| {
+            r.iter().any(|r| {
+                r.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            })
+        };
+        let run = |c: &mut Connection| {
+            let replies = pipe.query::<Replies>(c)?;
+            if no_script(&replies) {
+                // Extending again is harmless: each item checks its token.
+                s.scripts.load_extend(c)?;
+                return pipe.query::<Replies>(c);
+            }
+            Ok(replies)
+        };
+        let replies = s.pool.with_conn(None, None, run)?;
+        Ok(replies
+            .into_iter()
+            .zip(items)
+            .map(|(r, (keys, ..))| r.map(|n| n == 1).map_err(|e| Error::from_redis(e, Some(&keys.key))))
+            .collect())
+    }
+
+    fn leave(&self, keys: &LockKeys) -> Result<()> {
+        self.server.leave(keys)
+    }
+
+    fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
+        let pipe = Scripts::holder(keys);
+        type Fields = (Option<String>, Option<String>, Option<String>);
+        let (fields, pttl) = self.server.pool.with_conn(Some(&keys.key), None, |c| pipe.query::<(Fields, i64)>(c))?;
+        Ok(Scripts::holder_reply(fields, pttl))
+    }
+
+    fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
+        let inv = self.server.scripts.force_unlock(keys);
+        let deleted: i64 = self.server.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
+        Ok(deleted == 1)
+    }
+}

@@ -1,0 +1,46 @@
+//! Not part of the API (hidden, no compatibility promise): what `benches/micro.rs`
+//! needs to measure the crate against its floor, the same script calls sent by hand
+//! on one held connection. Built from the backend's own argument structs and script
+//! calls, so that a change to a script or its arguments cannot leave the floor
+//! measuring something else.
+
+use crate::backend::single::scripts::Scripts;
+use crate::backend::{AttemptArgs, ReleaseArgs};
+use crate::keys::LockKeys;
+
+/// The calls of one uncontended `lock()` + drop, and of a `try_lock` on a held lock,
+/// with a client's default options (30 s lease, no fencing, `handoff_limit` 8,
+/// `reservation_timeout` 1 s).
+pub struct Floor {
+    scripts: Scripts,
+    keys: LockKeys,
+    client_id: String,
+}
+
+impl Floor {
+    /// The floor for lock `name` under `prefix`, as client `client_id`.
+    ///
+    /// # Panics
+    ///
+    /// On a lock name or prefix the crate refuses.
+    pub fn new(prefix: &str, name: &str, client_id: &str) -> Floor {
+        let keys = LockKeys::new(prefix, name).expect("a valid lock name");
+        Floor { scripts: Scripts::new(), keys, client_id: client_id.to_owned() }
+    }
+
+    /// The acquire script as `lock()` (`will_wait`) or `try_lock` sends it; `true`
+    /// when it acquired.
+    pub fn attempt(&self, con: &mut redis::Connection, token: &str, will_wait: bool) -> redis::RedisResult<bool> {
+        let args = AttemptArgs { token, lease_ms: 30_000, fence_span: 0, will_wait, deadline: None };
+        let v = self.scripts.attempt(&self.keys, &args, &self.client_id).invoke(con)?;
+        Ok(matches!(Scripts::attempt_reply(&v), Ok(crate::backend::Attempt::Acquired { .. })))
+    }
+
+    /// The release script as a guard's drop sends it with nobody waiting; `true` when
+    /// it deleted the lock.
+    pub fn release(&self, con: &mut redis::Connection, token: &str) -> redis::RedisResult<bool> {
+        let args = ReleaseArgs { token, lease_ms: 30_000, local_handoffs: 0, limit: 8, fence_span: 9, handoff: None };
+        let v = self.scripts.release(&self.keys, &args, &self.client_id, 1_000).invoke(con)?;
+        Ok(matches!(Scripts::release_reply(&v), Ok(crate::backend::Released::Deleted)))
+    }
+}
