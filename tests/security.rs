@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis_mutex::{Error, LockClient, MutexOptions};
+use redis_mutex_harness::XorShift;
 
 /// Distinctive, so that any leak is found by a plain substring search.
 const PASSWORD: &str = "s3cr3t-Pa55";
@@ -578,13 +579,8 @@ fn odd_passwords() -> Vec<String> {
     const ATOMS: &[&str] = &[
         "/", "?", "#", "@", ":", "%", "&", "=", " ", "é", "🔑", "%2F", "%40", "%zz", "+", ";", "//", "pass=", "[", "\\",
     ];
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut rng = XorShift::new(1);
+    let mut next = move |n: usize| rng.below(n as u64) as usize;
     for _ in 0..40 {
         let mut pw = String::new();
         if next(2) == 0 {
