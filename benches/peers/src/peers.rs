@@ -26,8 +26,7 @@ pub enum Impl {
     LocalFifo,
 }
 
-pub const ALL: [Impl; 6] =
-    [Impl::RedisMutex, Impl::Rlock, Impl::Redisson, Impl::Redlock, Impl::Naive, Impl::LocalFifo];
+pub const ALL: [Impl; 6] = [Impl::RedisMutex, Impl::Rlock, Impl::Redisson, Impl::Redlock, Impl::Naive, Impl::LocalFifo];
 
 impl Impl {
     pub fn name(self) -> &'static str {

@@ -31,7 +31,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench-peers [--secs S (default 10)] [--w4-secs S (default 10)] [--quick (= --secs 2 --w4-secs 3)]\n\
          \x20                  [--only W1,W2,W3,curves,W4] [--impls redis-mutex,rlock,redisson,redlock,naive,local-fifo]\n\
-         \x20                  [--out DIR (default bench-peers/results)]"
+         \x20                  [--out DIR (default benches/peers/results)]"
     );
     std::process::exit(2)
 }
