@@ -11,8 +11,7 @@
 
 use criterion::{Criterion, criterion_group};
 use redis_mutex::LockClient;
-
-mod common;
+use redis_mutex_harness::RedisServer;
 
 use std::time::{Duration, Instant};
 
@@ -54,9 +53,9 @@ fn interleaved(pairs: usize, block: u32, mut a: impl FnMut(), mut b: impl FnMut(
 }
 
 fn micro(c: &mut Criterion) {
-    let server = common::start_server();
-    let client = LockClient::open(&server.url).unwrap();
-    let mut con = redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap();
+    let server = RedisServer::start();
+    let client = LockClient::open(&server.url()).unwrap();
+    let mut con = server.conn();
     let (acquire, release) = (redis::Script::new(ACQUIRE), redis::Script::new(RELEASE));
     let (key, fence) = ("redis-mutex:{floor}", "redis-mutex:{floor}:fence");
 
@@ -122,9 +121,9 @@ fn micro(c: &mut Criterion) {
 
 /// The same pairs as [`micro`], interleaved.
 fn interleaved_pairs() {
-    let server = common::start_server();
-    let client = LockClient::open(&server.url).unwrap();
-    let mut con = redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap();
+    let server = RedisServer::start();
+    let client = LockClient::open(&server.url()).unwrap();
+    let mut con = server.conn();
     let (acquire, release) = (redis::Script::new(ACQUIRE), redis::Script::new(RELEASE));
     let (key, fence) = ("redis-mutex:{floor}", "redis-mutex:{floor}:fence");
     let pairs = std::env::var("MICRO_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);

@@ -5,16 +5,43 @@
 //!
 //! `cargo run --release -- [--secs S] [--only W1,W2,W3,W4,curves] [--impls a,b] [--quick]`
 
-mod measure;
 mod peers;
 mod svg;
+mod w4;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use measure::{Row, W4Row};
-use peers::{ALL, Impl};
+use peers::{ALL, Impl, Shared};
+use redis_mutex_harness::RedisServer;
+use redis_mutex_harness::bench::{self, Measured};
+use w4::W4Row;
+
+/// One W1/W2/W3 run of one implementation.
+pub struct Row {
+    pub workload: &'static str,
+    pub imp: Impl,
+    pub procs: u32,
+    pub threads: u32,
+    pub secs: f64,
+    pub m: Measured,
+}
+
+/// A row reads as the run it measured.
+impl std::ops::Deref for Row {
+    type Target = Measured;
+
+    fn deref(&self) -> &Measured {
+        &self.m
+    }
+}
+
+impl Row {
+    pub fn label(&self) -> String {
+        if self.procs == 1 { format!("{} thr", self.threads) } else { format!("{}p×{}t", self.procs, self.threads) }
+    }
+}
 
 struct Opts {
     secs: f64,
@@ -381,20 +408,25 @@ fn targets(rows: &[Row], w4: &[W4Row]) -> Vec<String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
-        measure::child_main(&args[2..]);
+        // A W3 worker process: `--child IMPL URL` and the run's parameters.
+        bench::child_main(&args[2..], |own, threads| {
+            Shared::new(Impl::parse(&own[0]).expect("implementation"), &own[1], threads)
+        });
         return;
     }
     let o = parse_opts(&args[1..]);
     let started = Instant::now();
-    let (url, _server) = measure::start_server();
+    // 64 waiters with redisson's pool, plus rlock/redlock connection churn.
+    let server = RedisServer::start_with(&["--maxclients", "10000"]);
+    let url = server.url();
     let mut admin = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
-    println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", measure::server_version(&mut admin));
+    println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", bench::server_version(&mut admin));
     println!("machine: {}", machine());
     println!(
         "{} s per run (W4: {} s window after {} s settle); hold 100 µs busy; W2/W3/curves: 0.5–1.5 ms sleep outside the lock",
         o.secs,
         o.w4_secs,
-        measure::W4_SETTLE.as_secs()
+        w4::W4_SETTLE.as_secs()
     );
     println!(
         "redis-mutex: LockClient defaults (pool_max_size 8, lease 30 s renewed); rlock: AcquireOptions default (TTL 10 s, \
@@ -425,7 +457,17 @@ fn main() {
             last_wl = wl;
         }
         for &imp in o.impls.iter().filter(|i| procs == 1 || i.is_distributed()) {
-            let r = measure::scenario(wl, imp, &url, &mut admin, procs, threads, o.secs, think);
+            let run = bench::Run {
+                url: &url,
+                keys: imp.keys(),
+                procs,
+                threads,
+                secs: o.secs,
+                think,
+                child_args: vec![imp.name().to_owned(), url.clone()],
+            };
+            let m = bench::measure(&run, &mut admin, || Shared::new(imp, &url, threads));
+            let r = Row { workload: wl, imp, procs, threads, secs: o.secs, m };
             println!("{}", row_line(&r));
             if let Some(e) = &r.first_error {
                 println!("     first error: {e}");
@@ -434,10 +476,10 @@ fn main() {
         }
     }
     if wants(&o, "W4") {
-        println!("\nW4: {} threads wait on a lock another client holds (60 s lease, no renewal)", measure::W4_WAITERS);
+        println!("\nW4: {} threads wait on a lock another client holds (60 s lease, no renewal)", w4::W4_WAITERS);
         println!("{}", w4_header());
         for &imp in o.impls.iter().filter(|i| i.is_distributed()) {
-            let r = measure::w4(imp, &url, &mut admin, o.w4_secs);
+            let r = w4::w4(imp, &url, &mut admin, o.w4_secs);
             println!("{}", w4_line(&r));
             if let Some(e) = &r.first_error {
                 println!("     first error: {e}");

@@ -17,10 +17,13 @@
 //! - [`Cluster`]: a Redis Cluster of masters with replicas, every slot assigned.
 //! - [`XorShift`]: the deterministic generator of tests and benchmarks;
 //!   [`process_cpu`] and [`wall_clock_ns`]: what a measurement asks the host.
+//! - [`bench`]: the contention measurement shared by `benches/handoff.rs` and the
+//!   peer benchmark (`benches/peers`).
 //!
 //! Groups of servers panic when they cannot start (they serve tests); a single server
 //! has [`ServerBuilder::try_start`] for programs that report errors themselves.
 
+pub mod bench;
 mod builder;
 mod cluster;
 mod group;
