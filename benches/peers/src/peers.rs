@@ -16,7 +16,8 @@ use redis_mutex_harness::bench::{Contender, Subject};
 /// their own key each, so a leftover of one can never be mistaken by another.
 pub const LOCK: &str = "bench";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The implementations, named on the command line as [`Impl::name`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Impl {
     RedisMutex,
     Rlock,
@@ -39,10 +40,6 @@ impl Impl {
             Impl::Naive => "naive",
             Impl::LocalFifo => "local-fifo",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Impl> {
-        ALL.into_iter().find(|i| i.name() == s)
     }
 
     /// The Redis keys this implementation writes for the benchmark lock.
