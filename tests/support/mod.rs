@@ -7,6 +7,7 @@
 //! uses only a subset of it, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod proxy;
 
 #[allow(unused_imports)] // used by some test binaries only
