@@ -12,7 +12,7 @@ use redis_mutex_harness::{RedisServer, XorShift, wall_clock_ns};
 use super::checker::check;
 use super::config::{Config, Fault};
 use super::fleet::Fleet;
-use super::record::{Rec, Totals};
+use super::record::{self, Rec, Summary, Totals};
 use super::report::{Report, WorkerOutcome};
 use super::worker::{counter_key, lock_key};
 
@@ -285,34 +285,23 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let mut records = Vec::new();
     for p in &c.fleet.procs {
         workers.started += 1;
-        let text = fs::read_to_string(&p.rec).unwrap_or_default();
-        let mut summary = None;
-        for line in text.lines() {
-            match line.split_whitespace().next() {
-                Some("R") => match Rec::parse(line) {
-                    Some(r) => records.push(r),
-                    None => workers.unparsed += 1,
-                },
-                Some("S") => summary = Some(line.to_owned()),
-                _ => {}
-            }
-        }
+        let (recs, unparsed) = record::read_rows::<Rec>(&p.rec);
+        records.extend(recs);
+        workers.unparsed += unparsed;
+        let summary = record::read_rows::<Summary>(&record::summary_path(&p.rec)).0.pop();
         if let Some(s) = &summary {
-            let n: Vec<u64> = s.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-            if let [acq, timeouts, lock_err, cs_err, unlock_err, reconnects, lost, renewals, handoffs, local] = n[..] {
-                workers.totals.add(&Totals {
-                    acquisitions: acq,
-                    lock_timeouts: timeouts,
-                    lock_errors: lock_err,
-                    cs_errors: cs_err,
-                    unlock_errors: unlock_err,
-                });
-                workers.notifier_reconnects += reconnects;
-                workers.stats_leases_lost += lost;
-                workers.renewals += renewals;
-                workers.handoffs += handoffs;
-                workers.local_handoffs += local;
-            }
+            workers.totals.add(&Totals {
+                acquisitions: s.acquisitions,
+                lock_timeouts: s.lock_timeouts,
+                lock_errors: s.lock_errors,
+                cs_errors: s.cs_errors,
+                unlock_errors: s.unlock_errors,
+            });
+            workers.notifier_reconnects += s.notifier_reconnects;
+            workers.stats_leases_lost += s.leases_lost;
+            workers.renewals += s.renewals;
+            workers.handoffs += s.handoffs;
+            workers.local_handoffs += s.local_handoffs;
         }
         if p.killed {
             workers.killed += 1;

@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::config::Config;
+use super::record;
 use super::worker::{WORKER_ENV, WorkerSpec};
 
 pub struct Proc {
@@ -67,13 +68,12 @@ impl Fleet {
         self.procs.iter().filter(|p| p.status.is_none() && !p.killed).map(|p| p.idx).collect()
     }
 
-    /// The crate's client id of worker `i` (from its record file's header).
+    /// The crate's client id of worker `i` (from the file it writes at start).
     pub fn client_id(&mut self, i: usize) -> Option<String> {
         let p = &mut self.procs[i];
         if p.client_id.is_none() {
-            let text = fs::read_to_string(&p.rec).ok()?;
-            let header = text.lines().next()?;
-            p.client_id = header.split_whitespace().nth(3).map(str::to_owned);
+            let id = fs::read_to_string(record::id_path(&p.rec)).ok()?;
+            p.client_id = Some(id.trim().to_owned()).filter(|id| !id.is_empty());
         }
         p.client_id.clone()
     }

@@ -1,51 +1,76 @@
-//! What a worker writes: one line per critical section (`R ...`), and the outcomes
-//! each line records.
+//! What a worker writes, as CSV rows (csv + serde), one write per row so that a
+//! SIGKILL loses at most the row being written: a [`Rec`] per critical section in
+//! `worker-N.rec`, its client's id in `worker-N.id` (plain text, at start), and a
+//! [`Summary`] in `worker-N.summary` when it finishes.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// The plain `SET` of the counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetState {
+    #[serde(rename = "n")]
     NotSent,
+    #[serde(rename = "a")]
     Acked,
     /// Failed: it may or may not have been applied.
+    #[serde(rename = "u")]
     Unknown,
 }
 
 /// The fenced write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteState {
+    #[serde(rename = "n")]
     NotSent,
+    #[serde(rename = "a")]
     Accepted,
+    #[serde(rename = "r")]
     Refused,
+    #[serde(rename = "u")]
     Unknown,
 }
 
 /// What a thread learned after a Redis error inside its critical section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Recovery {
     /// No error.
+    #[serde(rename = "-")]
     None,
     /// `is_held()` confirmed the lock is still ours.
+    #[serde(rename = "k")]
     Held,
     /// The watchdog had marked the guard lost (`is_lost()`) by then.
+    #[serde(rename = "w")]
     WatchdogLost,
     /// `is_held()` said another owner or no lock.
+    #[serde(rename = "h")]
     NotHeld,
     /// Redis never answered `is_held()`; the thread stopped using the guard.
+    #[serde(rename = "e")]
     Unconfirmed,
     /// The lock was confirmed ours, but the retried operation failed again; the thread
     /// stopped using the guard (not a lost lease).
+    #[serde(rename = "g")]
     GaveUp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Unlock {
+    #[serde(rename = "o")]
     Ok,
+    #[serde(rename = "l")]
     Lost,
+    #[serde(rename = "e")]
     Error,
 }
 
 /// One critical section. Times are wall-clock ns (0: did not happen).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rec {
     pub worker: usize,
     pub thread: usize,
@@ -76,105 +101,6 @@ pub struct Rec {
 }
 
 impl Rec {
-    pub fn to_line(&self) -> String {
-        let set = match self.set {
-            SetState::NotSent => 'n',
-            SetState::Acked => 'a',
-            SetState::Unknown => 'u',
-        };
-        let write = match self.write {
-            WriteState::NotSent => 'n',
-            WriteState::Accepted => 'a',
-            WriteState::Refused => 'r',
-            WriteState::Unknown => 'u',
-        };
-        let recovery = match self.recovery {
-            Recovery::None => '-',
-            Recovery::Held => 'k',
-            Recovery::WatchdogLost => 'w',
-            Recovery::NotHeld => 'h',
-            Recovery::Unconfirmed => 'e',
-            Recovery::GaveUp => 'g',
-        };
-        let unlock = match self.unlock {
-            Unlock::Ok => 'o',
-            Unlock::Lost => 'l',
-            Unlock::Error => 'e',
-        };
-        format!(
-            "R {} {} {} {} {} {} {} {} {} {} {set} {} {} {write} {} {} {recovery} {} {unlock}\n",
-            self.worker,
-            self.thread,
-            self.lock,
-            self.token,
-            self.asked,
-            self.start,
-            self.end,
-            self.get_sent,
-            self.set_sent,
-            self.set_ack,
-            self.wr_sent,
-            self.wr_ack,
-            self.wr_top,
-            u8::from(self.lost_before_write),
-            u8::from(self.lost_at_end),
-        )
-    }
-
-    pub fn parse(line: &str) -> Option<Rec> {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 20 || f[0] != "R" {
-            return None;
-        }
-        let n = |i: usize| f[i].parse::<u64>().ok();
-        let c = |i: usize| f[i].chars().next();
-        Some(Rec {
-            worker: n(1)? as usize,
-            thread: n(2)? as usize,
-            lock: n(3)? as usize,
-            token: n(4)?,
-            asked: n(5)?,
-            start: n(6)?,
-            end: n(7)?,
-            get_sent: n(8)?,
-            set_sent: n(9)?,
-            set_ack: n(10)?,
-            set: match c(11)? {
-                'n' => SetState::NotSent,
-                'a' => SetState::Acked,
-                'u' => SetState::Unknown,
-                _ => return None,
-            },
-            wr_sent: n(12)?,
-            wr_ack: n(13)?,
-            write: match c(14)? {
-                'n' => WriteState::NotSent,
-                'a' => WriteState::Accepted,
-                'r' => WriteState::Refused,
-                'u' => WriteState::Unknown,
-                _ => return None,
-            },
-            wr_top: n(15)?,
-            lost_before_write: n(16)? == 1,
-            recovery: match c(17)? {
-                '-' => Recovery::None,
-                'k' => Recovery::Held,
-                'w' => Recovery::WatchdogLost,
-                'h' => Recovery::NotHeld,
-                'e' => Recovery::Unconfirmed,
-                'g' => Recovery::GaveUp,
-                _ => return None,
-            },
-            lost_at_end: n(18)? == 1,
-            unlock: match c(19)? {
-                'o' => Unlock::Ok,
-                'l' => Unlock::Lost,
-                'e' => Unlock::Error,
-                _ => return None,
-            },
-        })
-    }
-
     /// The guard was reported lost (by the watchdog, `is_held`, or `unlock`), or the
     /// thread could not confirm it and stopped using it.
     pub fn lost(&self) -> bool {
@@ -202,4 +128,51 @@ impl Totals {
         self.cs_errors += o.cs_errors;
         self.unlock_errors += o.unlock_errors;
     }
+}
+
+/// A worker's last row: its threads' totals and its client's counters.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub struct Summary {
+    pub acquisitions: u64,
+    pub lock_timeouts: u64,
+    pub lock_errors: u64,
+    pub cs_errors: u64,
+    pub unlock_errors: u64,
+    pub notifier_reconnects: u64,
+    pub leases_lost: u64,
+    pub renewals: u64,
+    pub handoffs: u64,
+    pub local_handoffs: u64,
+}
+
+/// Where a worker whose records go to `rec` writes its client's id.
+pub fn id_path(rec: &Path) -> PathBuf {
+    rec.with_extension("id")
+}
+
+/// Where a worker whose records go to `rec` writes its [`Summary`].
+pub fn summary_path(rec: &Path) -> PathBuf {
+    rec.with_extension("summary")
+}
+
+/// Appends `row` to `out` as one CSV line, in one write.
+pub fn write_row(out: &mut File, row: &impl Serialize) -> io::Result<()> {
+    let mut line = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    line.serialize(row)?;
+    let line = line.into_inner().map_err(|e| e.into_error())?;
+    out.write_all(&line)
+}
+
+/// The rows of the CSV file at `path` (none if it is missing), and how many rows did
+/// not parse (a SIGKILL while one was written).
+pub fn read_rows<T: DeserializeOwned>(path: &Path) -> (Vec<T>, usize) {
+    let Ok(mut reader) = csv::ReaderBuilder::new().has_headers(false).from_path(path) else { return (Vec::new(), 0) };
+    let (mut rows, mut unparsed) = (Vec::new(), 0);
+    for row in reader.deserialize() {
+        match row {
+            Ok(row) => rows.push(row),
+            Err(_) => unparsed += 1,
+        }
+    }
+    (rows, unparsed)
 }

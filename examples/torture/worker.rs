@@ -2,8 +2,7 @@
 //! exclusion keeps correct, and write a record of it.
 
 use std::fmt;
-use std::fs::File;
-use std::io::Write;
+use std::fs::{self, File};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::thread;
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis_mutex::{LockClient, MutexGuard, MutexOptions};
 use redis_mutex_harness::{XorShift, wall_clock_ns};
 
-use super::record::{Rec, Recovery, SetState, Totals, Unlock, WriteState};
+use super::record::{self, Rec, Recovery, SetState, Summary, Totals, Unlock, WriteState};
 
 /// Set (to the worker's parameters) in the environment of a worker process.
 pub const WORKER_ENV: &str = "REDIS_MUTEX_TORTURE_WORKER";
@@ -122,9 +121,9 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn emit(&self, line: &str) {
-        // One unbuffered write per line: a SIGKILL loses at most the line being formed.
-        let _ = self.out.lock().unwrap_or_else(|e| e.into_inner()).write_all(line.as_bytes());
+    fn record(&self, rec: &Rec) {
+        // One unbuffered write per row: a SIGKILL loses at most the row being formed.
+        let _ = record::write_row(&mut self.out.lock().unwrap_or_else(|e| e.into_inner()), rec);
     }
 }
 
@@ -172,7 +171,8 @@ fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
         out: StdMutex::new(out),
         spec: spec.clone(),
     });
-    ctx.emit(&format!("H {} {} {}\n", spec.idx, std::process::id(), client.id()));
+    let id_path = record::id_path(&spec.out);
+    fs::write(&id_path, client.id()).map_err(|e| format!("cannot write {}: {e}", id_path.display()))?;
     let handles: Vec<_> = (0..spec.threads)
         .map(|t| {
             let ctx = ctx.clone();
@@ -188,20 +188,22 @@ fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
         totals.add(&h.join().map_err(|_| "a worker thread panicked".to_string())?);
     }
     let s = client.stats();
-    ctx.emit(&format!(
-        "S {} {} {} {} {} {} {} {} {} {}\n",
-        totals.acquisitions,
-        totals.lock_timeouts,
-        totals.lock_errors,
-        totals.cs_errors,
-        totals.unlock_errors,
-        s.notifier_reconnects,
-        s.leases_lost,
-        s.renewals,
-        s.handoffs,
-        s.local_handoffs,
-    ));
-    Ok(())
+    let summary = Summary {
+        acquisitions: totals.acquisitions,
+        lock_timeouts: totals.lock_timeouts,
+        lock_errors: totals.lock_errors,
+        cs_errors: totals.cs_errors,
+        unlock_errors: totals.unlock_errors,
+        notifier_reconnects: s.notifier_reconnects,
+        leases_lost: s.leases_lost,
+        renewals: s.renewals,
+        handoffs: s.handoffs,
+        local_handoffs: s.local_handoffs,
+    };
+    let path = record::summary_path(&spec.out);
+    File::create(&path)
+        .and_then(|mut f| record::write_row(&mut f, &summary))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn thread_main(ctx: &Ctx, thread: usize, seed: u64) -> Totals {
@@ -216,7 +218,7 @@ fn thread_main(ctx: &Ctx, thread: usize, seed: u64) -> Totals {
                 backoff = Duration::from_millis(20);
                 tc.totals.acquisitions += 1;
                 let rec = critical_section(ctx, &mut tc, k, guard, asked);
-                ctx.emit(&rec.to_line());
+                ctx.record(&rec);
             }
             Ok(None) => tc.totals.lock_timeouts += 1,
             Err(e) => {
