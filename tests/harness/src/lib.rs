@@ -23,6 +23,8 @@
 //! Groups of servers panic when they cannot start (they serve tests); a single server
 //! has [`ServerBuilder::try_start`] for programs that report errors themselves.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 mod builder;
 mod cluster;
