@@ -17,7 +17,7 @@
 //! - [`Cluster`]: a Redis Cluster of masters with replicas, every slot assigned.
 //! - [`XorShift`]: the deterministic generator of tests and benchmarks;
 //!   [`process_cpu`] and [`wall_clock_ns`]: what a measurement asks the host.
-//! - [`bench`]: the contention measurement shared by `benches/handoff.rs` and the
+//! - [`bench`](mod@bench): the contention measurement shared by `benches/handoff.rs` and the
 //!   peer benchmark (`benches/peers`).
 //!
 //! Groups of servers panic when they cannot start (they serve tests); a single server
