@@ -12,8 +12,7 @@
 use criterion::{Criterion, criterion_group};
 use redis_mutex::LockClient;
 use redis_mutex::bench_support::Floor;
-
-mod common;
+use redis_mutex_harness::RedisServer;
 
 use std::time::{Duration, Instant};
 
@@ -44,9 +43,9 @@ fn interleaved(pairs: usize, block: u32, mut a: impl FnMut(), mut b: impl FnMut(
 }
 
 fn micro(c: &mut Criterion) {
-    let server = common::start_server();
-    let client = LockClient::open(&server.url).unwrap();
-    let mut con = redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap();
+    let server = RedisServer::start();
+    let client = LockClient::open(&server.url()).unwrap();
+    let mut con = server.conn();
     let floor = Floor::new("redis-mutex", "floor", "bench");
 
     let mut g = c.benchmark_group("uncontended");
@@ -77,9 +76,9 @@ fn micro(c: &mut Criterion) {
 
 /// The same pairs as [`micro`], interleaved.
 fn interleaved_pairs() {
-    let server = common::start_server();
-    let client = LockClient::open(&server.url).unwrap();
-    let mut con = redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap();
+    let server = RedisServer::start();
+    let client = LockClient::open(&server.url()).unwrap();
+    let mut con = server.conn();
     let by_hand = Floor::new("redis-mutex", "floor", "bench");
     let pairs = std::env::var("MICRO_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let m = client.mutex("crate");

@@ -6,50 +6,15 @@
 //! (default `redis://127.0.0.1:6379/`), or starts a throwaway `redis-server` when
 //! nothing answers there. Knobs: `WORKERS` (8), `JOBS` (2000), `LOCKS` (3).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis_mutex::LockClient;
+use redis_mutex_harness::RedisServer;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A `redis-server` started for this run; killed when dropped.
-struct Throwaway {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_throwaway() -> Result<(String, Throwaway), String> {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start redis-server ({e}); install it with `apt-get install -y redis-server`"))?;
-    let server = Throwaway { child, _dir: dir };
-    let url = format!("redis://127.0.0.1:{port}/");
-    for _ in 0..200 {
-        if LockClient::open(&url).is_ok() {
-            return Ok((url, server));
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    Err("the throwaway redis-server did not answer within 5 s".into())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -63,9 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => (url, None),
         Err(e) => {
             println!("nothing usable at {url} ({e});\nstarting a throwaway redis-server for this run");
-            let (url, server) = start_throwaway()?;
-            println!("throwaway redis-server at {url}");
-            (url, Some(server))
+            // The test harness's launcher: a free port, a temporary directory, no
+            // persistence; the server is killed when `_server` is dropped.
+            let server = RedisServer::builder().try_start()?;
+            println!("throwaway redis-server at {}", server.url());
+            (server.url(), Some(server))
         }
     };
 

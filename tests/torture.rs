@@ -1,10 +1,10 @@
 //! Mutual exclusion survives faults across processes: the torture program
-//! (`examples/torture.rs`) runs bounded, with every fault (SIGKILL, SIGSTOP past the
+//! (`examples/torture/`) runs bounded, with every fault (SIGKILL, SIGSTOP past the
 //! lease, CLIENT KILL, CLIENT PAUSE, Redis restarts with and without persistence), and
 //! its checker finds no overlapping holders, no fencing token out of order (across
 //! restarts without persistence too), no stale fenced write accepted and no lost
 //! counter update, with in-process handoffs (no round trip) among the acquisitions.
-//! The checker's own unit tests (`torture::tests`) show it reports a fence counter
+//! The checker's own unit tests (`torture::checker::tests`) show it reports a fence counter
 //! that a restart reset.
 //!
 //! The program's logic is compiled into this test binary (`#[path]` module) and its
@@ -18,7 +18,7 @@ mod support;
 use support::RedisServer;
 
 #[allow(dead_code)] // `main` and the command-line parsing are the example's.
-#[path = "../examples/torture.rs"]
+#[path = "../examples/torture/main.rs"]
 mod torture;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

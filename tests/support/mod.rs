@@ -1,15 +1,18 @@
-//! Shared helpers for integration tests.
+//! Shared helpers for integration tests. The `redis-server` launcher is the
+//! harness crate's (`tests/harness`, re-exported here); what is specific to the
+//! library's tests (a client whose notifier is subscribed, the contention driver,
+//! the reply-losing proxy) lives here.
 //!
 //! Each integration-test binary includes this module with `mod support;` and
 //! uses only a subset of it, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod proxy;
-pub mod server;
 
 #[allow(unused_imports)] // used by some test binaries only
 pub use proxy::FaultProxy;
-pub use server::RedisServer;
+pub use redis_mutex_harness::RedisServer;
 
 use std::time::{Duration, Instant};
 

@@ -1,12 +1,10 @@
-//! Proves the integration-test server harness (`tests/support`) works: real
-//! `redis-server` processes start, stop, restart on the same port, honour
-//! extra arguments, pause/resume, and report command statistics.
-
-mod support;
+//! Proves the server launcher works: real `redis-server` processes start, stop,
+//! restart on the same port, honour extra arguments, pause/resume, report command
+//! statistics, and run in a directory they are given.
 
 use std::time::Duration;
 
-use support::RedisServer;
+use redis_mutex_harness::RedisServer;
 
 fn ping(con: &mut redis::Connection) -> redis::RedisResult<String> {
     redis::cmd("PING").query(con)
@@ -96,4 +94,18 @@ fn pause_and_resume() {
     server.resume();
     let mut fresh = server.conn();
     assert_eq!(ping(&mut fresh).unwrap(), "PONG");
+}
+
+#[test]
+fn a_given_directory_holds_the_log_and_outlives_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = RedisServer::builder().dir(dir.path()).args(&["--appendonly", "yes"]).try_start().unwrap();
+    assert_eq!(server.dir(), dir.path());
+    redis::cmd("SET").arg("k").arg("v").query::<()>(&mut server.conn()).unwrap();
+    server.try_restart().unwrap();
+    let value: Option<String> = redis::cmd("GET").arg("k").query(&mut server.conn()).unwrap();
+    assert_eq!(value.as_deref(), Some("v"), "restarted from its AOF in the same directory");
+    drop(server);
+    assert!(dir.path().join("redis.log").is_file(), "the log stays in the given directory");
+    assert!(dir.path().join("appendonlydir").is_dir());
 }

@@ -10,12 +10,14 @@ use std::thread;
 use std::time::Duration;
 
 use redis_mutex::{LockClient, MutexGuard, MutexOptions};
+use redis_mutex_harness::bench::{Contender, Subject};
 
 /// Lock name used by redis-mutex (its key is `redis-mutex:{bench}`); the peers use
 /// their own key each, so a leftover of one can never be mistaken by another.
 pub const LOCK: &str = "bench";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The implementations, named on the command line as [`Impl::name`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Impl {
     RedisMutex,
     Rlock,
@@ -26,8 +28,7 @@ pub enum Impl {
     LocalFifo,
 }
 
-pub const ALL: [Impl; 6] =
-    [Impl::RedisMutex, Impl::Rlock, Impl::Redisson, Impl::Redlock, Impl::Naive, Impl::LocalFifo];
+pub const ALL: [Impl; 6] = [Impl::RedisMutex, Impl::Rlock, Impl::Redisson, Impl::Redlock, Impl::Naive, Impl::LocalFifo];
 
 impl Impl {
     pub fn name(self) -> &'static str {
@@ -39,10 +40,6 @@ impl Impl {
             Impl::Naive => "naive",
             Impl::LocalFifo => "local-fifo",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Impl> {
-        ALL.into_iter().find(|i| i.name() == s)
     }
 
     /// The Redis keys this implementation writes for the benchmark lock.
@@ -145,8 +142,20 @@ impl Shared {
         }
     }
 
-    pub fn worker(&self, imp: Impl, token: String) -> Worker {
-        let key = imp.keys().remove(0);
+    fn imp(&self) -> Impl {
+        match self {
+            Shared::RedisMutex(_) => Impl::RedisMutex,
+            Shared::Rlock(_) => Impl::Rlock,
+            Shared::Redisson(_) => Impl::Redisson,
+            Shared::Redlock(_) => Impl::Redlock,
+            Shared::Naive(_) => Impl::Naive,
+            Shared::LocalFifo(_) => Impl::LocalFifo,
+        }
+    }
+
+    /// One thread's handle; `token` names it where the implementation asks for one.
+    pub fn worker(&self, token: String) -> Worker {
+        let key = self.imp().keys().remove(0);
         match self {
             Shared::RedisMutex(c) => Worker::RedisMutex { m: c.mutex(LOCK), g: None },
             Shared::Rlock(r) => Worker::Rlock { r: r.clone(), key, g: None },
@@ -163,11 +172,19 @@ impl Shared {
             Shared::LocalFifo(f) => Worker::LocalFifo { f: f.clone(), held: false },
         }
     }
+}
+
+impl Subject for Shared {
+    type Contender = Worker;
+
+    fn contender(&self, id: u32) -> Worker {
+        self.worker(format!("{}-{id}", std::process::id()))
+    }
 
     /// Client-side round trips, where the implementation tells: redis-mutex's stats
     /// (attempts + releases sent to Redis + renewals). `None` elsewhere (the naive loop
     /// counts its own).
-    pub fn round_trips(&self) -> Option<u64> {
+    fn round_trips(&self) -> Option<u64> {
         match self {
             Shared::RedisMutex(c) => {
                 let s = c.stats();
@@ -200,8 +217,8 @@ pub enum Lease {
 }
 
 impl Worker {
-    /// Blocks until the lock is held.
-    pub fn acquire(&mut self, lease: Lease) -> Result<(), String> {
+    /// Blocks until the lock is held, with `lease`.
+    pub fn acquire_with(&mut self, lease: Lease) -> Result<(), String> {
         let fixed = lease == Lease::Fixed60s;
         match self {
             Worker::RedisMutex { m, g } => {
@@ -271,8 +288,14 @@ impl Worker {
         }
         Ok(())
     }
+}
 
-    pub fn release(&mut self) -> Result<(), String> {
+impl Contender for Worker {
+    fn acquire(&mut self) -> Result<(), String> {
+        self.acquire_with(Lease::Default)
+    }
+
+    fn release(&mut self) -> Result<(), String> {
         match self {
             Worker::RedisMutex { g, .. } => g.take().map_or(Ok(()), |g| g.unlock().map_err(|e| e.to_string())),
             // Explicit release(): dropping the guard would queue the release to
@@ -305,7 +328,7 @@ impl Worker {
     }
 
     /// Round trips this worker counted itself (the naive loop; the local lock has none).
-    pub fn sent(&self) -> Option<u64> {
+    fn sent(&self) -> Option<u64> {
         match self {
             Worker::Naive { sent, .. } => Some(*sent),
             Worker::LocalFifo { .. } => Some(0),

@@ -1,0 +1,252 @@
+//! Side-by-side performance of redis-mutex and what a Rust user would pick instead
+//! (rlock 0.2 sync, redisson 0.1 sync, redlock 2, and the naive `SET NX PX` + 1 ms sleep
+//! loop), on one loopback redis-server this program starts, beside an in-memory FIFO
+//! lock as the machine's floor for a fair lock. See README.md.
+//!
+//! `cargo run --release -- [--secs S] [--only W1,W2,W3,W4,curves] [--impls a,b] [--quick]`
+
+mod output;
+mod peers;
+mod report;
+mod w4;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use peers::{ALL, Impl, Shared};
+use redis_mutex_harness::RedisServer;
+use redis_mutex_harness::bench::{self, Measured};
+use w4::W4Row;
+
+/// Runs redis-mutex and its peers through the same workloads on one loopback
+/// redis-server, and prints a table, the issue's target checks and where it wrote the
+/// CSV and plots. See README.md for the workloads and columns.
+#[derive(Parser)]
+#[command(name = "bench-peers")]
+struct Args {
+    /// Length of each W1/W2/W3/curve run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// W4's measuring window, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    w4_secs: f64,
+    /// Short runs: --secs 2 --w4-secs 3 (whatever those say).
+    #[arg(long)]
+    quick: bool,
+    /// Workloads to run.
+    #[arg(long, value_enum, value_delimiter = ',', ignore_case = true, default_values_t = Workload::all())]
+    only: Vec<Workload>,
+    /// Implementations to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = ALL)]
+    impls: Vec<Impl>,
+    /// Where to write results.csv and the plots [default: benches/peers/results].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Accepted and ignored (cargo bench passes it).
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Accepted and ignored (`cargo bench -- --list`).
+    #[arg(long, hide = true)]
+    list: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    #[value(name = "W1")]
+    W1,
+    #[value(name = "W2")]
+    W2,
+    #[value(name = "W3")]
+    W3,
+    /// W2 at 1, 4, 16 and 64 threads.
+    Curves,
+    #[value(name = "W4")]
+    W4,
+}
+
+impl Workload {
+    fn all() -> Vec<Workload> {
+        <Workload as ValueEnum>::value_variants().to_vec()
+    }
+}
+
+const CURVE_THREADS: [u32; 4] = [1, 4, 16, 64];
+
+/// One W1/W2/W3 run of one implementation.
+pub struct Row {
+    pub workload: &'static str,
+    pub imp: Impl,
+    pub procs: u32,
+    pub threads: u32,
+    pub secs: f64,
+    pub m: Measured,
+}
+
+/// A row reads as the run it measured.
+impl std::ops::Deref for Row {
+    type Target = Measured;
+
+    fn deref(&self) -> &Measured {
+        &self.m
+    }
+}
+
+impl Row {
+    pub fn label(&self) -> String {
+        if self.procs == 1 { format!("{} thr", self.threads) } else { format!("{}p×{}t", self.procs, self.threads) }
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}; load average {}", loadavg())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        // A W3 worker process: `--child IMPL URL` and the run's parameters.
+        bench::child_main(&args[2..], |own, threads| {
+            Shared::new(Impl::from_str(&own[0], false).expect("implementation"), &own[1], threads)
+        });
+        return;
+    }
+    let mut o = Args::parse();
+    if o.quick {
+        (o.secs, o.w4_secs) = (2.0, 3.0);
+    }
+    let wants = |w: Workload| o.only.contains(&w);
+    let started = Instant::now();
+    // 64 waiters with redisson's pool, plus rlock/redlock connection churn.
+    let server = RedisServer::start_with(&["--maxclients", "10000"]);
+    let url = server.url();
+    let mut admin = server.admin_conn();
+    println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", bench::server_version(&mut admin));
+    println!("machine: {}", machine());
+    println!(
+        "{} s per run (W4: {} s window after {} s settle); hold 100 µs busy; W2/W3/curves: 0.5–1.5 ms sleep outside the lock",
+        o.secs,
+        o.w4_secs,
+        w4::W4_SETTLE.as_secs()
+    );
+    println!(
+        "redis-mutex: LockClient defaults (pool_max_size 8, lease 30 s renewed); rlock: AcquireOptions default (TTL 10 s, \
+         retry 100 ms, auto-renew); redisson: RLock lease 30 s, pool_size threads+2 (min 10); redlock: acquire(ttl 30 s), \
+         1 server; naive: SET NX PX 30000, 1 ms sleep, Lua GET==token→DEL"
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut w4rows: Vec<W4Row> = Vec::new();
+    let mut plan: Vec<(&'static str, u32, u32, bool)> = Vec::new();
+    if wants(Workload::W1) {
+        plan.push(("W1", 1, 8, false));
+    }
+    if wants(Workload::W2) {
+        plan.push(("W2", 1, 8, true));
+    }
+    if wants(Workload::W3) {
+        plan.push(("W3", 4, 4, true));
+    }
+    if wants(Workload::Curves) {
+        for n in CURVE_THREADS {
+            plan.push(("W2", 1, n, true));
+        }
+    }
+    let mut last_wl = "";
+    for (wl, procs, threads, think) in plan {
+        if wl != last_wl || threads != 8 {
+            println!("\n{}", report::row_header());
+            last_wl = wl;
+        }
+        for &imp in o.impls.iter().filter(|i| procs == 1 || i.is_distributed()) {
+            let run = bench::Run {
+                url: &url,
+                keys: imp.keys(),
+                procs,
+                threads,
+                secs: o.secs,
+                think,
+                child_args: vec![imp.name().to_owned(), url.clone()],
+            };
+            let m = bench::measure(&run, &mut admin, || Shared::new(imp, &url, threads));
+            let r = Row { workload: wl, imp, procs, threads, secs: o.secs, m };
+            println!("{}", report::row_line(&r));
+            if let Some(e) = &r.first_error {
+                println!("     first error: {e}");
+            }
+            rows.push(r);
+        }
+    }
+    if wants(Workload::W4) {
+        println!("\nW4: {} threads wait on a lock another client holds (60 s lease, no renewal)", w4::W4_WAITERS);
+        println!("{}", report::w4_header());
+        for &imp in o.impls.iter().filter(|i| i.is_distributed()) {
+            let r = w4::w4(imp, &url, &mut admin, o.w4_secs);
+            println!("{}", report::w4_line(&r));
+            if let Some(e) = &r.first_error {
+                println!("     first error: {e}");
+            }
+            w4rows.push(r);
+        }
+    }
+    report::print_legend();
+    println!("\ntarget checks (issue 6):");
+    for l in report::targets(&rows, &w4rows) {
+        println!("  {l}");
+    }
+
+    let dir = o.out.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+    std::fs::create_dir_all(&dir).unwrap();
+    output::write_csv(&dir.join("results.csv"), &rows, &w4rows).expect("results.csv");
+    // W2 throughput against threads (the 8-thread W2 run is a point of the curve).
+    let series: Vec<(&str, Vec<(f64, f64)>)> = o
+        .impls
+        .iter()
+        .map(|&imp| {
+            let mut pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.workload == "W2" && r.procs == 1 && r.imp == imp)
+                .map(|r| (f64::from(r.threads), r.acq_per_s))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (imp.name(), pts)
+        })
+        .filter(|(_, pts)| !pts.is_empty())
+        .collect();
+    let chart = dir.join("w2_throughput_vs_threads.svg");
+    if series.is_empty() {
+        let _ = std::fs::remove_file(chart); // no stale figure
+    } else {
+        output::throughput_chart(&chart, &series).expect("W2 throughput plot");
+    }
+    let cdf: Vec<(&str, Vec<f64>)> = rows
+        .iter()
+        .filter(|r| r.workload == "W2" && r.procs == 1 && r.threads == 8)
+        .map(|r| (r.imp.name(), r.handoff_ns.iter().map(|&n| n as f64 / 1e3).collect()))
+        .collect();
+    let chart = dir.join("handoff_latency.svg");
+    if cdf.is_empty() {
+        let _ = std::fs::remove_file(chart);
+    } else {
+        output::handoff_cdf(&chart, &cdf).expect("handoff latency plot");
+    }
+    println!(
+        "\nwrote {}/{{results.csv, w2_throughput_vs_threads.svg, handoff_latency.svg}}; total {:.0} s; load average now {}",
+        dir.display(),
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}

@@ -1,0 +1,364 @@
+//! The checker: the records of a run against the faults that were injected, one
+//! function per kind of violation.
+//!
+//! **Epochs**: a restart without persistence forgets the fence counters, the fenced
+//! resource and the counter, which all live in the run's Redis. Tokens must rise across
+//! it all the same (a lost fence counter restarts above the server clock); the resource
+//! and the counter are checked per epoch between such restarts. A critical section that
+//! spans one (acquired before the kill, ended after) is "tainted": it holds a lock the
+//! new server never granted, so its writes count as possibly stale and its refused
+//! write is no violation.
+
+use std::collections::HashMap;
+
+use super::config::Config;
+use super::controller::{Events, RestartEvent, Snapshot};
+use super::record::{Rec, Recovery, SetState, Unlock, WriteState};
+use super::report::{
+    DUPLICATE_TOKEN, FENCING_ORDER, LOST_UPDATE, OVERLAP, REFUSED_WHILE_HELD, RELEASED_AFTER_WIPE, Report,
+    STALE_ACCEPTED, Survivors,
+};
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn describe(r: &Rec) -> String {
+    format!(
+        "lock-{} worker {} thread {} token {} [{:.3} ms .. {:.3} ms] lost={} unlock={:?} recovery={:?}",
+        r.lock,
+        r.worker,
+        r.thread,
+        r.token,
+        ms(r.start % 1_000_000_000_000),
+        ms(r.end % 1_000_000_000_000),
+        r.lost(),
+        r.unlock,
+        r.recovery
+    )
+}
+
+/// The epochs of a run: the restarts without persistence that separate them.
+struct Epochs<'a> {
+    wipes: Vec<&'a RestartEvent>,
+}
+
+impl<'a> Epochs<'a> {
+    fn new(events: &'a Events) -> Epochs<'a> {
+        Epochs { wipes: events.restarts.iter().filter(|r| !r.persistent).collect() }
+    }
+
+    /// The epoch of a lock that `lock()` returned at `t`: one returned after the new
+    /// server was spawned came from it (an old grant would have had to take longer
+    /// than the 700 ms the server stays down to return).
+    fn at(&self, t: u64) -> usize {
+        self.wipes.iter().filter(|w| w.spawn_ns <= t).count()
+    }
+
+    /// Acquired before a wipe (nothing is acquired while Redis is down, so a guard that
+    /// arrived before the new server was spawned came from the old one) and used after.
+    fn tainted(&self, r: &Rec) -> bool {
+        self.wipes.iter().any(|w| r.asked < w.kill_ns && r.start < w.spawn_ns && r.end >= w.kill_ns)
+    }
+
+    /// The epoch of the server that applied a write sent at `sent` and acknowledged at
+    /// `ack`: after every kill before it was sent, before every kill after the reply.
+    /// `None` when it may have reached either side of a restart.
+    fn applied_in(&self, sent: u64, ack: u64) -> Option<usize> {
+        let after = self.wipes.iter().filter(|w| w.kill_ns <= sent).count();
+        let maybe_after = self.wipes.iter().filter(|w| w.kill_ns < ack).count();
+        (after == maybe_after).then_some(after)
+    }
+}
+
+/// Checks the records of a run against the faults that were injected: every kind of
+/// violation is counted (0 included), the first ones described.
+pub fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) -> Report {
+    let mut report = Report::new(cfg, records, events);
+    let epochs = Epochs::new(events);
+    report.epochs = epochs.wipes.len() + 1;
+    count_survivors(&mut report, records, events);
+    released_after_wipe(&mut report, records, &epochs);
+    for k in 0..cfg.locks {
+        let mut mine: Vec<&Rec> = records.iter().filter(|r| r.lock == k).collect();
+        mine.sort_by_key(|r| r.start);
+        overlaps(&mut report, &mine, &epochs);
+        fencing_order(&mut report, &mine, &epochs);
+        duplicate_tokens(&mut report, &mine);
+        stale_writes_accepted(&mut report, &mine, &epochs);
+        refused_while_held(&mut report, &mine, &epochs);
+    }
+    lost_updates(&mut report, cfg, records, &epochs, last);
+    report
+}
+
+/// Guards alive across a restart of each kind, and how each learned its fate.
+fn count_survivors(report: &mut Report, records: &[Rec], events: &Events) {
+    for (persistent, survivors) in [(false, &mut report.survivors_restart), (true, &mut report.survivors_restart_aof)] {
+        for r in records {
+            if events.restarts.iter().any(|e| e.persistent == persistent && r.start < e.kill_ns && r.end > e.up_ns) {
+                tally(survivors, r);
+            }
+        }
+    }
+}
+
+fn tally(survivors: &mut Survivors, r: &Rec) {
+    survivors.total += 1;
+    match (r.recovery, r.lost_at_end, r.unlock) {
+        (Recovery::WatchdogLost, ..) | (Recovery::None, true, _) => survivors.watchdog += 1,
+        (Recovery::NotHeld, ..) => survivors.is_held += 1,
+        (Recovery::Unconfirmed, ..) => survivors.unconfirmed += 1,
+        (_, _, Unlock::Lost) => survivors.at_release += 1,
+        (_, _, Unlock::Ok) => survivors.kept += 1,
+        (_, _, Unlock::Error) => survivors.unconfirmed += 1,
+    }
+}
+
+/// **Released after restart**: a guard whose lock a restart without persistence forgot
+/// was released normally (its release must find the lock gone).
+fn released_after_wipe(report: &mut Report, records: &[Rec], epochs: &Epochs<'_>) {
+    for r in records {
+        if r.unlock == Unlock::Ok && epochs.wipes.iter().any(|w| r.start < w.kill_ns && r.end > w.up_ns) {
+            report.violation(
+                RELEASED_AFTER_WIPE,
+                format!("{} released normally after a restart that forgot its lock", describe(r)),
+            );
+        }
+    }
+}
+
+/// **Overlap**: two critical sections on one lock whose intervals ([lock returned, last
+/// operation done]) intersect are a violation unless the *first* holder's guard
+/// reported its lease lost (watchdog, `is_held`, or `unlock` returning `LockLost`).
+/// "First" is the order in which Redis granted the lock: by epoch, then by fencing
+/// token, not the start timestamps (a worker stopped between Redis granting it the lock
+/// and `lock()` returning starts *after* holders that came later). A later holder that
+/// overlaps a first one that kept its lock broke exclusion, even if it lost its own
+/// lease afterwards. `mine`: one lock's records, by start.
+fn overlaps(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
+    for (i, a) in mine.iter().enumerate() {
+        for b in &mine[i + 1..] {
+            if b.start >= a.end {
+                break;
+            }
+            let (first, second) =
+                if (epochs.at(b.start), b.token) < (epochs.at(a.start), a.token) { (b, a) } else { (a, b) };
+            if first.lost() {
+                report.overlaps_after_loss += 1;
+            } else {
+                report.violation(
+                    OVERLAP,
+                    format!("{} overlaps {} (the first holder kept its lock)", describe(second), describe(first)),
+                );
+            }
+        }
+    }
+}
+
+/// **Fencing order**: per lock, over the whole run (every epoch, so across restarts
+/// without persistence too), the tokens of holders that kept their lock, ordered by
+/// start, rise strictly. Also records how much they rose across each such restart.
+fn fencing_order(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
+    let kept: Vec<&Rec> = mine.iter().copied().filter(|r| !r.lost()).collect();
+    for w in kept.windows(2) {
+        if w[1].token <= w[0].token {
+            let across = if epochs.at(w[0].start) == epochs.at(w[1].start) {
+                ""
+            } else {
+                " (across a restart without persistence)"
+            };
+            report.violation(FENCING_ORDER, format!("{} started after {}{across}", describe(w[1]), describe(w[0])));
+        }
+    }
+    for (i, w) in epochs.wipes.iter().enumerate() {
+        let before = kept.iter().rfind(|r| r.start < w.spawn_ns);
+        let after = kept.iter().find(|r| r.start >= w.spawn_ns && epochs.at(r.start) == i + 1);
+        if let (Some(b), Some(a)) = (before, after) {
+            report.rises_across_wipes.push(a.token as i128 - b.token as i128);
+        }
+    }
+}
+
+/// **Duplicate token**: no token of a lock is issued twice, lost holders' included.
+fn duplicate_tokens(report: &mut Report, mine: &[&Rec]) {
+    let mut seen: HashMap<u64, &Rec> = HashMap::new();
+    for r in mine {
+        if let Some(prev) = seen.insert(r.token, r) {
+            report.violation(DUPLICATE_TOKEN, format!("{} and {}", describe(prev), describe(r)));
+        }
+    }
+}
+
+/// **Stale write accepted**: an accepted fenced write whose token is lower than one the
+/// resource had already accepted in the same epoch (that write acknowledged before this
+/// one was sent); a write is placed in the epoch whose server applied it, and one that
+/// may have reached either side of a restart is left out.
+fn stale_writes_accepted(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
+    for epoch in 0..=epochs.wipes.len() {
+        let mut accepted: Vec<&Rec> = mine
+            .iter()
+            .copied()
+            .filter(|r| r.write == WriteState::Accepted && epochs.applied_in(r.wr_sent, r.wr_ack) == Some(epoch))
+            .collect();
+        accepted.sort_by_key(|r| r.wr_ack);
+        let mut max_before = Vec::with_capacity(accepted.len());
+        let mut running = 0;
+        for r in &accepted {
+            running = running.max(r.token);
+            max_before.push(running);
+        }
+        for r in &accepted {
+            let n = accepted.partition_point(|x| x.wr_ack < r.wr_sent);
+            if n > 0 && max_before[n - 1] > r.token {
+                report.violation(
+                    STALE_ACCEPTED,
+                    format!("{} was accepted after token {} had been", describe(r), max_before[n - 1]),
+                );
+            }
+        }
+    }
+}
+
+/// **Refused while held**: the resource refused the write of an untainted holder that
+/// kept its lock (a higher token existed while it held the lock).
+fn refused_while_held(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
+    for r in mine.iter().filter(|r| r.write == WriteState::Refused && !r.lost() && !epochs.tainted(r)) {
+        report.violation(
+            REFUSED_WHILE_HELD,
+            format!("{} was refused (resource had seen token {})", describe(r), r.wr_top),
+        );
+    }
+}
+
+/// **Counter (lost updates)**: per lock and epoch, the counter read at the epoch's end
+/// is compared with I = the increments (acknowledged `SET`s before that reading) of
+/// holders that kept their lock. Extra increments are fine and expected (a SIGKILLed
+/// worker's last `SET`, a `SET` whose reply was lost, a tainted `SET`), so only a
+/// counter *lower* than I can show lost updates. But a holder that lost its lease
+/// (SIGSTOP, pause, restart) may legitimately write back a stale value, erasing at most
+/// the increments applied between its `GET` and its `SET`; the allowance is the number
+/// of counted increments whose `SET` window intersects such a stale [GET, SET] window.
+/// Violation: counter < I - allowance. A killed worker cannot erase anything: it is
+/// killed while it holds a valid lease (faults come one at a time), so its last `SET`
+/// can only add.
+fn lost_updates(report: &mut Report, cfg: &Config, records: &[Rec], epochs: &Epochs<'_>, last: &Snapshot) {
+    for epoch in 0..=epochs.wipes.len() {
+        let snap = if epoch < epochs.wipes.len() { epochs.wipes[epoch].before.as_ref() } else { Some(last) };
+        let Some(snap) = snap else { continue };
+        let mut row = Vec::new();
+        for k in 0..cfg.locks {
+            let counted: Vec<&Rec> = records
+                .iter()
+                .filter(|r| {
+                    r.lock == k
+                        && !epochs.tainted(r)
+                        && !r.lost()
+                        && epochs.at(r.start) == epoch
+                        && r.set == SetState::Acked
+                        && r.set_ack < snap.sent_ns
+                })
+                .collect();
+            let stale = records.iter().filter(|r| {
+                r.lock == k && (r.lost() || epochs.tainted(r)) && matches!(r.set, SetState::Acked | SetState::Unknown)
+            });
+            let allowance: usize = stale
+                .map(|s| counted.iter().filter(|c| c.set_sent < s.set_ack && c.set_ack > s.get_sent).count())
+                .sum();
+            let value = snap.values.get(k).copied().flatten().unwrap_or(0);
+            if value < counted.len() as i64 - allowance as i64 {
+                report.violation(
+                    LOST_UPDATE,
+                    format!(
+                        "epoch {epoch} lock-{k}: counter {value} < {} increments by holders that kept the lock \
+                         (allowance for stale writes {allowance})",
+                        counted.len()
+                    ),
+                );
+            }
+            row.push((value, counted.len(), allowance));
+        }
+        report.counters.push(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::super::config::{Fault, WorkerCommand};
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            procs: 1,
+            threads: 1,
+            secs: 1,
+            locks: 1,
+            faults: vec![Fault::Restart],
+            seed: 1,
+            lease: Duration::from_secs(2),
+            worker: WorkerCommand { program: PathBuf::new(), args: Vec::new() },
+            no_exclusion: false,
+        }
+    }
+
+    /// A clean critical section on lock 0 from `start` to `start + 100` (ns), with an
+    /// acknowledged counter increment and an accepted fenced write.
+    fn section(token: u64, start: u64) -> Rec {
+        Rec {
+            worker: 0,
+            thread: 0,
+            lock: 0,
+            token,
+            asked: start - 10,
+            start,
+            end: start + 100,
+            get_sent: start + 10,
+            set_sent: start + 20,
+            set_ack: start + 30,
+            set: SetState::Acked,
+            wr_sent: start + 40,
+            wr_ack: start + 50,
+            write: WriteState::Accepted,
+            wr_top: 0,
+            lost_before_write: false,
+            recovery: Recovery::None,
+            lost_at_end: false,
+            unlock: Unlock::Ok,
+        }
+    }
+
+    /// Three sections, a restart without persistence, two more sections with `after`'s
+    /// tokens (the fenced resource and the counter were wiped: the writes are accepted).
+    fn history(after: [u64; 2]) -> Report {
+        let mut records: Vec<Rec> = [(1, 1_000), (2, 2_000), (3, 3_000)].map(|(t, s)| section(t, s)).to_vec();
+        records.extend([section(after[0], 5_000), section(after[1], 6_000)]);
+        let events = Events {
+            restarts: vec![RestartEvent {
+                persistent: false,
+                kill_ns: 4_000,
+                spawn_ns: 4_500,
+                up_ns: 4_600,
+                before: Some(Snapshot { sent_ns: 3_900, values: vec![Some(3)] }),
+            }],
+            ..Events::default()
+        };
+        check(&config(), &records, &events, &Snapshot { sent_ns: 9_000, values: vec![Some(2)] })
+    }
+
+    #[test]
+    fn tokens_that_keep_rising_across_a_restart_without_persistence_pass() {
+        let report = history([4, 5]);
+        assert_eq!(report.violation_count(), 0, "{report}");
+    }
+
+    #[test]
+    fn a_fence_counter_reset_by_a_restart_without_persistence_is_a_violation() {
+        // What INCRBY did when the restart forgot the counter: tokens start from 1 again.
+        let report = history([1, 2]);
+        assert_eq!(report.violations[FENCING_ORDER], 1, "the drop from 3 to 1:\n{report}");
+        assert_eq!(report.violations[DUPLICATE_TOKEN], 2, "tokens 1 and 2 handed out twice:\n{report}");
+    }
+}

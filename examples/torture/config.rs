@@ -1,0 +1,174 @@
+//! The run's configuration: the kinds of fault, how a worker process is started, and
+//! the command line (clap).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use redis_mutex_harness::wall_clock_ns;
+
+/// A kind of fault the controller injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// SIGKILL a worker process; a replacement is started.
+    Kill,
+    /// SIGSTOP a worker that holds a lock for longer than the lease, then SIGCONT.
+    Stop,
+    /// `CLIENT KILL TYPE normal`.
+    ClientKillNormal,
+    /// `CLIENT KILL TYPE pubsub`.
+    ClientKillPubsub,
+    /// `CLIENT PAUSE 2000`.
+    Pause,
+    /// Redis killed and restarted without its data (no persistence).
+    Restart,
+    /// Redis killed and restarted from its AOF (`appendfsync always`).
+    RestartAof,
+}
+
+impl Fault {
+    /// Every kind.
+    pub const ALL: [Fault; 7] = [
+        Fault::Kill,
+        Fault::Stop,
+        Fault::ClientKillNormal,
+        Fault::ClientKillPubsub,
+        Fault::Pause,
+        Fault::Restart,
+        Fault::RestartAof,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+            Fault::ClientKillNormal => "clientkill-normal",
+            Fault::ClientKillPubsub => "clientkill-pubsub",
+            Fault::Pause => "pause",
+            Fault::Restart => "restart",
+            Fault::RestartAof => "restart-aof",
+        }
+    }
+
+    /// Parses `all`, `none` or a comma-separated list (`clientkill` means both kinds).
+    pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
+        match s {
+            "all" => return Ok(Fault::ALL.to_vec()),
+            "none" | "" => return Ok(Vec::new()),
+            _ => {}
+        }
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "clientkill" => out.extend([Fault::ClientKillNormal, Fault::ClientKillPubsub]),
+                _ => out.push(
+                    *Fault::ALL.iter().find(|f| f.name() == part).ok_or_else(|| format!("unknown fault {part:?}"))?,
+                ),
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How to start one worker process: `program args...` with [`WORKER_ENV`] set.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Arguments before anything else (e.g. `--worker`).
+    pub args: Vec<String>,
+}
+
+/// One torture run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker processes alive at any time.
+    pub procs: usize,
+    /// Threads per worker.
+    pub threads: usize,
+    /// Length of the run.
+    pub secs: u64,
+    /// Lock names the threads pick from.
+    pub locks: usize,
+    /// Faults to inject (each at least once when the run is long enough).
+    pub faults: Vec<Fault>,
+    /// Seed of every random choice (workers derive theirs from it).
+    pub seed: u64,
+    /// Lease of every acquisition (renewed by the watchdog at a third of it).
+    pub lease: Duration,
+    /// How to start a worker.
+    pub worker: WorkerCommand,
+    /// Checker self-test: each worker process locks a private name instead of the shared
+    /// one, so processes do not exclude each other and the checker must report it.
+    pub no_exclusion: bool,
+}
+
+/// The command line of `cargo run --example torture -- ...`.
+#[derive(Parser)]
+#[command(
+    name = "torture",
+    about = "Worker processes fight over a few locks while faults are injected; a checker looks for any \
+             sign that mutual exclusion broke. Exit status 0: no violation.",
+    after_help = "A 10-minute soak: --procs 4 --threads 4 --secs 600 --locks 3 --faults all"
+)]
+pub struct Args {
+    /// Worker processes alive at any time.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    procs: u64,
+    /// Threads per worker.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: u64,
+    /// Length of the run, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    secs: u64,
+    /// Lock names the threads pick from.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    locks: u64,
+    /// Faults to inject: all, none, or a list of kill,stop,clientkill,pause,restart,restart-aof.
+    #[arg(long, default_value = "all", value_parser = parse_faults)]
+    faults: Faults,
+    /// Seed of every random choice [default: the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Lease of every acquisition, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(300..))]
+    lease_ms: u64,
+    /// Checker self-test: worker processes lock private names, so the run must fail.
+    #[arg(long)]
+    no_exclusion: bool,
+}
+
+/// What `--faults` says.
+#[derive(Clone)]
+struct Faults(Vec<Fault>);
+
+fn parse_faults(s: &str) -> Result<Faults, String> {
+    Fault::parse_list(s).map(Faults)
+}
+
+impl Args {
+    /// The run these arguments describe; workers are this program with `--worker`.
+    pub fn into_config(self) -> Result<Config, String> {
+        let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        Ok(Config {
+            procs: self.procs as usize,
+            threads: self.threads as usize,
+            secs: self.secs,
+            locks: self.locks as usize,
+            faults: self.faults.0,
+            seed: self.seed.unwrap_or_else(wall_clock_ns),
+            lease: Duration::from_millis(self.lease_ms),
+            worker: WorkerCommand { program, args: vec!["--worker".into()] },
+            no_exclusion: self.no_exclusion,
+        })
+    }
+}

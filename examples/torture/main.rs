@@ -1,0 +1,106 @@
+//! Torture run: many processes and threads fight over a few locks while faults are
+//! injected, and a checker looks for any sign that mutual exclusion broke.
+//!
+//! ```text
+//! cargo run --release --example torture -- --procs 3 --threads 3 --secs 60 --locks 2 \
+//!     [--faults all|none|kill,stop,clientkill,pause,restart,restart-aof] [--seed N] [--lease-ms 2000]
+//! ```
+//!
+//! It starts its own `redis-server` (AOF on, `appendfsync always`; the test harness's
+//! launcher) on a free port in a temporary directory (on `/dev/shm` when there is one:
+//! fsync on a disk would make the locks sit idle), then `--procs` worker processes (this program again, with
+//! `--worker`) of `--threads` threads each, for `--secs` seconds, over `--locks` lock
+//! names, every lock with `fencing(true)`, `auto_renew` and a short lease (2 s) so that
+//! faults matter. Exit status 0 when the checker found no violation, 1 otherwise. A
+//! failed run keeps its directory (records, worker stderr, server log) and says where;
+//! `TORTURE_KEEP_DIR=1` keeps it always. `--no-exclusion` is the checker's self-test:
+//! worker processes lock private names, so the run must fail.
+//!
+//! A 10-minute soak:
+//!
+//! ```text
+//! cargo run --release --example torture -- --procs 4 --threads 4 --secs 600 --locks 3 --faults all
+//! ```
+//!
+//! or through the test harness (same program, run in-process by `tests/torture.rs`):
+//! `TORTURE_SECS=600 cargo test --release --test torture -- --nocapture`.
+//!
+//! # Where things are
+//!
+//! `config.rs` (faults, the command line), `worker.rs` (a worker process and its
+//! critical sections), `record.rs` (what a worker writes per critical section),
+//! `fleet.rs` (the worker processes, seen from the controller), `controller.rs` (the
+//! run: server, fleet, faults, collecting records), `checker.rs` (one function per kind
+//! of violation), `report.rs` (the outcome and how it prints).
+//!
+//! # What each worker thread does
+//!
+//! `try_lock_until` one of the locks (bounded by the end of the run), then inside the
+//! critical section: a non-atomic read-modify-write of a per-lock counter (`GET`, a
+//! short sleep that widens the race window, `SET n+1`, on a plain connection), a
+//! fenced write (a Lua script that refuses a token lower than the highest it accepted),
+//! and one record line (lock, worker, thread, token, times in wall-clock ns, outcomes)
+//! written unbuffered to the worker's file, so a SIGKILLed worker's records survive up
+//! to its death. A Redis error inside the critical section makes the thread hold on to
+//! its guard until the watchdog had a chance to renew it (or to find it lost), then ask
+//! Redis (`is_held`) before going on; a lost guard ends the critical section.
+//!
+//! # Faults (one at a time, at random gaps)
+//!
+//! `kill` SIGKILLs a worker and starts a replacement; `stop` SIGSTOPs a worker that
+//! holds a lock for longer than the lease, then SIGCONTs it (its guard must report lost,
+//! and the fenced resource must refuse its stale write); `clientkill` runs
+//! `CLIENT KILL TYPE normal` and `CLIENT KILL TYPE pubsub`; `pause` runs
+//! `CLIENT PAUSE 2000`; `restart-aof` kills Redis and starts it again on the same port
+//! from its AOF (locks and fence counters survive); `restart` does the same after
+//! deleting the AOF, i.e. a restart without persistence (every lock, fence counter and
+//! resource is forgotten; guards that outlive it must be marked lost).
+//!
+//! # The checker
+//!
+//! See `checker.rs`: overlapping critical sections, fencing-token order, stale fenced writes
+//! that were accepted, and lost counter updates, with the accounting explained there.
+//! Fencing tokens must rise across restarts without persistence too (the fence counter
+//! is lost, but the next one follows the server clock); the fenced resource and the
+//! counter, which live in the same Redis, are wiped by such a restart and are checked
+
+mod checker;
+mod config;
+mod controller;
+mod fleet;
+mod record;
+mod report;
+mod worker;
+
+// What `tests/torture.rs` runs in-process.
+pub use config::{Config, Fault, WorkerCommand};
+pub use controller::run;
+pub use worker::{WORKER_ENV, worker_entry};
+
+use clap::Parser;
+
+fn main() {
+    if std::env::args().any(|a| a == "--worker") {
+        std::process::exit(worker_entry().unwrap_or_else(|| {
+            eprintln!("--worker is for worker processes started by the torture run ({WORKER_ENV} is not set)");
+            2
+        }));
+    }
+    let cfg = match config::Args::parse().into_config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    match run(&cfg) {
+        Ok(report) => {
+            println!("{report}");
+            std::process::exit(if report.is_ok() { 0 } else { 1 });
+        }
+        Err(e) => {
+            eprintln!("torture: {e}");
+            std::process::exit(2);
+        }
+    }
+}

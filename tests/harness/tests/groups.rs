@@ -1,0 +1,57 @@
+//! Proves the launchers of server groups bring them up: independent masters, a
+//! Sentinel group that names its master, a cluster in state `ok`.
+
+use redis_mutex_harness::{Cluster, Masters, SentinelGroup};
+
+fn ping(con: &mut redis::Connection) -> String {
+    redis::cmd("PING").query(con).unwrap()
+}
+
+#[test]
+fn independent_masters_answer_on_their_own_ports_and_share_nothing() {
+    let masters = Masters::start(3);
+    let urls = masters.urls();
+    assert_eq!(urls.len(), 3);
+    let mut ports: Vec<u16> = masters.iter().map(|m| m.port()).collect();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "{urls:?}");
+    redis::cmd("SET").arg("k").arg("first").query::<()>(&mut masters[0].conn()).unwrap();
+    for m in &masters[1..] {
+        assert_eq!(ping(&mut m.conn()), "PONG");
+        let info = m.info("replication");
+        assert!(info.contains("role:master") && info.contains("connected_slaves:0"), "{info}");
+        let value: Option<String> = redis::cmd("GET").arg("k").query(&mut m.conn()).unwrap();
+        assert_eq!(value, None, "a write to one master must not reach another");
+    }
+}
+
+#[test]
+fn a_sentinel_group_names_its_master() {
+    let group = SentinelGroup::start("harness-master", 1, 3);
+    assert_eq!(group.sentinels().len(), 3);
+    for sentinel in group.sentinels() {
+        let addr: (String, u16) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("harness-master")
+            .query(&mut sentinel.conn())
+            .unwrap();
+        assert_eq!(addr, ("127.0.0.1".to_owned(), group.master().port()));
+    }
+    assert_eq!(group.master_addr(), Some(("127.0.0.1".to_owned(), group.master().port())));
+    let info = group.replicas()[0].info("replication");
+    assert!(info.contains(&format!("master_port:{}", group.master().port())), "{info}");
+}
+
+#[test]
+fn a_cluster_answers_cluster_info_with_state_ok() {
+    let cluster = Cluster::start(3, 1);
+    assert_eq!(cluster.nodes().len(), 6);
+    for node in cluster.nodes() {
+        assert!(node.port() < 55536, "the bus port (+10000) must fit: {}", node.port());
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut node.conn()).unwrap();
+        assert!(info.contains("cluster_state:ok"), "{info}");
+        assert!(info.contains("cluster_known_nodes:6"), "{info}");
+    }
+    let shards: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut cluster.nodes()[0].conn()).unwrap();
+    assert_eq!(shards.len(), 3, "three masters, each with a range of slots");
+}
