@@ -41,21 +41,26 @@ pub struct Contention {
     pub longest: Duration,
     /// Times a thread entered while another was inside (must be 0).
     pub overlaps: u64,
+    /// What the probe said inside each critical section, in `order`'s order.
+    pub probed: Vec<bool>,
 }
 
 /// `threads` threads per client each lock `name` `rounds` times with no pause,
 /// recording who held it in which order.
 pub fn contend(clients: &[redis_mutex::LockClient], threads: usize, rounds: usize, name: &str) -> Contention {
-    contend_with(clients, threads, rounds, name, |_, _| redis_mutex::MutexOptions::default())
+    contend_with(clients, threads, rounds, name, |_, _| redis_mutex::MutexOptions::default(), |_| false)
 }
 
-/// [`contend`], with the options of thread `t` of client `c` given by `options(c, t)`.
+/// [`contend`], with the options of thread `t` of client `c` given by `options(c, t)`,
+/// and `probe(c)` run inside each critical section of client `c` (its answers in
+/// [`Contention::probed`]).
 pub fn contend_with(
     clients: &[redis_mutex::LockClient],
     threads: usize,
     rounds: usize,
     name: &str,
     options: impl Fn(usize, usize) -> redis_mutex::MutexOptions + Sync,
+    probe: impl Fn(usize) -> bool + Sync,
 ) -> Contention {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let inside = AtomicBool::new(false);
@@ -68,7 +73,8 @@ pub fn contend_with(
             .enumerate()
             .flat_map(|c| (0..threads).map(move |t| (c, t)))
             .map(|((who, client), t)| {
-                let (inside, overlaps, start, order, options) = (&inside, &overlaps, &start, &order, &options);
+                let (inside, overlaps, start, order, options, probe) =
+                    (&inside, &overlaps, &start, &order, &options, &probe);
                 s.spawn(move || {
                     let m = client.mutex_with(name, options(who, t));
                     let mut longest = Duration::ZERO;
@@ -80,7 +86,7 @@ pub fn contend_with(
                         if inside.swap(true, Ordering::SeqCst) {
                             overlaps.fetch_add(1, Ordering::SeqCst);
                         }
-                        order.lock().unwrap().push(who);
+                        order.lock().unwrap().push((who, probe(who)));
                         inside.store(false, Ordering::SeqCst);
                         guard.unlock().expect("unlock");
                     }
@@ -90,7 +96,8 @@ pub fn contend_with(
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).max().unwrap_or_default()
     });
-    Contention { order: order.into_inner().unwrap(), longest, overlaps: overlaps.into_inner() }
+    let (order, probed) = order.into_inner().unwrap().into_iter().unzip();
+    Contention { order, longest, overlaps: overlaps.into_inner(), probed }
 }
 
 /// The prefix of `order` during which every one of `clients` still had work left
