@@ -32,6 +32,12 @@ pub struct Stats {
     /// Locks released by the client on its own because the reply to the request that
     /// acquired them was lost (the caller got an error instead of a guard).
     pub orphans_released: u64,
+    /// Pub/sub messages this client's notifier received (release notices addressed to
+    /// it, and broadcasts): what a release costs the fleet in messages.
+    pub messages_received: u64,
+    /// Acquisitions granted by another client's release, which made a waiting thread of
+    /// this client the owner in the same step: no attempt of its own.
+    pub grants: u64,
 }
 
 impl Stats {
@@ -64,6 +70,8 @@ impl Stats {
             renewals: d(self.renewals, earlier.renewals),
             leases_lost: d(self.leases_lost, earlier.leases_lost),
             orphans_released: d(self.orphans_released, earlier.orphans_released),
+            messages_received: d(self.messages_received, earlier.messages_received),
+            grants: d(self.grants, earlier.grants),
         }
     }
 }
@@ -82,6 +90,8 @@ pub(crate) struct Counters {
     pub renewals: AtomicU64,
     pub leases_lost: AtomicU64,
     pub orphans_released: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub grants: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -104,6 +114,8 @@ impl Counters {
             renewals: g(&self.renewals),
             leases_lost: g(&self.leases_lost),
             orphans_released: g(&self.orphans_released),
+            messages_received: g(&self.messages_received),
+            grants: g(&self.grants),
         }
     }
 }

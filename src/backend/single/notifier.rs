@@ -179,6 +179,7 @@ fn listen(
         match pubsub.get_message() {
             Ok(msg) => {
                 last_heard = Instant::now();
+                bump(&shared.stats.messages_received);
                 let payload = msg.get_payload_bytes();
                 // `>id`: the lock was passed to client `id`, which alone acts on it.
                 // Anything else (`*`: forced unlock) wakes every client's first waiter.
