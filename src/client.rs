@@ -285,12 +285,14 @@ impl LockClientBuilder {
         self
     }
 
-    /// When a release passes the lock to the client that has waited longest, the lock
-    /// stays reserved for that client this long: its notifier wakes one of its threads,
-    /// which takes it (within a round trip or two). Only if that client has gone away
-    /// (crashed, or stopped) does the reservation matter: after it, the lock is free for
-    /// the next client that asks, and the others' sleeps are bounded by the lease they
-    /// last saw, as for a holder that crashed. Defaults to 1 s.
+    /// When a release grants the lock to the client that has waited longest (making it
+    /// the owner, and telling it so), the grant lasts this long until that client takes
+    /// it: its notifier hands it to one of its waiting threads, which returns at once
+    /// and renews it to the lease it asked for. Only if that client has gone away
+    /// (crashed, or stopped) does this matter: the grant then runs out, and the next
+    /// waiting client, told when to look again, takes the lock; so a crashed waiting
+    /// process costs the others about this long, not a lease. The other clients this
+    /// client waits behind use their own values. Defaults to 1 s.
     pub fn reservation_timeout(mut self, d: Duration) -> Self {
         self.reservation_timeout = d;
         self

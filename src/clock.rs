@@ -24,6 +24,14 @@ impl Stamp {
         Stamp { mono: Instant::now(), wall: SystemTime::now() }
     }
 
+    /// This reading moved back by `d` on both clocks (saturating at the clocks' start).
+    pub fn earlier(self, d: Duration) -> Stamp {
+        Stamp {
+            mono: self.mono.checked_sub(d).unwrap_or(self.mono),
+            wall: self.wall.checked_sub(d).unwrap_or(self.wall),
+        }
+    }
+
     /// Time passed from `self` to `now`: the larger of the monotonic and the wall-clock
     /// difference (a wall clock that went backwards counts as zero).
     pub fn elapsed_at(&self, now: Stamp) -> Duration {

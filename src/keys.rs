@@ -8,12 +8,11 @@ use crate::error::{Error, Result};
 pub(crate) const MAX_NAME_LEN: usize = 512;
 
 /// The Redis names of one lock. All share the hash tag `{name}`, so in a cluster they
-/// live in one slot; the release channel has the lock key's name (channels and keys
-/// are separate namespaces).
+/// live in one slot.
 #[derive(Debug, Clone)]
 pub(crate) struct LockKeys {
     pub name: Arc<str>,
-    /// The lock hash, and the release channel.
+    /// The lock hash.
     pub key: String,
     /// The fencing counter (never expires).
     pub fence: String,
@@ -28,14 +27,25 @@ impl LockKeys {
     }
 }
 
-/// The pattern the notifier subscribes to: every release channel under `prefix`.
-pub(crate) fn channel_pattern(prefix: &str) -> String {
-    format!("{prefix}:{{*}}")
+/// The pub/sub channels of one client. Channels are server-wide while keys live in a
+/// database, hence the database number in their names: clients of other databases
+/// never hear each other. Plain `SUBSCRIBE`, no patterns: a `PUBLISH` costs Redis the
+/// same however many clients are connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Channels {
+    /// Messages addressed to this client: `<prefix>:<db>:c:<client id>`.
+    pub mine: String,
+    /// Broadcasts to every client of the prefix and database: `<prefix>:<db>:all`.
+    pub all: String,
+    /// What a script prefixes to a client id to address it: `<prefix>:<db>:c:`.
+    pub clients: String,
 }
 
-/// The lock name inside a release channel `prefix:{name}`.
-pub(crate) fn name_from_channel<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
-    channel.strip_prefix(prefix)?.strip_prefix(":{")?.strip_suffix('}')
+impl Channels {
+    pub fn new(prefix: &str, db: i64, client_id: &str) -> Channels {
+        let clients = format!("{prefix}:{db}:c:");
+        Channels { mine: format!("{clients}{client_id}"), all: format!("{prefix}:{db}:all"), clients }
+    }
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<()> {
@@ -63,7 +73,7 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     let reason = if prefix.is_empty() {
         "must not be empty"
     } else if prefix.contains(['*', '?', '[', ']', '\\']) {
-        "must not contain glob characters (* ? [ ] \\): the notifier subscribes to `<prefix>:{*}`"
+        "must not contain glob characters (* ? [ ] \\): an ACL grants the crate `~<prefix>:*` and `&<prefix>:*`"
     } else if prefix.contains(['{', '}']) {
         "must not contain `{` or `}`: the lock name is the hash tag"
     } else {
@@ -174,9 +184,11 @@ mod tests {
         let k = LockKeys::new("billing", "invoice:42").unwrap();
         assert_eq!(k.key, "billing:{invoice:42}");
         assert_eq!(k.fence, "billing:{invoice:42}:fence");
-        assert_eq!(name_from_channel("billing", &k.key), Some("invoice:42"));
-        assert_eq!(name_from_channel("billing", "other:{x}"), None);
-        assert_eq!(channel_pattern("billing"), "billing:{*}");
+        let c = Channels::new("billing", 3, "abc");
+        assert_eq!(
+            (c.mine.as_str(), c.all.as_str(), c.clients.as_str()),
+            ("billing:3:c:abc", "billing:3:all", "billing:3:c:")
+        );
     }
 
     #[test]

@@ -42,15 +42,16 @@
 //!   every live guard at a third of its lease. A renewal that finds the lock gone marks
 //!   the guard lost ([`MutexGuard::is_lost`]).
 //! - **No lost wake-ups**: a thread registers as a waiter before its attempt; a failed
-//!   attempt queues its client in the lock itself, and a release passes the lock to
-//!   the first queued client with a message to that client. Only the first waiter of a
+//!   attempt queues its client in the lock itself, and a release grants the lock to
+//!   the first queued client (it is the owner at once) with a message to that client
+//!   only; its waiting thread returns without asking Redis. Only the first waiter of a
 //!   lock in each client asks Redis, and its sleep is never longer than the holder's
 //!   remaining lease; the threads queued behind it get the lock by handoff, and are
 //!   woken to ask Redis themselves whenever the first stops watching (it leaves, or
 //!   holds the lock on a lease that is not renewed and may just run out).
 //! - **Fair**: a release hands the lock to the longest-waiting thread of the same
 //!   client (a thread that releases and locks again queues behind it); while other
-//!   clients wait, after at most `handoff_limit` handoffs the lock passes to the client
+//!   clients wait, after at most `handoff_limit` handoffs the lock goes to the client
 //!   that has waited longest, so processes take turns in the order they queued. The
 //!   bound holds whatever options the client's threads lock with.
 //! - **No lock held by a lost reply**: a request that acquired a lock but whose reply
@@ -80,8 +81,8 @@
 //!   tokens stay safe either way. [`LockClientBuilder::build`] reads both (`INFO`)
 //!   and logs a warning for an eviction policy, a note for no AOF, and "could not
 //!   check" when the server refuses to say; it never fails because of them.
-//! - **A waiting process that crashes** can hold up the others once, by its
-//!   reservation (`reservation_timeout`, 1 s by default), when its turn comes.
+//! - **A waiting process that crashes** can hold up the others once, by the grant it
+//!   never takes (`reservation_timeout`, 1 s by default), when its turn comes.
 //! - **One Redis.** Locks live on one server. Without persistence, a Redis restart
 //!   forgets every lock; guards notice at their next renewal. So do the threads the
 //!   lock was handed to in the meantime inside the process (at most `handoff_limit`

@@ -23,7 +23,7 @@ const WRONG_TYPE_ADVICE: &str = "use another lock name or key prefix";
 /// the notifier's subscription and liveness probes), whatever the caller does, and the
 /// harness's own bookkeeping.
 const BACKGROUND: &[&str] =
-    &["ping", "psubscribe", "client|setname", "client|setinfo", "hello", "auth", "select", "info", "config|resetstat"];
+    &["ping", "subscribe", "client|setname", "client|setinfo", "hello", "auth", "select", "info", "config|resetstat"];
 
 /// Calls of every other command: what locking operations send.
 fn lock_commands(server: &RedisServer) -> u64 {

@@ -9,19 +9,16 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis_mutex::{LockClient, MutexOptions};
+use support::child::{ChildProcess, say};
 use support::{RedisServer, wait_until};
-
-/// The child's role; absent in a normal test run.
-const CHILD_ENV: &str = "REDIS_MUTEX_CHILD";
-const URL_ENV: &str = "REDIS_MUTEX_URL";
 
 const VANISHING: &str = "vanishing";
 const VANISHING_LEASE: Duration = Duration::from_secs(2);
@@ -42,21 +39,13 @@ const INCREMENTS: usize = 100;
 /// The entry point of child processes; does nothing in a normal test run.
 #[test]
 fn child_entry() {
-    let Ok(role) = std::env::var(CHILD_ENV) else { return };
-    let url = std::env::var(URL_ENV).expect("REDIS_MUTEX_URL is set for children");
+    let Some((role, url)) = support::child::role() else { return };
     match role.as_str() {
         "hold" => child_hold(&url),
         "increment" => child_increment(&url),
         "queue" => child_queue(&url),
         other => panic!("unknown child role {other:?}"),
     }
-}
-
-fn say(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
 }
 
 /// Takes the lock with a short, auto-renewed lease and keeps it until killed. Exits
@@ -128,77 +117,6 @@ fn child_increment(url: &str) {
 }
 
 // ---- the parent side ----
-
-/// A child process of this test binary, its stdout lines arriving on a channel.
-struct ChildProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// Every stdout line so far, for failure messages.
-    seen: Vec<String>,
-}
-
-impl ChildProcess {
-    fn spawn(role: &str, url: &str) -> ChildProcess {
-        let mut child = Command::new(std::env::current_exe().expect("current_exe"))
-            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, role)
-            .env(URL_ENV, url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn a child process");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ChildProcess { child, lines, seen: Vec::new() }
-    }
-
-    /// What follows `prefix` in the first stdout line that has it, waiting at most `limit`.
-    fn expect_line(&mut self, prefix: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    // libtest may have printed "test child_entry ... " on the same line.
-                    if let Some(at) = line.find(prefix) {
-                        return line[at + prefix.len()..].trim().to_owned();
-                    }
-                }
-                Err(e) => panic!("child {} printed no {prefix:?} line ({e}); stdout: {:?}", self.child.id(), self.seen),
-            }
-        }
-    }
-
-    /// Waits at most `limit` for the child to exit.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll a child") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "child {} did not exit within {limit:?}", self.child.id());
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        // Only reached with the child still running when the test failed.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---- 7. a vanished holder ----
 
@@ -302,7 +220,8 @@ fn processes_keep_a_shared_counter_exact() {
 /// The lock's queue of waiting clients (field `q`), first in line first.
 fn queue(con: &mut redis::Connection) -> Vec<String> {
     let q: Option<String> = redis::cmd("HGET").arg(QUEUED_KEY).arg("q").query(con).unwrap();
-    q.unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+    // Entries are `<client id>:<fencing span>:<mark>`.
+    q.unwrap_or_default().split_whitespace().map(|e| e.split(':').next().unwrap_or(e).to_owned()).collect()
 }
 
 /// A process killed while its client was first in the lock's queue gets the lock

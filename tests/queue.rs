@@ -16,7 +16,8 @@ const KEY: &str = "redis-mutex:{job}";
 
 fn queue(con: &mut redis::Connection) -> Vec<String> {
     let q: Option<String> = redis::cmd("HGET").arg(KEY).arg("q").query(con).unwrap();
-    q.unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+    // Entries are `<client id>:<fencing span>:<mark>`.
+    q.unwrap_or_default().split_whitespace().map(|e| e.split(':').next().unwrap_or(e).to_owned()).collect()
 }
 
 #[test]
@@ -79,7 +80,7 @@ fn a_client_that_never_takes_its_turn_costs_the_others_about_the_reservation() {
     let (a, b) = (connected_with(&server, builder.clone()), connected_with(&server, builder));
     let mut con = server.conn();
     let guard = a.mutex("job").lock().unwrap();
-    let _: () = redis::cmd("HSET").arg(KEY).arg("q").arg("ghost").query(&mut con).unwrap();
+    let _: () = redis::cmd("HSET").arg(KEY).arg("q").arg("ghost:0:1").query(&mut con).unwrap();
     let waiter = thread::spawn(move || {
         let t = Instant::now();
         let g = b.mutex("job").lock().unwrap();
@@ -117,7 +118,7 @@ fn a_client_without_waiters_leaves_the_queue_or_passes_its_turn_on() {
     assert!(!queue(&mut con).contains(&v.id().to_owned()), "v stayed queued after its waiter gave up");
 
     // 2. A client queued without a waiter (as after a failed leave) passes its turn on.
-    let _: () = redis::cmd("HSET").arg(KEY).arg("q").arg(v.id()).query(&mut con).unwrap();
+    let _: () = redis::cmd("HSET").arg(KEY).arg("q").arg(format!("{}:0:1", v.id())).query(&mut con).unwrap();
     let waiter = thread::spawn(move || {
         let g = b.mutex("job").lock().unwrap();
         drop(g);

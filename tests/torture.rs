@@ -74,6 +74,7 @@ fn torture_with_every_fault_finds_no_violation() {
     assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
     assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
     assert!(report.workers.local_handoffs >= 100, "in-process handoffs must be part of the run:\n{report}");
+    assert!(report.workers.grants >= 100, "grants across processes must be part of the run:\n{report}");
 }
 
 #[test]

@@ -302,6 +302,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
             workers.renewals += s.renewals;
             workers.handoffs += s.handoffs;
             workers.local_handoffs += s.local_handoffs;
+            workers.grants += s.grants;
         }
         if p.killed {
             workers.killed += 1;

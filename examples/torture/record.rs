@@ -143,6 +143,9 @@ pub struct Summary {
     pub renewals: u64,
     pub handoffs: u64,
     pub local_handoffs: u64,
+    /// Acquisitions granted by another process's release (cross-process direct grant).
+    #[serde(default)]
+    pub grants: u64,
 }
 
 /// Where a worker whose records go to `rec` writes its client's id.

@@ -29,6 +29,8 @@ pub struct WorkerOutcome {
     pub handoffs: u64,
     /// Of those, in-process handoffs without a round trip.
     pub local_handoffs: u64,
+    /// Acquisitions granted by another process's release.
+    pub grants: u64,
 }
 
 /// Guards alive across restarts of one kind, and how they ended.
@@ -250,7 +252,7 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "workers: started {}, killed {}, finished {}, failed {}; notifier reconnects {}, renewals {}, handoffs {} \
-             (without a round trip {})",
+             (without a round trip {}), grants from another process {}",
             w.started,
             w.killed,
             w.finished,
@@ -258,7 +260,8 @@ impl fmt::Display for Report {
             w.notifier_reconnects,
             w.renewals,
             w.handoffs,
-            w.local_handoffs
+            w.local_handoffs,
+            w.grants
         )?;
         let v: Vec<String> = self.violations.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(f, "violations: {} ({})", self.violation_count(), v.join(", "))?;

@@ -199,6 +199,7 @@ fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
         renewals: s.renewals,
         handoffs: s.handoffs,
         local_handoffs: s.local_handoffs,
+        grants: s.grants,
     };
     let path = record::summary_path(&spec.out);
     File::create(&path)

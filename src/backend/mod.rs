@@ -49,6 +49,8 @@ pub(crate) struct AttemptArgs<'a> {
     pub fence_span: u64,
     /// Queue the caller's client for the lock if it is held. `try_lock` doesn't.
     pub will_wait: bool,
+    /// The client's mark for this queueing, echoed in a grant (see `Granted::mark`).
+    pub mark: u64,
     /// The caller's deadline: no wait for a pooled connection outlasts it.
     pub deadline: Option<Instant>,
 }
@@ -57,11 +59,9 @@ pub(crate) struct AttemptArgs<'a> {
 pub(crate) enum Attempt {
     /// Acquired; the fence value is 0 without fencing.
     Acquired { fence: u64 },
-    /// Someone else holds it, for at most this much longer (`None`: no expiry set).
+    /// Someone else holds it (or it was granted to a client that has not taken it
+    /// yet), for at most this much longer (`None`: no expiry set).
     Held { remaining: Option<Duration> },
-    /// Free, but reserved for another waiting client for at most this much longer
-    /// (see `LockClientBuilder::reservation_timeout`).
-    Reserved { remaining: Option<Duration> },
 }
 
 /// One release's request.
@@ -82,6 +82,9 @@ pub(crate) struct ReleaseArgs<'a> {
     /// A waiting thread of this client to hand the lock to (only to a backend that
     /// [`grants`](Backend::grants)).
     pub handoff: Option<&'a HandoffTarget>,
+    /// With a handoff target, the client's mark for queueing again behind the others
+    /// when its turn is over (see `Granted::mark`).
+    pub mark: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +94,8 @@ pub(crate) enum Released {
     /// Ownership passed to the handoff target. `turn`: the acquisitions of this
     /// client's turn before it (0 when no other client waits).
     Handed { fence: u64, turn: u32 },
-    /// Reserved for the client that has waited longest, which was told to take it;
-    /// this client queues behind the others if it was given a handoff target.
+    /// Granted to the client that has waited longest, which was told so; this client
+    /// queues behind the others if it was given a handoff target.
     Passed,
     /// The caller was not the owner (lease ran out, force-unlocked, handed on).
     NotOwner,
@@ -127,11 +130,29 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;
 }
 
+/// A lock another client's release granted to this client: it is this client's in
+/// Redis under `token`, with a short lease (`lease_ms`, the `reservation_timeout`)
+/// until the thread that takes it extends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Granted {
+    pub token: String,
+    /// The fencing token the grant took (0 when the client queued without fencing).
+    pub fence: u64,
+    pub lease_ms: u64,
+    /// The client's mark of the request that queued it (`AttemptArgs::mark`,
+    /// `ReleaseArgs::mark`): a grant of an earlier queueing, heard late, cannot be
+    /// timed from this one's request.
+    pub mark: u64,
+}
+
 /// Where a backend delivers what it hears about releases: the client's waiter
 /// registry. The backend knows lock names, not waiters.
 pub(crate) trait ReleaseSink: Send + Sync + 'static {
-    /// A release of `name` concerns this client (passed to it, or forced): wake its
-    /// first waiting thread. `false` when none waits.
+    /// Another client's release granted `name` to this client: the first waiting
+    /// thread takes it. `false` when none waits (the backend then releases it).
+    fn granted(&self, name: &str, grant: Granted) -> bool;
+    /// A release of `name` concerns this client (forced, or a look-again notice fell
+    /// due): wake its first waiting thread. `false` when none waits.
     fn wake_first(&self, name: &str) -> bool;
     /// Messages may have gone unheard (the subscriber reconnected): every waiting
     /// thread looks again.
@@ -160,7 +181,8 @@ pub(crate) struct Options {
     pub write_timeout: Duration,
     pub pool_max_size: u32,
     pub pool_timeout: Duration,
-    /// How long a lock passed to a waiting client stays reserved for it.
+    /// How long a lock granted to a waiting client is its before that client takes it
+    /// (`reservation_timeout`).
     pub reservation: Duration,
     /// Silence after which the subscriber probes its connection.
     pub ping_interval: Duration,

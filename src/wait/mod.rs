@@ -35,7 +35,7 @@ pub(crate) use self::registry::Registry;
 use self::registry::{Grant, Leave, WaitHandle, Woken};
 pub(crate) use self::tenure::Tenure;
 use self::watchdog::{Renewer, Watchdog};
-use crate::backend::{Attempt, AttemptArgs, Backend, HandoffTarget, ReleaseSink};
+use crate::backend::{Attempt, AttemptArgs, Backend, HandoffTarget, ReleaseArgs, ReleaseSink};
 use crate::backoff::{Backoff, jitter};
 use crate::clock::{Stamp, later};
 use crate::error::{Error, Result};
@@ -88,7 +88,6 @@ struct Got {
     grant: Grant,
     /// The previous holder's tenure, when it was handed over without a round trip.
     tenure: Option<Arc<Tenure>>,
-    how: &'static str,
 }
 
 fn new_token() -> String {
@@ -161,15 +160,16 @@ impl Core {
             fence_span: self.fence_span(want.fencing),
             will_wait: false,
             deadline: None,
+            mark: 0,
         };
         match self.backend.attempt(keys, args) {
             Ok(Attempt::Acquired { fence }) => {
                 bump(&self.stats.acquisitions);
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
-                let got = Got { grant: Grant { fence, at, turn: 0 }, tenure: None, how: "at once" };
-                Ok(Some(self.hold(keys, want, token, got)))
+                let grant = Grant { fence, at, turn: 0, from_another_client: None };
+                Ok(Some(self.hold(keys, want, token, Got { grant, tenure: None })))
             }
-            Ok(Attempt::Held { .. } | Attempt::Reserved { .. }) => Ok(None),
+            Ok(Attempt::Held { .. }) => Ok(None),
             Err(e) => {
                 if may_have_run(&e) {
                     self.orphans.add(keys, &token, want.lease_ms);
@@ -198,13 +198,75 @@ impl Core {
         let tenure = got.tenure.unwrap_or_else(|| {
             // Timed from when the acquiring request was sent: no later than Redis
             // started the lease, so renewals and lost-lease detection err early.
-            let t = Arc::new(Tenure::new(keys.clone(), token, want.lease_ms, got.grant.at, fence, got.grant.turn));
+            let t = Tenure::new(keys.clone(), token, want.lease_ms, got.grant.at, fence, got.grant.turn);
+            if let Some((_, grant_ms)) = &got.grant.from_another_client {
+                // Redis gave the grant a short lease, which renewals lengthen.
+                t.confirmed(got.grant.at, *grant_ms);
+            }
+            let t = Arc::new(t);
             if want.auto_renew {
                 self.watchdog.register(&t);
             }
             t
         });
         Hold { tenure, fence }
+    }
+
+    /// Turns what a waiter got into the guard's hold. A grant from another client is
+    /// timed from this client's request that queued it; when that is too old for the
+    /// grant's short lease to be fresh (the process may have stalled since, with the
+    /// message waiting in its socket), or the waiter does not renew, Redis confirms it
+    /// first, with the lease the waiter wants. `None`: that grant had run out before
+    /// it was taken, and the waiter waits on.
+    fn take(&self, keys: &LockKeys, want: Want, token: &str, got: Got) -> Result<Option<Hold>> {
+        let Some((granted, _)) = got.grant.from_another_client.clone() else {
+            let token = got.tenure.as_ref().map_or_else(|| token.to_owned(), |t| t.token.clone());
+            return Ok(Some(self.hold(keys, want, token, got)));
+        };
+        if want.fencing && got.grant.fence == 0 {
+            // Queued by a waiter without fencing, so no fencing token came with it:
+            // pass it on (with a fencing block to a waiter of this client, or to the
+            // next client) and wait on.
+            let args = ReleaseArgs {
+                token: &granted,
+                lease_ms: want.lease_ms,
+                local_handoffs: 0,
+                limit: self.settings.handoff_limit,
+                fence_span: self.fence_span(true),
+                handoff: None,
+                mark: 0,
+            };
+            if let Err(e) = self.release_through_backend(keys, args)
+                && !e.is_lock_lost()
+            {
+                self.orphans.add(keys, &granted, want.lease_ms);
+            }
+            return Ok(None);
+        }
+        let hold = self.hold(keys, want, granted.clone(), got);
+        if want.auto_renew && hold.tenure.is_fresh(Stamp::now()) {
+            bump(&self.stats.grants);
+            return Ok(Some(hold));
+        }
+        let sent = Stamp::now();
+        let reply = self.backend.extend(&[(keys, &granted, want.lease_ms)]);
+        match reply.map(|r| r.into_iter().next().unwrap_or(Ok(false))) {
+            Ok(Ok(true)) => {
+                hold.tenure.set_lease_ms(want.lease_ms);
+                hold.tenure.confirmed(sent, want.lease_ms);
+                bump(&self.stats.grants);
+                Ok(Some(hold))
+            }
+            Ok(Ok(false) | Err(Error::WrongType { .. })) => {
+                self.watchdog.deregister(&hold.tenure);
+                Ok(None)
+            }
+            Ok(Err(e)) | Err(e) => {
+                self.watchdog.deregister(&hold.tenure);
+                self.orphans.add(keys, &granted, want.lease_ms);
+                Err(e)
+            }
+        }
     }
 
     /// How long to sleep after finding the lock held.
@@ -233,7 +295,7 @@ impl Core {
             fencing: want.fencing,
             auto_renew: want.auto_renew,
         };
-        let waiter = self.registry.register(keys.name.clone(), target);
+        let mut waiter = self.registry.register(keys.name.clone(), target.clone());
         let mut backoff = Backoff::new();
         let mut outage_since: Option<Instant> = None;
         // Whether it had to wait (slept at least once): a contended acquisition.
@@ -241,35 +303,42 @@ impl Core {
         // Whether an attempt failed in a way that may have run it: Redis may then list
         // this token as the owner although nobody heard so.
         let mut maybe_ran = false;
-        let done = |got: Got, slept: bool| {
+        let done = |hold: Hold, how: &str, slept: bool| {
             bump(&self.stats.acquisitions);
             if slept {
                 bump(&self.stats.contended_acquisitions);
             }
-            log::debug!("redis-mutex: acquired {} ({}) after {:?}", keys.key, got.how, started.elapsed());
-            let token = got.tenure.as_ref().map_or_else(|| token.clone(), |t| t.token.clone());
-            Ok(D::acquired(self.hold(keys, want, token, got)))
+            log::debug!("redis-mutex: acquired {} ({how}) after {:?}", keys.key, started.elapsed());
+            Ok(D::acquired(hold))
         };
         // Leaving without the lock (`passed`: the deadline passed, else `failed`),
         // unless a releaser handed it over meanwhile.
         let give_up =
             |waiter: WaitHandle, slept: bool, maybe_ran: bool, ended: std::result::Result<D::Passed, Error>| {
                 let maybe_owner = maybe_ran || waiter.maybe_handed();
-                match waiter.leave_with_tenure() {
-                    (Leave::Granted(grant), tenure) => done(Got { grant, tenure, how: "handed" }, slept),
-                    (Leave::Left, _) => {
-                        if maybe_owner {
-                            self.orphans.add(keys, &token, want.lease_ms);
-                        }
-                        let passed = ended?;
-                        self.leave_queue(keys);
-                        Ok(D::passed(passed))
-                    }
+                if let (Leave::Granted(grant), tenure) = waiter.leave_with_tenure()
+                    && let Some(hold) = self.take(keys, want, &token, Got { grant, tenure })?
+                {
+                    return done(hold, "handed", slept);
                 }
+                if maybe_owner {
+                    self.orphans.add(keys, &token, want.lease_ms);
+                }
+                let passed = ended?;
+                self.leave_queue(keys);
+                Ok(D::passed(passed))
             };
         loop {
             if let Some(grant) = waiter.granted() {
-                return done(Got { grant, tenure: waiter.take_tenure(), how: "handed" }, slept);
+                let got = Got { grant, tenure: waiter.take_tenure() };
+                match self.take(keys, want, &token, got)? {
+                    Some(hold) => return done(hold, "handed", slept),
+                    // A grant that ran out before it was taken: wait on, queued anew.
+                    None => {
+                        waiter = self.registry.register(keys.name.clone(), target.clone());
+                        continue;
+                    }
+                }
             }
             // Behind another waiter of this client, an attempt can only fail: the lock
             // reaches us by handoff from the waiters ahead, and the first of them
@@ -284,26 +353,28 @@ impl Core {
             } else {
                 waiter.rely_on_first(false);
                 bump(&self.stats.attempts);
+                let sent = Stamp::now();
                 let args = AttemptArgs {
                     token: &token,
                     lease_ms: want.lease_ms,
                     fence_span: self.fence_span(want.fencing),
                     will_wait: true,
                     deadline: deadline.at(),
+                    mark: self.registry.queueing(&keys.name, sent),
                 };
-                let sent = Stamp::now();
                 match self.backend.attempt(keys, args) {
                     Ok(Attempt::Acquired { fence }) => {
                         waiter.finish();
-                        return done(
-                            Got { grant: Grant { fence, at: sent, turn: 0 }, tenure: None, how: "attempt" },
-                            slept,
-                        );
+                        self.registry.dequeued(&keys.name);
+                        let grant = Grant { fence, at: sent, turn: 0, from_another_client: None };
+                        let hold = self.hold(keys, want, token.clone(), Got { grant, tenure: None });
+                        return done(hold, "attempt", slept);
                     }
-                    // Held, or reserved for another client: this client is queued in
-                    // the lock now, and is told when its turn comes (or re-checks
-                    // when the holder's lease or the reservation would end).
-                    Ok(Attempt::Held { remaining } | Attempt::Reserved { remaining }) => {
+                    // Held by another client, or granted to one that has not taken it
+                    // yet: this client is queued in the lock now, and is granted it
+                    // when its turn comes (or looks again when the holder's lease or
+                    // the grant would end).
+                    Ok(Attempt::Held { remaining }) => {
                         outage_since = None;
                         (self.sleep_bound(remaining, &mut backoff), None)
                     }
@@ -348,6 +419,7 @@ impl Core {
         if self.registry.waiting(&keys.name) > 0 {
             return;
         }
+        self.registry.dequeued(&keys.name);
         if let Err(e) = self.backend.leave(keys) {
             // Then a reservation for this client goes unused until it ends; the others'
             // sleeps are bounded by the lease.

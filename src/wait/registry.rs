@@ -17,27 +17,31 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::tenure::Tenure;
-use crate::backend::{HandoffTarget, ReleaseSink};
+use crate::backend::{Granted, HandoffTarget, ReleaseSink};
 use crate::clock::Stamp;
 use crate::sync::lock;
 
 /// What a waiter was handed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Grant {
     /// The fencing token (0 without fencing).
     pub fence: u64,
-    /// When the handing release was sent: the lease is timed from here.
+    /// No later than Redis started the lease: when the handing release was sent, or,
+    /// for a grant from another client, when this client's request that queued it was.
     pub at: Stamp,
     /// Handoffs of this client's turn before this one (see `Released::Handed`).
     pub turn: u32,
+    /// Granted by another client's release: the owner token Redis lists, and the
+    /// short lease the grant has until the waiter extends it.
+    pub from_another_client: Option<(String, u64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Queued,
     /// A releaser is handing the lock to this waiter; `leaving` once the waiter wants out.
@@ -73,7 +77,7 @@ pub(crate) enum Woken {
 }
 
 /// What became of a waiter that asked to leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Leave {
     Left,
     /// It was handed the lock before it could leave: it holds it now.
@@ -101,9 +105,34 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     /// Whether the backend's subscriber hears release messages now.
     listening: AtomicBool,
+    /// Per lock name, since when this client may be queued for it in Redis (the
+    /// earliest request that queued it, since it last got the lock or left), and that
+    /// queueing's mark: a grant from another client that echoes the mark is timed from
+    /// here.
+    queued_since: Mutex<HashMap<Arc<str>, (Stamp, u64)>>,
+    next_mark: AtomicU64,
 }
 
 impl ReleaseSink for Registry {
+    fn granted(&self, name: &str, grant: Granted) -> bool {
+        let mut queues = lock(&self.queues);
+        let Some(waiter) = queues.get(name).and_then(|q| q.iter().find(|w| *lock(&w.state) == State::Queued)).cloned()
+        else {
+            return false;
+        };
+        // A grant of another queueing (heard late) or of none on record cannot be
+        // timed: as old as its lease, so the waiter confirms it with Redis first.
+        let at = match lock(&self.queued_since).remove(name) {
+            Some((since, mark)) if mark == grant.mark => since,
+            _ => Stamp::now().earlier(Duration::from_millis(grant.lease_ms)),
+        };
+        let from = Some((grant.token, grant.lease_ms));
+        *lock(&waiter.state) = State::Granted(Grant { fence: grant.fence, at, turn: 0, from_another_client: from });
+        self.remove_holder(&mut queues, &waiter);
+        let _ = waiter.tx.try_send(());
+        true
+    }
+
     /// Wakes the first waiter of `name`. Returns whether there was one.
     fn wake_first(&self, name: &str) -> bool {
         let queues = lock(&self.queues);
@@ -147,6 +176,19 @@ impl Registry {
         });
         lock(&self.queues).entry(name).or_default().push_back(waiter.clone());
         WaitHandle { registry: self.clone(), waiter, done: false }
+    }
+
+    /// A request that may queue this client for `name` in Redis is being sent at `at`;
+    /// returns the mark to queue with (the one on record while this client may still
+    /// be queued, so the earliest time stays with it).
+    pub fn queueing(&self, name: &Arc<str>, at: Stamp) -> u64 {
+        let mut since = lock(&self.queued_since);
+        since.entry(name.clone()).or_insert_with(|| (at, self.next_mark.fetch_add(1, Ordering::Relaxed) + 1)).1
+    }
+
+    /// This client is no longer queued for `name` (it got the lock, or left).
+    pub fn dequeued(&self, name: &str) {
+        lock(&self.queued_since).remove(name);
     }
 
     /// Whether release messages are heard now (else waiters poll).
@@ -223,7 +265,7 @@ impl Claim {
     /// waiter without a round trip.
     pub fn grant_tenure(self, tenure: Arc<Tenure>, fence: u64) {
         *lock(&self.waiter.tenure) = Some(tenure);
-        self.grant(Grant { fence, at: Stamp::now(), turn: 0 });
+        self.grant(Grant { fence, at: Stamp::now(), turn: 0, from_another_client: None });
     }
 
     /// The waiter now owns the lock: take it out of the queue and wake it.
@@ -272,8 +314,8 @@ impl WaitHandle {
 
     /// What a releaser handed this waiter, if it did.
     pub fn granted(&self) -> Option<Grant> {
-        match *lock(&self.waiter.state) {
-            State::Granted(grant) => Some(grant),
+        match &*lock(&self.waiter.state) {
+            State::Granted(grant) => Some(grant.clone()),
             _ => None,
         }
     }
@@ -323,10 +365,10 @@ impl WaitHandle {
             {
                 let mut queues = lock(&self.registry.queues);
                 let mut st = lock(&self.waiter.state);
-                match *st {
+                match &*st {
                     State::Granted(grant) => {
                         self.done = true;
-                        return Leave::Granted(grant);
+                        return Leave::Granted(grant.clone());
                     }
                     State::Queued => {
                         drop(st);
@@ -366,130 +408,5 @@ impl Drop for WaitHandle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn target(t: &str) -> HandoffTarget {
-        HandoffTarget { token: t.into(), lease_ms: 1000, fencing: false, auto_renew: true }
-    }
-
-    fn soon() -> Instant {
-        Instant::now() + Duration::from_millis(20)
-    }
-
-    #[test]
-    fn notify_wakes_only_the_first_waiter() {
-        let r = Registry::new();
-        let a = r.register("x".into(), target("a"));
-        let b = r.register("x".into(), target("b"));
-        assert!(r.wake_first("x"));
-        assert!(!r.wake_first("y"));
-        assert_eq!(a.sleep_until(soon()), Woken::Notified);
-        assert_eq!(b.sleep_until(soon()), Woken::TimedOut);
-    }
-
-    #[test]
-    fn wake_ups_coalesce_and_are_kept_while_busy() {
-        let r = Registry::new();
-        let a = r.register("x".into(), target("a"));
-        r.wake_first("x");
-        r.wake_first("x");
-        assert_eq!(a.sleep_until(soon()), Woken::Notified);
-        assert_eq!(a.sleep_until(soon()), Woken::TimedOut);
-    }
-
-    #[test]
-    fn a_leaving_waiter_passes_its_wake_up_on() {
-        let r = Registry::new();
-        let a = r.register("x".into(), target("a"));
-        let b = r.register("x".into(), target("b"));
-        r.wake_first("x");
-        assert_eq!(a.leave(), Leave::Left);
-        assert_eq!(b.sleep_until(soon()), Woken::Notified);
-        assert_eq!(r.waiting("x"), 1);
-        b.finish();
-        assert_eq!(r.waiting("x"), 0);
-        assert!(lock(&r.queues).is_empty(), "empty queues are removed");
-    }
-
-    #[test]
-    fn a_first_waiter_that_leaves_wakes_the_next_if_it_relies_on_it() {
-        let r = Registry::new();
-        let a = r.register("x".into(), target("a"));
-        let b = r.register("x".into(), target("b"));
-        let c = r.register("x".into(), target("c"));
-        let d = r.register("x".into(), target("d"));
-        assert!(a.is_first() && !b.is_first());
-        c.rely_on_first(true);
-        assert_eq!(b.leave(), Leave::Left);
-        assert_eq!(c.sleep_until(soon()), Woken::TimedOut, "a waiter behind the first leaves quietly");
-        assert_eq!(a.leave(), Leave::Left);
-        assert!(c.is_first());
-        assert_eq!(c.sleep_until(soon()), Woken::Notified, "the new first waiter takes over the watch");
-        assert_eq!(c.leave(), Leave::Left);
-        assert_eq!(d.sleep_until(soon()), Woken::TimedOut, "a waiter with its own time bound is not woken");
-    }
-
-    #[test]
-    fn a_finished_waiter_passes_nothing_on() {
-        let r = Registry::new();
-        let a = r.register("x".into(), target("a"));
-        let b = r.register("x".into(), target("b"));
-        r.wake_first("x");
-        a.finish();
-        assert_eq!(b.sleep_until(soon()), Woken::TimedOut);
-    }
-
-    #[test]
-    fn claims_go_to_the_first_unclaimed_waiter_and_grant_wakes_it() {
-        let r = Registry::new();
-        let a = r.register("x".into(), target("a"));
-        let b = r.register("x".into(), target("b"));
-        let c1 = r.claim_first("x").unwrap();
-        assert_eq!(c1.target().token, "a");
-        let c2 = r.claim_first("x").unwrap();
-        assert_eq!(c2.target().token, "b");
-        assert!(r.claim_first("x").is_none());
-        let grant = Grant { fence: 7, at: Stamp::now(), turn: 0 };
-        c1.grant(grant);
-        assert_eq!(a.sleep_until(soon()), Woken::Notified);
-        assert_eq!(a.granted(), Some(grant));
-        assert_eq!(r.waiting("x"), 1);
-        drop(c2); // not granted: b is queued again and can be claimed again
-        assert_eq!(b.granted(), None);
-        assert!(r.claim_first("x").is_some());
-    }
-
-    #[test]
-    fn a_claimed_waiter_that_leaves_waits_for_the_outcome() {
-        let handed = Grant { fence: 3, at: Stamp::now(), turn: 0 };
-        for grant in [true, false] {
-            let r = Registry::new();
-            let a = r.register("x".into(), target("a"));
-            let claim = r.claim_first("x").unwrap();
-            let releaser = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(30));
-                if grant {
-                    claim.grant(handed);
-                }
-            });
-            let out = a.leave();
-            releaser.join().unwrap();
-            assert_eq!(out, if grant { Leave::Granted(handed) } else { Leave::Left });
-            assert_eq!(r.waiting("x"), 0);
-        }
-    }
-
-    #[test]
-    fn wake_all_reaches_every_waiter() {
-        let r = Registry::new();
-        let ws: Vec<_> = (0..5).map(|i| r.register(format!("n{}", i % 2).into(), target("t"))).collect();
-        assert_eq!(r.wake_all(), 5);
-        for w in &ws {
-            assert_eq!(w.sleep_until(soon()), Woken::Notified);
-        }
-        drop(ws);
-        assert!(lock(&r.queues).is_empty());
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

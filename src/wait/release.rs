@@ -77,6 +77,7 @@ impl Core {
             limit: self.settings.handoff_limit,
             fence_span: self.fence_span(true),
             handoff: None,
+            mark: 0,
         };
         match self.release_through_backend(&tenure.keys, args) {
             Ok(()) => {
@@ -92,16 +93,29 @@ impl Core {
     }
 
     /// Sends the release: with the first waiting thread of this client as the one to
-    /// hand the lock to, when the backend grants.
-    fn release_through_backend(&self, keys: &LockKeys, args: ReleaseArgs<'_>) -> Result<()> {
+    /// hand the lock to, when the backend grants. (If the client's turn is over, the
+    /// release queues it again behind the others, so it counts as queueing.)
+    pub(super) fn release_through_backend(&self, keys: &LockKeys, args: ReleaseArgs<'_>) -> Result<()> {
         let claim = if self.backend.grants() { self.registry.claim_first(&keys.name) } else { None };
-        let args = ReleaseArgs { handoff: claim.as_ref().map(|c| c.target()), ..args };
         let sent = Stamp::now();
-        match self.backend.release(keys, args) {
+        let mark = if claim.is_some() { self.registry.queueing(&keys.name, sent) } else { 0 };
+        let args = ReleaseArgs { handoff: claim.as_ref().map(|c| c.target()), mark, ..args };
+        let outcome = self.backend.release(keys, args);
+        let queued = match &outcome {
+            // This client holds it, or nobody waits.
+            Ok(Released::Handed { .. } | Released::Deleted) => false,
+            // Passed on: queued again behind the others only with a waiter of its own.
+            Ok(Released::Passed) => claim.is_some(),
+            Ok(Released::NotOwner) | Err(_) => true,
+        };
+        if !queued {
+            self.registry.dequeued(&keys.name);
+        }
+        match outcome {
             Ok(Released::Handed { fence, turn }) => {
                 bump(&self.stats.handoffs);
                 if let Some(claim) = claim {
-                    claim.grant(Grant { fence, at: sent, turn });
+                    claim.grant(Grant { fence, at: sent, turn, from_another_client: None });
                 }
                 log::debug!("redis-mutex: handed {} to a waiting thread", keys.key);
                 Ok(())

@@ -253,6 +253,7 @@ fn release_orphans(r: &Renewer) -> Option<Instant> {
             limit: r.handoff_limit,
             fence_span: 0,
             handoff: None,
+            mark: 0,
         };
         match r.backend.release(&orphan.keys, args) {
             Ok(Released::NotOwner) => {} // never acquired, or its lease ran out

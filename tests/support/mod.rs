@@ -7,6 +7,7 @@
 //! uses only a subset of it, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod logs;
 pub mod proxy;
 

@@ -13,11 +13,11 @@ use redis::{Connection, Value};
 
 use self::connection::{ConnectSettings, Pool};
 use self::notifier::NotifierConfig;
-use self::scripts::Scripts;
+use self::scripts::{Releaser, Scripts};
 use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
-use crate::keys::{LockKeys, redact_url};
+use crate::keys::{Channels, LockKeys, redact_url};
 use crate::stats::Counters;
 
 /// One Redis server. Dropping it stops its notifier thread; the pool closes with the
@@ -33,7 +33,9 @@ struct Server {
     pool: Pool,
     scripts: Scripts,
     client_id: String,
-    reservation_ms: u64,
+    channels: Channels,
+    /// How long a lock granted to a waiting client is its before it takes it.
+    grant_ms: u64,
 }
 
 impl SingleServer {
@@ -56,28 +58,41 @@ impl SingleServer {
         if check {
             connection::check(&settings, &redact_url(url))?;
         }
+        // Channels are server-wide, keys per database: the database is in their names.
+        let db = settings.client.get_connection_info().redis_settings().db();
+        let channels = Channels::new(&options.prefix, db, &options.client_id);
         let server = Arc::new(Server {
             pool: Pool::new(settings.clone(), options.pool_max_size, options.pool_timeout),
             scripts: Scripts::new(),
             client_id: options.client_id.clone(),
-            reservation_ms: options.reservation.as_millis().max(1) as u64,
+            channels: channels.clone(),
+            grant_ms: options.reservation.as_millis().max(1) as u64,
         });
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let unclaimed = {
             let (server, sink, prefix) = (server.clone(), sink.clone(), options.prefix.clone());
-            // A lock passed to this client after its last waiter left: leave the queue
-            // (passing the turn on), then let a waiter that came meanwhile queue again.
-            Box::new(move |name: &str| {
-                if sink.has_waiters(name) {
-                    sink.wake_first(name);
-                    return;
-                }
-                if let Ok(keys) = LockKeys::new(&prefix, name)
-                    && let Err(e) = server.leave(&keys)
-                {
-                    // The reservation then goes unused until it ends; the others'
-                    // sleeps are bounded by the lease.
-                    log::debug!("redis-mutex: could not leave the queue of {}: {e}", keys.key);
+            // A lock granted to this client after its last waiter left: release it
+            // (owner-checked: it goes to the next waiting client), then let a waiter
+            // that came meanwhile attempt.
+            Box::new(move |name: &str, token: &str| {
+                if let Ok(keys) = LockKeys::new(&prefix, name) {
+                    let args = ReleaseArgs {
+                        token,
+                        lease_ms: server.grant_ms,
+                        local_handoffs: 0,
+                        limit: 0,
+                        fence_span: 0,
+                        handoff: None,
+                        mark: 0,
+                    };
+                    match server.release(&keys, &args) {
+                        Ok(outcome) => {
+                            log::debug!("redis-mutex: passed on an unclaimed grant of {}: {outcome:?}", keys.key)
+                        }
+                        // It then ends with the grant's short lease; the next waiting
+                        // client was told when to look again.
+                        Err(e) => log::debug!("redis-mutex: could not pass on an unclaimed grant of {}: {e}", keys.key),
+                    }
                 }
                 sink.wake_first(name);
             })
@@ -85,10 +100,10 @@ impl SingleServer {
         notifier::spawn(
             NotifierConfig {
                 connect: settings,
-                prefix: options.prefix,
-                client_id: options.client_id,
+                channels,
+                prefix: options.prefix.clone(),
                 ping_after: options.ping_interval,
-                reservation: options.reservation,
+                grant_ms: server.grant_ms,
             },
             notifier::Shared { sink, stats, unclaimed },
             stopped,
@@ -100,10 +115,24 @@ impl SingleServer {
 
 impl Server {
     fn leave(&self, keys: &LockKeys) -> Result<()> {
-        let inv = self.scripts.leave(keys, &self.client_id, self.reservation_ms);
+        let inv = self.scripts.leave(keys, &self.client_id);
         let outcome: i64 = self.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
         log::debug!("redis-mutex: left the queue of {} ({outcome})", keys.key);
         Ok(())
+    }
+
+    fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>) -> Result<Released> {
+        // Used only if the release grants the lock to another client.
+        let grant_token = uuid::Uuid::new_v4().to_string();
+        let from = Releaser {
+            client_id: &self.client_id,
+            channels: &self.channels,
+            grant_token: &grant_token,
+            grant_ms: self.grant_ms,
+        };
+        let inv = self.scripts.release(keys, a, &from);
+        let v = self.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
+        Scripts::release_reply(&v)
     }
 }
 
@@ -120,10 +149,7 @@ impl Backend for SingleServer {
     }
 
     fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {
-        let s = &self.server;
-        let inv = s.scripts.release(keys, &a, &s.client_id, s.reservation_ms);
-        let v = s.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
-        Scripts::release_reply(&v)
+        self.server.release(keys, &a)
     }
 
     fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
@@ -161,13 +187,13 @@ impl Backend for SingleServer {
 
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
         let pipe = Scripts::holder(keys);
-        type Fields = (Option<String>, Option<String>, Option<String>);
-        let (fields, pttl) = self.server.pool.with_conn(Some(&keys.key), None, |c| pipe.query::<(Fields, i64)>(c))?;
+        let (fields, pttl) =
+            self.server.pool.with_conn(Some(&keys.key), None, |c| pipe.query::<(scripts::HolderFields, i64)>(c))?;
         Ok(Scripts::holder_reply(fields, pttl))
     }
 
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
-        let inv = self.server.scripts.force_unlock(keys);
+        let inv = self.server.scripts.force_unlock(keys, &self.server.channels);
         let deleted: i64 = self.server.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
         Ok(deleted == 1)
     }

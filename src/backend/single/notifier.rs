@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::connection::ConnectSettings;
+use crate::backend::Granted;
 use crate::backend::ReleaseSink;
 use crate::backoff::{Backoff, jitter};
 use crate::clock::later;
-use crate::keys::{channel_pattern, name_from_channel};
+use crate::keys::Channels;
 use crate::stats::{Counters, bump};
 use crate::sync::panic_message;
 
@@ -25,20 +26,58 @@ const TICK: Duration = Duration::from_millis(250);
 
 pub(crate) struct NotifierConfig {
     pub connect: ConnectSettings,
+    /// This client's channel and the broadcast channel, both subscribed.
+    pub channels: Channels,
+    /// The key prefix, for the ACL rule a refusal asks for.
     pub prefix: String,
-    pub client_id: String,
     /// Silence after which the connection is probed with PING.
     pub ping_after: Duration,
-    /// How long a lock passed to a client stays reserved for it.
-    pub reservation: Duration,
+    /// How long a lock granted to a waiting client is its before it takes it.
+    pub grant_ms: u64,
 }
+
+/// Releases a grant nobody of this client takes any more: `(lock name, owner token)`.
+pub(crate) type Unclaimed = Box<dyn Fn(&str, &str) + Send>;
 
 pub(crate) struct Shared {
     pub sink: Arc<dyn ReleaseSink>,
     pub stats: Arc<Counters>,
-    /// Called with a lock name passed to this client while none of its threads waits
-    /// for it any more: leaves the lock's queue, passing the reservation on.
-    pub unclaimed: Box<dyn Fn(&str) + Send>,
+    /// Called with a lock name and owner token granted to this client while none of its
+    /// threads waits for it any more: releases it (to the next waiting client).
+    pub unclaimed: Unclaimed,
+}
+
+/// A message on this client's channel or the broadcast channel.
+#[derive(Debug, PartialEq, Eq)]
+enum Message<'a> {
+    /// `!<token> <fence> <mark> <name>`: a release granted `name` to this client.
+    Granted { name: &'a str, token: &'a str, fence: u64, mark: u64 },
+    /// `@<ms> <name>`: a release granted `name` to the client ahead of this one; if
+    /// nothing more is heard, look again after `ms` (that client may never come).
+    LookAgain { name: &'a str, after: Duration },
+    /// `*<name>` (broadcast): `name` was force-unlocked.
+    Forced { name: &'a str },
+}
+
+impl<'a> Message<'a> {
+    /// `None` for anything else (a message of another version, or not ours).
+    fn parse(payload: &'a str) -> Option<Message<'a>> {
+        let (kind, rest) = payload.split_at_checked(1)?;
+        match kind {
+            "!" => {
+                let (token, rest) = rest.split_once(' ')?;
+                let (fence, rest) = rest.split_once(' ')?;
+                let (mark, name) = rest.split_once(' ')?;
+                Some(Message::Granted { name, token, fence: fence.parse().ok()?, mark: mark.parse().ok()? })
+            }
+            "@" => {
+                let (ms, name) = rest.split_once(' ')?;
+                Some(Message::LookAgain { name, after: Duration::from_millis(ms.parse().ok()?) })
+            }
+            "*" => Some(Message::Forced { name: rest }),
+            _ => None,
+        }
+    }
 }
 
 /// Starts the notifier thread. It exits soon after `shutdown`'s sender is dropped.
@@ -101,20 +140,20 @@ fn serve(
     shutdown: &Receiver<()>,
     memory: &mut Memory,
 ) -> redis::RedisResult<()> {
-    let pattern = channel_pattern(&cfg.prefix);
+    let channels = [cfg.channels.mine.as_str(), cfg.channels.all.as_str()];
     let mut con = cfg.connect.connect(":notifier")?;
     // The `PubSub` lives as long as the connection: dropping it unsubscribes.
     let mut pubsub = con.as_pubsub();
-    pubsub.psubscribe(&pattern)?;
-    confirm_subscribed(cfg, &mut pubsub, &pattern)?;
+    pubsub.subscribe(&channels[..])?;
+    confirm_subscribed(cfg, &mut pubsub)?;
     pubsub.set_read_timeout(Some(TICK))?;
     memory.backoff = Backoff::new();
     memory.last_error = None;
     if memory.connected_before {
         bump(&shared.stats.notifier_reconnects);
-        log::warn!("redis-mutex: notifier subscribed again to {pattern}");
+        log::warn!("redis-mutex: notifier subscribed again to {channels:?}");
     } else {
-        log::debug!("redis-mutex: notifier subscribed to {pattern}");
+        log::debug!("redis-mutex: notifier subscribed to {channels:?}");
     }
     memory.connected_before = true;
     shared.sink.set_listening(true);
@@ -125,22 +164,22 @@ fn serve(
     broke.map_or(Ok(()), Err)
 }
 
-/// redis-rs discards the reply to `PSUBSCRIBE`, so a refusal (`NOPERM`: the user's ACL
-/// does not list the pattern itself among its channels) would go unnoticed: the notifier
-/// would count as up and waiters would sleep without ever being woken. Subscribed, a
-/// RESP2 connection answers `PING` with `["pong", ""]`; a plain `PONG` means nothing was
-/// subscribed. (RESP3 answers `PONG` either way; it is not checked.)
-fn confirm_subscribed(cfg: &NotifierConfig, pubsub: &mut redis::PubSub<'_>, pattern: &str) -> redis::RedisResult<()> {
+/// redis-rs discards the reply to `SUBSCRIBE`, so a refusal (`NOPERM`: the user's ACL
+/// does not allow the channels) would go unnoticed: the notifier would count as up and
+/// waiters would sleep without ever being woken. Subscribed, a RESP2 connection answers
+/// `PING` with `["pong", ""]`; a plain `PONG` means nothing was subscribed. (RESP3
+/// answers `PONG` either way; it is not checked.)
+fn confirm_subscribed(cfg: &NotifierConfig, pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
     if cfg.connect.client.get_connection_info().redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
         return Ok(());
     }
     match pubsub.ping::<redis::Value>()? {
         redis::Value::SimpleString(_) => Err(redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm),
-            "PSUBSCRIBE refused",
+            "SUBSCRIBE refused",
             format!(
-                "not subscribed to {pattern}: the user's ACL must allow this channel pattern \
-                 literally, e.g. `&{pattern}`"
+                "not subscribed to {} and {}: the user's ACL must allow the prefix's channels, `&{}:*`",
+                cfg.channels.mine, cfg.channels.all, cfg.prefix
             ),
         ))),
         _ => Ok(()),
@@ -155,11 +194,10 @@ fn listen(
     shutdown: &Receiver<()>,
 ) -> Option<redis::RedisError> {
     let mut last_heard = Instant::now();
-    // Locks passed to another client while ours waited, and when our first waiter
-    // should look again if no later pass is heard: a client that crashed (or stopped)
-    // after joining the queue never takes its reservation, and nothing announces that.
-    // Under contention each pass re-arms the check, so it only fires after a quiet
-    // spell: one attempt per waiting client, not one per pass.
+    // Locks granted to the client ahead of this one, and when our first waiter should
+    // look again if nothing more is heard: a client that crashed (or stopped) after
+    // joining the queue never takes its grant, and nothing announces that. Under
+    // contention each grant re-arms the check, so it only fires after a quiet spell.
     let mut checks: HashMap<String, Instant> = HashMap::new();
     loop {
         if stopped(shutdown) {
@@ -172,7 +210,7 @@ fn listen(
                     return true;
                 }
                 let woke = shared.sink.wake_first(name);
-                log::debug!("redis-mutex: no pass of {name} heard since the last one; waiter re-checks: {woke}");
+                log::debug!("redis-mutex: nothing heard of {name} since the grant ahead; waiter looks again: {woke}");
                 false
             });
         }
@@ -181,31 +219,34 @@ fn listen(
                 last_heard = Instant::now();
                 bump(&shared.stats.messages_received);
                 let payload = msg.get_payload_bytes();
-                // `>id`: the lock was passed to client `id`, which alone acts on it.
-                // Anything else (`*`: forced unlock) wakes every client's first waiter.
-                let mine = cfg.client_id.as_bytes();
-                let Some(name) = name_from_channel(&cfg.prefix, msg.get_channel_name()) else { continue };
-                let for_me = match payload.strip_prefix(b">") {
-                    Some(target) if target == mine => true,
-                    Some(_) => {
-                        if shared.sink.has_waiters(name) {
-                            let wait = cfg.reservation.saturating_add(TICK).saturating_add(jitter(cfg.reservation / 4));
-                            let due = later(Instant::now(), wait);
-                            checks.insert(name.to_owned(), due);
+                match std::str::from_utf8(payload).ok().and_then(Message::parse) {
+                    Some(Message::Granted { name, token, fence, mark }) => {
+                        checks.remove(name);
+                        let grant = Granted { token: token.to_owned(), fence, lease_ms: cfg.grant_ms, mark };
+                        if !shared.sink.granted(name, grant) {
+                            // Its last waiter left after it queued.
+                            (shared.unclaimed)(name, token);
                         }
-                        continue;
+                        log::trace!("redis-mutex: {name} granted to this client");
                     }
-                    None => false,
-                };
-                checks.remove(name);
-                let woke = shared.sink.wake_first(name);
-                log::trace!("redis-mutex: release of {name} heard; woke a waiter: {woke}");
-                if for_me && !woke {
-                    // Its last waiter left after the releaser chose this client.
-                    (shared.unclaimed)(name);
+                    Some(Message::LookAgain { name, after }) => {
+                        if shared.sink.has_waiters(name) {
+                            let wait = after.saturating_add(TICK).saturating_add(jitter(after / 4));
+                            checks.insert(name.to_owned(), later(Instant::now(), wait));
+                        }
+                    }
+                    Some(Message::Forced { name }) => {
+                        checks.remove(name);
+                        let woke = shared.sink.wake_first(name);
+                        log::trace!("redis-mutex: {name} force-unlocked; woke a waiter: {woke}");
+                    }
+                    None => log::debug!("redis-mutex: ignored a message the notifier does not know: {payload:?}"),
                 }
             }
-            Err(e) if e.is_timeout() => {
+            // A read a signal interrupted (EINTR: the process was stopped, then
+            // continued) read nothing: the connection and the messages waiting on it
+            // are fine. Reconnecting would lose those messages (a grant among them).
+            Err(e) if e.is_timeout() || interrupted(&e) => {
                 if last_heard.elapsed() >= cfg.ping_after {
                     // A quiet connection may be a dead one: PING must answer within the
                     // read timeout.
@@ -224,6 +265,14 @@ fn listen(
     }
 }
 
+/// Whether `e` is a read interrupted by a signal.
+fn interrupted(e: &redis::RedisError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>())
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +284,9 @@ mod tests {
     struct Listening(AtomicBool);
 
     impl ReleaseSink for Listening {
+        fn granted(&self, _: &str, _: Granted) -> bool {
+            false
+        }
         fn wake_first(&self, _: &str) -> bool {
             false
         }
@@ -248,9 +300,18 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_read_is_told_from_a_broken_connection() {
+        let eintr = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::Interrupted));
+        let reset = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(interrupted(&eintr));
+        assert!(!interrupted(&reset));
+    }
+
+    #[test]
     fn a_session_that_panics_is_marked_down_and_started_again() {
         let sink = Arc::new(Listening::default());
-        let shared = Shared { sink: sink.clone(), stats: Arc::new(Counters::default()), unclaimed: Box::new(|_| {}) };
+        let shared =
+            Shared { sink: sink.clone(), stats: Arc::new(Counters::default()), unclaimed: Box::new(|_, _| {}) };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let stop_tx = Mutex::new(Some(stop_tx));
         let mut sessions = 0;
@@ -273,5 +334,26 @@ mod tests {
         });
         assert_eq!(sessions, 2, "a new session after the panic");
         assert_eq!(up_after_panic, Some(false), "marked down: waiters poll meanwhile");
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse_and_names_may_hold_spaces() {
+        assert_eq!(
+            Message::parse("!tok 17 3 job 42"),
+            Some(Message::Granted { name: "job 42", token: "tok", fence: 17, mark: 3 })
+        );
+        assert_eq!(
+            Message::parse("@1000 a:b"),
+            Some(Message::LookAgain { name: "a:b", after: Duration::from_millis(1000) })
+        );
+        assert_eq!(Message::parse("*é x"), Some(Message::Forced { name: "é x" }));
+        for bad in ["", ">x", "!tok", "!tok x 1 job", "!tok 1 job", "@x job", "@1000"] {
+            assert_eq!(Message::parse(bad), None, "{bad:?}");
+        }
     }
 }

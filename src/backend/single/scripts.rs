@@ -10,7 +10,20 @@ use redis::{Pipeline, Script, ScriptInvocation, Value};
 use crate::backend::{Attempt, AttemptArgs, ReleaseArgs, Released, Renewal};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
-use crate::keys::LockKeys;
+use crate::keys::{Channels, LockKeys};
+
+/// The fields `holder` reads: `o`, `w`, `q`, `gt`.
+pub(crate) type HolderFields = (Option<String>, Option<String>, Option<String>, Option<String>);
+
+/// Who releases: what `release.lua` needs besides the lock and the caller's tenure.
+pub(crate) struct Releaser<'a> {
+    pub client_id: &'a str,
+    pub channels: &'a Channels,
+    /// The owner token a grant to another client would get (fresh per release).
+    pub grant_token: &'a str,
+    /// How long a grant is the grantee's before it takes it.
+    pub grant_ms: u64,
+}
 
 /// The scripts, hashed once (`EVALSHA`, reloaded on `NOSCRIPT` by redis-rs's
 /// `invoke`).
@@ -62,7 +75,7 @@ impl Scripts {
                 include_str!("lua/release.lua")
             )),
             leave: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/leave.lua"))),
-            extend: Script::new(include_str!("lua/extend.lua")),
+            extend: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/extend.lua"))),
             force_unlock: Script::new(include_str!("lua/force_unlock.lua")),
         }
     }
@@ -76,7 +89,8 @@ impl Scripts {
             .arg(a.lease_ms)
             .arg(a.fence_span)
             .arg(client_id)
-            .arg(flag(a.will_wait));
+            .arg(flag(a.will_wait))
+            .arg(a.mark);
         inv
     }
 
@@ -84,27 +98,22 @@ impl Scripts {
         match pair(v, "acquire")? {
             (1, fence) => Ok(Attempt::Acquired { fence: fence.max(0) as u64 }),
             (0, pttl) => Ok(Attempt::Held { remaining: millis(pttl) }),
-            (2, pttl) => Ok(Attempt::Reserved { remaining: millis(pttl) }),
             _ => Err(unexpected("acquire", v)),
         }
     }
 
-    /// `release.lua` for one release by client `client_id`, whose passes reserve the
-    /// lock for `reservation_ms`.
-    pub fn release(
-        &self,
-        keys: &LockKeys,
-        a: &ReleaseArgs<'_>,
-        client_id: &str,
-        reservation_ms: u64,
-    ) -> ScriptInvocation<'_> {
+    /// `release.lua` for one release by client `client_id`. A grant to the next
+    /// waiting client (see `Granted`) makes `grant_token` its owner for `grant_ms`
+    /// and tells it on its channel (`channels.clients` + its id).
+    pub fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>, from: &Releaser<'_>) -> ScriptInvocation<'_> {
         let mut inv = self.release.prepare_invoke();
-        inv.key(&keys.key).key(&keys.fence).arg(a.token).arg(client_id);
+        inv.key(&keys.key).key(&keys.fence).arg(a.token).arg(from.client_id);
         match a.handoff {
             Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(if t.fencing { a.fence_span } else { 0 }),
             None => inv.arg("").arg(0).arg(0),
         };
-        inv.arg(a.limit).arg(reservation_ms).arg(a.lease_ms).arg(a.local_handoffs);
+        inv.arg(a.limit).arg(from.grant_ms).arg(a.lease_ms).arg(a.local_handoffs);
+        inv.arg(from.grant_token).arg(&from.channels.clients).arg(&*keys.name).arg(a.mark);
         inv
     }
 
@@ -125,9 +134,9 @@ impl Scripts {
     }
 
     /// `leave.lua` for client `client_id`.
-    pub fn leave(&self, keys: &LockKeys, client_id: &str, reservation_ms: u64) -> ScriptInvocation<'_> {
+    pub fn leave(&self, keys: &LockKeys, client_id: &str) -> ScriptInvocation<'_> {
         let mut inv = self.leave.prepare_invoke();
-        inv.key(&keys.key).arg(client_id).arg(reservation_ms);
+        inv.key(&keys.key).arg(client_id);
         inv
     }
 
@@ -149,23 +158,30 @@ impl Scripts {
         self.extend.load(con)
     }
 
-    pub fn force_unlock(&self, keys: &LockKeys) -> ScriptInvocation<'_> {
+    /// `force_unlock.lua`, which wakes every client on `channels.all`.
+    pub fn force_unlock(&self, keys: &LockKeys, channels: &Channels) -> ScriptInvocation<'_> {
         let mut inv = self.force_unlock.prepare_invoke();
-        inv.key(&keys.key);
+        inv.key(&keys.key).arg(&channels.all).arg(&*keys.name);
         inv
     }
 
     /// `holder` is two reads in one pipeline, no script.
     pub fn holder(keys: &LockKeys) -> Pipeline {
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("w").arg("q").cmd("PTTL").arg(&keys.key);
+        pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("w").arg("q").arg("gt").cmd("PTTL").arg(&keys.key);
         pipe
     }
 
-    pub fn holder_reply(fields: (Option<String>, Option<String>, Option<String>), pttl: i64) -> Option<Holder> {
+    pub fn holder_reply(fields: HolderFields, pttl: i64) -> Option<Holder> {
+        let (owner, waited, queue, grant_ends) = fields;
         let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-        let contended = set(&fields.1) || set(&fields.2);
-        // A lock passed to a waiting client is free (`o` empty) until that client takes it.
-        fields.0.filter(|t| !t.is_empty()).map(|token| Holder { token, remaining_lease: millis(pttl), contended })
+        let contended = set(&waited) || set(&queue);
+        // A grant to a waiting client ends when PTTL falls to `gt`, sooner than the hash.
+        let grant_ends = grant_ends.and_then(|gt| gt.parse::<i64>().ok());
+        let remaining = grant_ends.map_or(pttl, |gt| pttl - gt);
+        if grant_ends.is_some() && pttl >= 0 && remaining <= 0 {
+            return None;
+        }
+        owner.filter(|t| !t.is_empty()).map(|token| Holder { token, remaining_lease: millis(remaining), contended })
     }
 }

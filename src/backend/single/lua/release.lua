@@ -1,16 +1,19 @@
--- Release: hand the lock to a waiter of the caller's client, pass it to the next
--- waiting client, or delete it.
+-- Release: hand the lock to a waiter of the caller's client, grant it to the client
+-- that has waited longest, or delete it.
 -- KEYS[1] lock hash, KEYS[2] fence counter
 -- ARGV[1] token, ARGV[2] caller's client id,
--- ARGV[3] next owner's token ('' = no local waiter), ARGV[4] next lease ms,
--- ARGV[5] fencing tokens the next owner takes ('0' = no fencing), ARGV[6] handoff limit,
--- ARGV[7] reservation ms, ARGV[8] caller's lease ms, ARGV[9] handoffs the caller's
--- tenure made inside its client without a round trip
+-- ARGV[3] next owner's token in the caller's client ('' = no local waiter),
+-- ARGV[4] its lease ms, ARGV[5] fencing tokens it takes ('0' = no fencing),
+-- ARGV[6] handoff limit, ARGV[7] grant ms, ARGV[8] caller's lease ms,
+-- ARGV[9] handoffs the caller's tenure made inside its client without a round trip,
+-- ARGV[10] the owner token of a grant to another client, ARGV[11] the clients' channel
+-- prefix (`<prefix>:<db>:c:`), ARGV[12] the lock's name, ARGV[13] the caller client's
+-- mark for queueing again (see queue.lua)
 -- Returns {0, 0} not the owner, {1, 0} deleted, {2, fence, turn} handed over (turn: the
--- handoffs of the client's turn so far, 0 while nobody else waits), {3, 0} passed to
+-- handoffs of the client's turn so far, 0 while nobody else waits), {3, 0} granted to
 -- the next waiting client.
-local held = redis.call('HMGET', KEYS[1], 'o', 'h', 'q')
-if held[1] ~= ARGV[1] then
+local held = redis.call('HMGET', KEYS[1], 'o', 'h', 'q', 'gt')
+if held[1] ~= ARGV[1] or grant_over(KEYS[1], held[4]) then
   return {0, 0}
 end
 local queue = queue_without(held[3], ARGV[2])
@@ -22,6 +25,7 @@ if ARGV[3] ~= '' then
     -- While nobody else waits there is no turn to count.
     if queue == '' then turn = 0 else turn = turn + 1 end
     local fields = {'o', ARGV[3], 'h', turn}
+    if held[4] then fields[#fields + 1] = 'gt'; fields[#fields + 1] = '' end
     local fence = 0
     local span = tonumber(ARGV[5])
     if span > 0 then
@@ -34,16 +38,29 @@ if ARGV[3] ~= '' then
   end
 end
 if queue ~= '' then
-  -- Reserved for the client that has waited longest, for ARGV[7] ms; the queue lives
-  -- as long as the caller's lease would have, so that the others, whose sleeps that
-  -- lease bounds, still find it. The caller's client queues at the back if it has
-  -- waiters itself.
-  local nxt, rest = queue_pop(queue)
-  if ARGV[3] ~= '' then rest = queue_push(rest, ARGV[2]) end
-  local ttl = math.max(tonumber(ARGV[8]), tonumber(ARGV[7]))
-  redis.call('HSET', KEYS[1], 'o', '', 'c', '', 'h', 0, 'w', '', 'g', nxt, 'q', rest, 'gt', ttl - tonumber(ARGV[7]))
+  -- Granted to the client that has waited longest: its owner token is ARGV[10], and
+  -- the message tells it so. The grant is short (ARGV[7] ms) until that client
+  -- extends it; the hash lives as long as the caller's lease would have, so that the
+  -- clients behind it, whose sleeps that lease bounds, still find the queue. The next
+  -- of them is told when to look again, in case the grantee never comes. The caller's
+  -- client queues at the back if it has waiters itself.
+  local nxt, span, mark, rest = queue_pop(queue)
+  if ARGV[3] ~= '' then rest = queue_push(rest, ARGV[2], ARGV[5], ARGV[13]) end
+  local grant = tonumber(ARGV[7])
+  local ttl = math.max(tonumber(ARGV[8]), grant)
+  local fields = {'o', ARGV[10], 'c', nxt, 'h', 0, 'w', '', 'q', rest, 'gt', ttl - grant}
+  local fence = 0
+  if span > 0 then
+    fence = take_fence(KEYS[2], span)
+    fields[#fields + 1] = 'f'; fields[#fields + 1] = integer_text(fence)
+  end
+  redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PUBLISH', KEYS[1], '>' .. nxt)
+  redis.call('PUBLISH', ARGV[11] .. nxt, '!' .. ARGV[10] .. ' ' .. integer_text(fence) .. ' ' .. mark .. ' ' .. ARGV[12])
+  local after = queue_first(rest)
+  if after then
+    redis.call('PUBLISH', ARGV[11] .. after, '@' .. grant .. ' ' .. ARGV[12])
+  end
   return {3, 0}
 end
 redis.call('DEL', KEYS[1])
