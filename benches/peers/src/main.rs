@@ -3,12 +3,13 @@
 //! loop), on one loopback redis-server this program starts, beside an in-memory FIFO
 //! lock as the machine's floor for a fair lock. See README.md.
 //!
-//! `cargo run --release -- [--secs S] [--only W1,W2,W3,W4,curves] [--impls a,b] [--quick]`
+//! `cargo run --release -- [--secs S] [--only W1,W2,W3,W4,curves,W5,fleet] [--impls a,b] [--quick]`
 
 mod output;
 mod peers;
 mod report;
 mod w4;
+mod w5;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use peers::{ALL, Impl, Shared};
 use redis_mutex_harness::RedisServer;
 use redis_mutex_harness::bench::{self, Measured};
 use w4::W4Row;
+use w5::NaRow;
 
 /// Runs redis-mutex and its peers through the same workloads on one loopback
 /// redis-server, and prints a table, the issue's target checks and where it wrote the
@@ -25,7 +27,7 @@ use w4::W4Row;
 #[derive(Parser)]
 #[command(name = "bench-peers")]
 struct Args {
-    /// Length of each W1/W2/W3/curve run, in seconds.
+    /// Length of each W1/W2/W3/curve/W5/fleet run, in seconds.
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
     /// W4's measuring window, in seconds.
@@ -63,6 +65,11 @@ enum Workload {
     Curves,
     #[value(name = "W4")]
     W4,
+    /// 8 single-threaded processes, with and without the sleep.
+    #[value(name = "W5")]
+    W5,
+    /// W5 (with the sleep) at 2, 8, 32 and 64 processes.
+    Fleet,
 }
 
 impl Workload {
@@ -73,7 +80,7 @@ impl Workload {
 
 const CURVE_THREADS: [u32; 4] = [1, 4, 16, 64];
 
-/// One W1/W2/W3 run of one implementation.
+/// One W1/W2/W3/W5 run of one implementation.
 pub struct Row {
     pub workload: &'static str,
     pub imp: Impl,
@@ -119,7 +126,7 @@ fn loadavg() -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
-        // A W3 worker process: `--child IMPL URL` and the run's parameters.
+        // A W3 or W5 worker process: `--child IMPL URL` and the run's parameters.
         bench::child_main(&args[2..], |own, threads| {
             Shared::new(Impl::from_str(&own[0], false).expect("implementation"), &own[1], threads)
         });
@@ -138,7 +145,7 @@ fn main() {
     println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", bench::server_version(&mut admin));
     println!("machine: {}", machine());
     println!(
-        "{} s per run (W4: {} s window after {} s settle); hold 100 µs busy; W2/W3/curves: 0.5–1.5 ms sleep outside the lock",
+        "{} s per run (W4: {} s window after {} s settle); hold 100 µs busy; W2/W3/curves/W5/fleet: 0.5–1.5 ms sleep outside the lock (W5t: none)",
         o.secs,
         o.w4_secs,
         w4::W4_SETTLE.as_secs()
@@ -151,6 +158,7 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut w4rows: Vec<W4Row> = Vec::new();
     let mut plan: Vec<(&'static str, u32, u32, bool)> = Vec::new();
+    let mut na: Vec<NaRow> = Vec::new();
     if wants(Workload::W1) {
         plan.push(("W1", 1, 8, false));
     }
@@ -165,12 +173,16 @@ fn main() {
             plan.push(("W2", 1, n, true));
         }
     }
+    plan.extend(w5::plan(wants(Workload::W5), wants(Workload::Fleet)));
     let mut last_wl = "";
+    let mut w5_secs = 0.0;
     for (wl, procs, threads, think) in plan {
-        if wl != last_wl || threads != 8 {
-            println!("\n{}", report::row_header());
+        let is_w5 = wl.starts_with("W5");
+        if wl != last_wl || threads != 8 || is_w5 {
+            println!("\n{}", if is_w5 { w5::header() } else { report::row_header() });
             last_wl = wl;
         }
+        let t0 = Instant::now();
         for &imp in o.impls.iter().filter(|i| procs == 1 || i.is_distributed()) {
             let run = bench::Run {
                 url: &url,
@@ -181,13 +193,24 @@ fn main() {
                 think,
                 child_args: vec![imp.name().to_owned(), url.clone()],
             };
-            let m = bench::measure(&run, &mut admin, || Shared::new(imp, &url, threads));
+            let m = match bench::try_measure(&run, &mut admin, || Shared::new(imp, &url, threads)) {
+                Ok(m) => m,
+                Err(reason) => {
+                    let n = NaRow { workload: wl, imp, procs, threads, secs: o.secs, reason };
+                    println!("{}", w5::na_line(&n));
+                    na.push(n);
+                    continue;
+                }
+            };
             let r = Row { workload: wl, imp, procs, threads, secs: o.secs, m };
-            println!("{}", report::row_line(&r));
+            println!("{}", if is_w5 { w5::line(&r) } else { report::row_line(&r) });
             if let Some(e) = &r.first_error {
                 println!("     first error: {e}");
             }
             rows.push(r);
+        }
+        if is_w5 {
+            w5_secs += t0.elapsed().as_secs_f64();
         }
     }
     if wants(Workload::W4) {
@@ -203,14 +226,25 @@ fn main() {
         }
     }
     report::print_legend();
-    println!("\ntarget checks (issue 6):");
-    for l in report::targets(&rows, &w4rows) {
-        println!("  {l}");
+    if [Workload::W1, Workload::W2, Workload::W4].into_iter().any(wants) {
+        println!("\ntarget checks (issue 6):");
+        for l in report::targets(&rows, &w4rows) {
+            println!("  {l}");
+        }
+    }
+    if wants(Workload::W5) || wants(Workload::Fleet) {
+        w5::print_legend();
+        println!("\ntarget checks (W5, the cross-process issue):");
+        for l in w5::targets(&rows, &na) {
+            println!("  {l}");
+        }
+        println!("W5 and fleet runs took {w5_secs:.0} s");
     }
 
     let dir = o.out.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
     std::fs::create_dir_all(&dir).unwrap();
-    output::write_csv(&dir.join("results.csv"), &rows, &w4rows).expect("results.csv");
+    output::write_csv(&dir.join("results.csv"), &rows, &w4rows, &na).expect("results.csv");
+    w5::plots(&dir, &rows, &o.impls).expect("W5 fleet plots");
     // W2 throughput against threads (the 8-thread W2 run is a point of the curve).
     let series: Vec<(&str, Vec<(f64, f64)>)> = o
         .impls
@@ -244,8 +278,9 @@ fn main() {
         output::handoff_cdf(&chart, &cdf).expect("handoff latency plot");
     }
     println!(
-        "\nwrote {}/{{results.csv, w2_throughput_vs_threads.svg, handoff_latency.svg}}; total {:.0} s; load average now {}",
+        "\nwrote {}/{{results.csv, w2_throughput_vs_threads.svg, handoff_latency.svg, {}}}; total {:.0} s; load average now {}",
         dir.display(),
+        w5::PLOTS.join(", "),
         started.elapsed().as_secs_f64(),
         loadavg()
     );

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::Row;
 use crate::w4::W4Row;
+use crate::w5::{self, NaRow};
 
 const COLORS: [RGBColor; 6] = [
     RGBColor(0xd6, 0x27, 0x28),
@@ -21,7 +22,8 @@ const SIZE: (u32, u32) = (760, 460);
 const TITLE: (&str, u32) = ("sans-serif", 20);
 const TEXT: (&str, u32) = ("sans-serif", 15);
 
-/// One line of `results.csv`: a W1–W3 run, or a W4 run (its own columns).
+/// One line of `results.csv`: a W1–W3/W5 run, a W4 run (its own columns), or a run
+/// that could not be measured (only `note`).
 #[derive(Serialize, Default)]
 struct CsvRow<'a> {
     workload: &'a str,
@@ -57,10 +59,15 @@ struct CsvRow<'a> {
     w4_proc_cpu_ms_per_s: Option<f64>,
     w4_acquired_before_release: Option<usize>,
     w4_drain_s: Option<f64>,
+    max_share: Option<f64>,
+    msgs_per_release: Option<f64>,
+    msgs_per_release_max_proc: Option<f64>,
+    grants_per_acq: Option<f64>,
+    note: Option<&'a str>,
 }
 
 /// Every run, one line each, figures unrounded.
-pub fn write_csv(path: &Path, rows: &[Row], w4: &[W4Row]) -> Result<(), Box<dyn Error>> {
+pub fn write_csv(path: &Path, rows: &[Row], w4: &[W4Row], na: &[NaRow]) -> Result<(), Box<dyn Error>> {
     let mut out = csv::Writer::from_path(path)?;
     for r in rows {
         out.serialize(CsvRow {
@@ -87,6 +94,21 @@ pub fn write_csv(path: &Path, rows: &[Row], w4: &[W4Row]) -> Result<(), Box<dyn 
             proc_cpu_us_per_acq: Some(r.pcpu_us),
             ping_p50_us: Some(r.ping_us),
             errors: r.errors,
+            max_share: Some(r.max_share),
+            msgs_per_release: w5::msgs_per_release(r),
+            msgs_per_release_max_proc: w5::msgs_per_release_max_proc(r),
+            grants_per_acq: w5::grants_per_acq(r),
+            ..CsvRow::default()
+        })?;
+    }
+    for n in na {
+        out.serialize(CsvRow {
+            workload: n.workload,
+            imp: n.imp.name(),
+            procs: n.procs,
+            threads: n.threads,
+            secs: n.secs,
+            note: Some(&n.reason),
             ..CsvRow::default()
         })?;
     }
@@ -136,24 +158,44 @@ fn short(v: f64) -> String {
 
 /// Acquisitions/s against thread count, one line per implementation, both axes log.
 pub fn throughput_chart(path: &Path, series: &[(&str, Vec<(f64, f64)>)]) -> Result<(), Box<dyn Error>> {
+    let axes = Axes {
+        caption: "W2 worker pool: throughput vs threads",
+        x_desc: "threads (one process; 100 µs hold, 0.5–1.5 ms work outside the lock)",
+        x_keys: &[1.0, 4.0, 8.0, 16.0, 64.0],
+        y_desc: "acquisitions / s",
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    line_chart(path, &axes, series)
+}
+
+/// What a [`line_chart`] shows: its title, the x axis's description and labelled
+/// points, the y axis's description, where the legend goes.
+pub struct Axes<'a> {
+    pub caption: &'a str,
+    pub x_desc: &'a str,
+    pub x_keys: &'a [f64],
+    pub y_desc: &'a str,
+    pub legend: SeriesLabelPosition,
+}
+
+/// One line per implementation, both axes log; the x axis spans `axes.x_keys`.
+pub fn line_chart(path: &Path, axes: &Axes, series: &[(&str, Vec<(f64, f64)>)]) -> Result<(), Box<dyn Error>> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let (lo, hi) = decades(series.iter().flat_map(|(_, pts)| pts.iter().map(|p| p.1)));
+    let (x_lo, x_hi) = (axes.x_keys[0] * 0.9, axes.x_keys[axes.x_keys.len() - 1] * 1.1);
     let mut chart = ChartBuilder::on(&root)
-        .caption("W2 worker pool: throughput vs threads", TITLE)
+        .caption(axes.caption, TITLE)
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(
-            (0.9f64..70f64).log_scale().with_key_points(vec![1.0, 4.0, 8.0, 16.0, 64.0]),
-            (lo..hi).log_scale(),
-        )?;
+        .build_cartesian_2d((x_lo..x_hi).log_scale().with_key_points(axes.x_keys.to_vec()), (lo..hi).log_scale())?;
     chart
         .configure_mesh()
         .label_style(TEXT)
         .axis_desc_style(TEXT)
-        .x_desc("threads (one process; 100 µs hold, 0.5–1.5 ms work outside the lock)")
-        .y_desc("acquisitions / s")
+        .x_desc(axes.x_desc)
+        .y_desc(axes.y_desc)
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| short(*v))
         .draw()?;
@@ -168,7 +210,7 @@ pub fn throughput_chart(path: &Path, series: &[(&str, Vec<(f64, f64)>)]) -> Resu
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(axes.legend.clone())
         .label_font(TEXT)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)

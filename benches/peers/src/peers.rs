@@ -193,7 +193,23 @@ impl Subject for Shared {
             _ => None,
         }
     }
+
+    /// redis-mutex's pub/sub messages received (release notices, broadcasts) and
+    /// grants (acquisitions another client's release made), for W5.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Shared::RedisMutex(c) => {
+                let s = c.stats();
+                vec![(MESSAGES, s.messages_received), (GRANTS, s.grants)]
+            }
+            _ => Vec::new(),
+        }
+    }
 }
+
+/// Names of the counters [`Shared`] reports (redis-mutex's `Stats` fields).
+pub const MESSAGES: &str = "messages_received";
+pub const GRANTS: &str = "grants";
 
 /// The owner-checked release the blog posts show.
 const NAIVE_RELEASE: &str =

@@ -7,16 +7,21 @@
 //! A program measures a lock by implementing [`Subject`] (what a process sets up: a
 //! client, a manager) and [`Contender`] (one thread's handle), then calls [`measure`].
 //! Worker processes are the program itself, re-run as `PROGRAM --child ARGS... THREADS
-//! SECS ID_BASE THINK`; its `main` hands such a run to [`child_main`].
+//! SECS ID_BASE THINK`; its `main` hands such a run to [`child_main`]. Every process
+//! sets up first; the measured interval (Redis's counters, the PING, the workers)
+//! starts when all are ready.
+
+mod procs;
+mod snap;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{XorShift, process_cpu, wall_clock_ns};
+pub use procs::child_main;
+pub use snap::{Snap, server_version};
 
 /// How long each acquisition holds the lock (busy, like real work).
 pub const HOLD: Duration = Duration::from_micros(100);
@@ -34,6 +39,13 @@ pub trait Subject: Clone + Send {
     /// them itself (redis-mutex's stats); otherwise the threads' [`Contender::sent`].
     fn round_trips(&self) -> Option<u64> {
         None
+    }
+
+    /// Counters of the subject's own, as `(name, count so far)` of the whole process
+    /// (redis-mutex: pub/sub messages received, grants); a run reports what each grew
+    /// by over the measured interval, per process ([`Measured::counters`]).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 }
 
@@ -78,10 +90,13 @@ pub struct Part {
     pub errors: u64,
     /// The first of them.
     pub first_error: Option<String>,
+    /// Per process: what each of [`Subject::counters`] grew by during the run.
+    pub counters: Vec<BTreeMap<String, u64>>,
 }
 
 impl Part {
     fn add(&mut self, other: Part) {
+        self.counters.extend(other.counters);
         self.recs.extend(other.recs);
         self.sent = match (self.sent, other.sent) {
             (a, None) => a,
@@ -109,11 +124,20 @@ fn cpu_seconds() -> f64 {
 
 /// Runs `threads` workers of `subject` in this process for `secs`: lock → [`HOLD`]
 /// busy → unlock, and with `think` a 0.5–1.5 ms sleep outside the lock. Thread ids
-/// start at `id_base`. Errors are counted, and the thread goes on after 1 ms.
-pub fn run_workers<S: Subject>(subject: &S, threads: u32, secs: f64, id_base: u32, think: bool) -> Part {
-    let barrier = Arc::new(Barrier::new(threads as usize));
-    let cpu0 = cpu_seconds();
+/// start at `id_base`. Errors are counted, and the thread goes on after 1 ms. `gate`
+/// is called once every thread has its handle; the run starts when it returns.
+pub fn run_workers<S: Subject>(
+    subject: &S,
+    threads: u32,
+    secs: f64,
+    id_base: u32,
+    think: bool,
+    gate: impl FnOnce(),
+) -> Part {
+    // Passed twice: every handle made; the gate passed.
+    let barrier = Arc::new(Barrier::new(threads as usize + 1));
     let mut part = Part::default();
+    let mut start = (0.0, Vec::new());
     thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -123,6 +147,7 @@ pub fn run_workers<S: Subject>(subject: &S, threads: u32, secs: f64, id_base: u3
                     let mut rng = XorShift::new(wall_clock_ns() ^ u64::from(id));
                     let mut w = subject.contender(id);
                     let mut part = Part::default();
+                    barrier.wait();
                     barrier.wait();
                     let end = Instant::now() + Duration::from_secs_f64(secs);
                     while Instant::now() < end {
@@ -150,6 +175,10 @@ pub fn run_workers<S: Subject>(subject: &S, threads: u32, secs: f64, id_base: u3
                 })
             })
             .collect();
+        barrier.wait();
+        gate();
+        start = (cpu_seconds(), subject.counters());
+        barrier.wait();
         for h in handles {
             part.add(h.join().expect("worker thread panicked"));
         }
@@ -157,76 +186,13 @@ pub fn run_workers<S: Subject>(subject: &S, threads: u32, secs: f64, id_base: u3
     if let Some(rt) = subject.round_trips() {
         part.sent = Some(rt);
     }
-    part.cpu = cpu_seconds() - cpu0;
-    part
-}
-
-/// The `--child` side: `args` is everything after `--child` (the program's own
-/// arguments, then `THREADS SECS ID_BASE THINK`); `subject(own_args, threads)` sets the
-/// lock up. Runs the workers and prints records and totals on stdout for
-/// [`measure`] in the parent.
-pub fn child_main<S: Subject>(args: &[String], subject: impl FnOnce(&[String], u32) -> S) {
-    let (own, run) = args.split_at(args.len().checked_sub(4).expect("--child ... THREADS SECS ID_BASE THINK"));
-    let threads: u32 = run[0].parse().expect("THREADS");
-    let (secs, id_base): (f64, u32) = (run[1].parse().expect("SECS"), run[2].parse().expect("ID_BASE"));
-    let part = run_workers(&subject(own, threads), threads, secs, id_base, run[3] == "1");
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for r in part.recs {
-        writeln!(out, "rec {} {} {} {}", r.thread, r.asked, r.got, r.released).unwrap();
-    }
-    let sent = part.sent.map_or("-".to_string(), |s| s.to_string());
-    writeln!(out, "total {sent} {} {}", part.cpu, part.errors).unwrap();
-    if let Some(e) = part.first_error {
-        writeln!(out, "error {}", e.replace('\n', " ")).unwrap();
-    }
-}
-
-/// `procs` worker processes of `threads` threads each (thread ids from 1000, 2000,
-/// ...), each this program re-run with `--child child_args...`; what they printed.
-fn run_children(child_args: &[String], procs: u32, threads: u32, secs: f64, think: bool) -> Part {
-    let exe = std::env::current_exe().expect("this program's path");
-    let children: Vec<Child> = (0..procs)
-        .map(|p| {
-            Command::new(&exe)
-                .arg("--child")
-                .args(child_args)
-                .args([threads.to_string(), secs.to_string(), ((p + 1) * 1000).to_string()])
-                .arg(if think { "1" } else { "0" })
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("cannot start a worker process")
-        })
-        .collect();
-    let mut part = Part { sent: Some(0), ..Part::default() };
-    for mut c in children {
-        let mut this = Part::default();
-        for line in BufReader::new(c.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            if let Some(e) = line.strip_prefix("error ") {
-                this.first_error.get_or_insert(e.to_owned());
-                continue;
-            }
-            match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                ["rec", t, a, g, r] => this.recs.push(Rec {
-                    thread: t.parse().unwrap(),
-                    asked: a.parse().unwrap(),
-                    got: g.parse().unwrap(),
-                    released: r.parse().unwrap(),
-                }),
-                ["total", sent, cpu, errors] => {
-                    this.sent = sent.parse().ok();
-                    this.cpu = cpu.parse().unwrap();
-                    this.errors = errors.parse().unwrap();
-                }
-                _ => {}
-            }
-        }
-        assert!(c.wait().unwrap().success(), "a worker process failed");
-        // Round trips are known only if every process counted them.
-        let sent = part.sent.zip(this.sent).map(|(a, b)| a + b);
-        part.add(this);
-        part.sent = sent;
-    }
+    part.cpu = cpu_seconds() - start.0;
+    let before: BTreeMap<_, _> = start.1.into_iter().collect();
+    let grew = subject
+        .counters()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.saturating_sub(before.get(k).copied().unwrap_or(0))));
+    part.counters = vec![grew.collect()];
     part
 }
 
@@ -266,6 +232,8 @@ pub struct Measured {
     /// Smallest per-thread share of acquisitions × thread count (1.00 = even; threads
     /// that never got the lock count as 0).
     pub min_share: f64,
+    /// Largest per-thread share of acquisitions × thread count.
+    pub max_share: f64,
     /// Client round trips per acquisition.
     pub rt_per_acq: f64,
     /// `"client"` (counted by the client) or `"server"` (commands Redis received).
@@ -291,39 +259,87 @@ pub struct Measured {
     pub handoff_ns: Vec<u64>,
     /// Calls per acquisition of each command (`INFO commandstats` names).
     pub per_command: BTreeMap<String, f64>,
+    /// Per process (in the order started): what each of [`Subject::counters`] grew by
+    /// during the run.
+    pub counters: Vec<BTreeMap<String, u64>>,
 }
+
+impl Measured {
+    /// Counter `name` summed over the processes; `None` when the subject keeps none.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters.iter().map(|c| c.get(name).copied()).sum()
+    }
+}
+
+/// Time for the worker processes' background connections (a notifier's
+/// subscription) to settle between the last process's `ready` and the start.
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// Measures one run: `local()` sets the lock up in this process when `run.procs` is 1;
 /// otherwise worker processes do (see [`child_main`]). `admin` is a connection of the
-/// benchmark's own to the run's Redis.
+/// benchmark's own to the run's Redis. Panics where [`try_measure`] returns an error.
 pub fn measure<S: Subject>(run: &Run<'_>, admin: &mut redis::Connection, local: impl FnOnce() -> S) -> Measured {
+    try_measure(run, admin, local).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`measure`], with an error instead of a panic when a worker process fails, or does
+/// not get ready or finish in time (every worker process is then killed).
+pub fn try_measure<S: Subject>(
+    run: &Run<'_>,
+    admin: &mut redis::Connection,
+    local: impl FnOnce() -> S,
+) -> Result<Measured, String> {
     if !run.keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(&run.keys).query(admin).unwrap();
     }
     // The PING connection is opened before the first snapshot: only its PINGs are ours.
-    let mut ping_con = redis::Client::open(run.url).unwrap().get_connection().unwrap();
-    let before = Snap::take(admin);
-    let secs = run.secs;
-    let pinger = thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs_f64(secs);
-        let mut rtts = Vec::new();
-        while Instant::now() < end {
-            let t = Instant::now();
-            let _: () = redis::cmd("PING").query(&mut ping_con).unwrap();
-            rtts.push(t.elapsed().as_nanos() as u64);
-            thread::sleep(Duration::from_millis(5));
-        }
-        rtts
-    });
+    let ping_con = redis::Client::open(run.url).unwrap().get_connection().unwrap();
+    let mut watch = None;
     let part = if run.procs == 1 {
-        run_workers(&local(), run.threads, run.secs, 0, run.think)
+        run_workers(&local(), run.threads, run.secs, 0, run.think, || {
+            watch = Some(Watch::start(admin, ping_con, run.secs));
+        })
     } else {
-        run_children(&run.child_args, run.procs, run.threads, run.secs, run.think)
+        let mut children = procs::Children::start(&run.child_args, run.procs, run.threads, run.secs, run.think)?;
+        thread::sleep(SETTLE);
+        watch = Some(Watch::start(admin, ping_con, run.secs));
+        children.go();
+        let part = children.finish(run.secs);
+        if part.is_err() {
+            let _ = watch.take().map(|w| w.pinger.join());
+        }
+        part?
     };
+    let Watch { before, pinger } = watch.expect("the run started");
     let mut rtts = pinger.join().unwrap();
     let d = before.delta(&Snap::take(admin), rtts.len() as f64);
     rtts.sort_unstable();
-    summarize(run, part, &d, pct(&rtts, 0.5))
+    Ok(summarize(run, part, &d, pct(&rtts, 0.5)))
+}
+
+/// The start of a measured interval: Redis's counters, and the thread measuring the
+/// loopback PING every 5 ms until the interval's end.
+struct Watch {
+    before: Snap,
+    pinger: thread::JoinHandle<Vec<u64>>,
+}
+
+impl Watch {
+    fn start(admin: &mut redis::Connection, mut ping_con: redis::Connection, secs: f64) -> Watch {
+        let before = Snap::take(admin);
+        let pinger = thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            let mut rtts = Vec::new();
+            while Instant::now() < end {
+                let t = Instant::now();
+                let _: () = redis::cmd("PING").query(&mut ping_con).unwrap();
+                rtts.push(t.elapsed().as_nanos() as u64);
+                thread::sleep(Duration::from_millis(5));
+            }
+            rtts
+        });
+        Watch { before, pinger }
+    }
 }
 
 fn summarize(run: &Run<'_>, part: Part, d: &Snap, ping_us: f64) -> Measured {
@@ -355,7 +371,8 @@ fn summarize(run: &Run<'_>, part: Part, d: &Snap, ping_us: f64) -> Measured {
         *per_thread.entry(r.thread).or_insert(0) += 1;
     }
     let total_threads = f64::from(run.procs * run.threads);
-    let min_share = if n > 0.0 { *per_thread.values().min().unwrap() as f64 / n * total_threads } else { 0.0 };
+    let share = |c: Option<&u64>| if n > 0.0 { *c.unwrap() as f64 / n * total_threads } else { 0.0 };
+    let (min_share, max_share) = (share(per_thread.values().min()), share(per_thread.values().max()));
     let (rt, rt_source) = match part.sent {
         Some(s) => (s as f64, "client"),
         None => (d.top, "server"),
@@ -367,6 +384,7 @@ fn summarize(run: &Run<'_>, part: Part, d: &Snap, ping_us: f64) -> Measured {
         handoff: (pct(&handoff_ns, 0.5), pct(&handoff_ns, 0.99)),
         wait: (pct(&waits, 0.5), pct(&waits, 0.99), pct(&waits, 1.0)),
         min_share,
+        max_share,
         rt_per_acq: rt / n,
         rt_source,
         cmds_per_acq: d.top / n,
@@ -379,6 +397,7 @@ fn summarize(run: &Run<'_>, part: Part, d: &Snap, ping_us: f64) -> Measured {
         first_error: part.first_error,
         handoff_ns,
         per_command: d.each.iter().map(|(k, v)| (k.clone(), v / n)).collect(),
+        counters: part.counters,
     }
 }
 
@@ -388,97 +407,4 @@ pub fn pct(sorted: &[u64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1e3
-}
-
-/// Commands that reach a benchmark's server only from inside Lua scripts: those of
-/// redis-mutex's scripts, rlock's release/renew, redisson's lock/unlock, and the
-/// owner-checked release of redlock and the polling loops. `SET` is not here: rlock,
-/// redlock and the polling loops send it themselves (rlock's script SET is its
-/// multi-key path, unused here).
-const SCRIPT_ONLY: &[&str] = &[
-    "hmget", "hset", "hget", "hexists", "exists", "pexpire", "pttl", "incr", "del", "get", "publish", "type",
-    "hincrby", "hdel", "hlen", "time",
-];
-
-/// Server-side counters at one moment (or, after [`delta`](Snap::delta), over a run).
-#[derive(Clone, Debug, Default)]
-pub struct Snap {
-    /// Commands received from clients (script-internal calls left out).
-    pub top: f64,
-    /// Every `INFO commandstats` call, script-internal ones included.
-    pub all: f64,
-    /// PING calls.
-    pub pings: f64,
-    /// `total_connections_received`.
-    pub conns: f64,
-    /// Redis CPU seconds (user + sys).
-    pub cpu: f64,
-    /// Calls of each command.
-    pub each: BTreeMap<String, f64>,
-}
-
-impl Snap {
-    /// Reads `INFO commandstats`, `stats` and `cpu`; the benchmark's own `INFO` and
-    /// `CONFIG` calls are left out.
-    pub fn take(con: &mut redis::Connection) -> Snap {
-        let mut s = Snap::default();
-        for l in info(con, "commandstats").lines() {
-            let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
-            if name == "info" || name.starts_with("config") {
-                continue;
-            }
-            let n: f64 = rest
-                .split("calls=")
-                .nth(1)
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-            s.all += n;
-            if !SCRIPT_ONLY.contains(&name) {
-                s.top += n;
-            }
-            if name == "ping" {
-                s.pings += n;
-            }
-            s.each.insert(name.to_owned(), n);
-        }
-        s.conns = info_field(&info(con, "stats"), "total_connections_received");
-        let cpu = info(con, "cpu");
-        s.cpu = info_field(&cpu, "used_cpu_sys") + info_field(&cpu, "used_cpu_user");
-        s
-    }
-
-    /// `later - self`, less `own_pings` PINGs the benchmark sent itself.
-    pub fn delta(&self, later: &Snap, own_pings: f64) -> Snap {
-        let mut each: BTreeMap<String, f64> =
-            later.each.iter().map(|(k, v)| (k.clone(), v - self.each.get(k).copied().unwrap_or(0.0))).collect();
-        if let Some(p) = each.get_mut("ping") {
-            *p -= own_pings;
-        }
-        Snap {
-            top: later.top - self.top - own_pings,
-            all: later.all - self.all - own_pings,
-            pings: later.pings - self.pings - own_pings,
-            conns: later.conns - self.conns,
-            cpu: later.cpu - self.cpu,
-            each,
-        }
-    }
-}
-
-fn info(con: &mut redis::Connection, section: &str) -> String {
-    redis::cmd("INFO").arg(section).query(con).unwrap()
-}
-
-fn info_field(text: &str, field: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// `redis_version` of the server behind `con`.
-pub fn server_version(con: &mut redis::Connection) -> String {
-    let s = info(con, "server");
-    s.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_owned()
 }
