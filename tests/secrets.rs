@@ -8,24 +8,13 @@ use support::RedisServer;
 use support::logs::{capture_logs, captured};
 
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis_mutex::{Error, LockClient};
 use redis_mutex_harness::XorShift;
 
 /// Distinctive, so that any leak is found by a plain substring search.
 const PASSWORD: &str = "s3cr3t-Pa55";
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    cond()
-}
 
 #[test]
 fn passwords_never_appear_in_debug_output_errors_or_logs() {
@@ -41,7 +30,7 @@ fn passwords_never_appear_in_debug_output_errors_or_logs() {
     let a = LockClient::open(&url).unwrap();
     let b = LockClient::builder().key_prefix("redis-mutex").build(&url).unwrap();
     let unix = LockClient::open(&format!("redis+unix://{sock_str}?pass={PASSWORD}")).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || a.is_notifier_connected() && b.is_notifier_connected()));
+    assert!(support::poll_until(Duration::from_secs(5), || a.is_notifier_connected() && b.is_notifier_connected()));
     shown.extend([format!("{a:?}"), format!("{b:?}"), format!("{unix:?}"), format!("{:?}", LockClient::builder())]);
 
     // Lock, contend across clients, unlock; then the same over the unix socket.
@@ -62,7 +51,9 @@ fn passwords_never_appear_in_debug_output_errors_or_logs() {
     for kind in ["normal", "pubsub"] {
         redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind).query::<i64>(&mut admin).unwrap();
     }
-    assert!(wait_until(Duration::from_secs(5), || a.stats().notifier_reconnects >= 1 && a.is_notifier_connected()));
+    assert!(
+        support::poll_until(Duration::from_secs(5), || a.stats().notifier_reconnects >= 1 && a.is_notifier_connected())
+    );
     ma.lock().unwrap().unlock().unwrap();
     shown.push(format!("{:?}", a.stats()));
 
@@ -79,7 +70,7 @@ fn passwords_never_appear_in_debug_output_errors_or_logs() {
     let err = mb.try_lock_for(Duration::from_millis(500)).expect_err("the server is gone");
     shown.extend([err.to_string(), format!("{err:?}")]);
     drop(held); // its release fails, and is logged
-    assert!(wait_until(Duration::from_secs(5), || !a.is_notifier_connected()));
+    assert!(support::poll_until(Duration::from_secs(5), || !a.is_notifier_connected()));
     drop((a, b, unix));
 
     for s in &shown {

@@ -128,17 +128,6 @@ fn acl_log(server: &RedisServer) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    cond()
-}
-
 /// What one pass over every feature saw.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -167,7 +156,8 @@ fn exercise(url: &str, tag: &str) -> Result<Outcome, String> {
     let mut out = Outcome::default();
     let a = LockClient::open(url).map_err(e("open"))?;
     let b = LockClient::open(url).map_err(e("open"))?;
-    out.notifiers_up = wait_until(Duration::from_secs(3), || a.is_notifier_connected() && b.is_notifier_connected());
+    out.notifiers_up =
+        support::poll_until(Duration::from_secs(3), || a.is_notifier_connected() && b.is_notifier_connected());
     let fenced = MutexOptions::default().fencing(true);
     let job = format!("job-{tag}");
     let (ma, mb) = (a.mutex_with(&job, fenced.clone()), b.mutex_with(&job, fenced.clone()));
@@ -181,7 +171,7 @@ fn exercise(url: &str, tag: &str) -> Result<Outcome, String> {
             (t.elapsed(), g.map(|g| g.map(|g| (g.fencing_token(), g.unlock()))))
         });
         // The waiter has marked the holder (its release will publish) and sleeps.
-        let marked = wait_until(Duration::from_secs(5), || {
+        let marked = support::poll_until(Duration::from_secs(5), || {
             mb.waiting_threads() == 1 && ma.holder().ok().flatten().is_some_and(|h| h.contended)
         });
         first.extend(Duration::from_secs(20)).map_err(e("extend"))?;
@@ -276,7 +266,7 @@ fn every_permission_in_the_recommended_acl_is_needed() {
         }
     });
     for (user, command) in &users {
-        let refused = wait_until(Duration::from_secs(3), || {
+        let refused = support::poll_until(Duration::from_secs(3), || {
             acl_log(&server)
                 .iter()
                 .any(|e| e.get("username") == Some(user) && e.get("object").map(String::as_str) == Some(command))
@@ -390,7 +380,7 @@ fn refused_renewals_are_reported_as_acl_refusals() {
     // until the lease runs out. Each failure is logged: it must say what to fix.
     let logs_before = captured().len();
     revoke(&server, "loses-pexpire", "pexpire");
-    assert!(wait_until(Duration::from_secs(3), || guard.is_lost()), "the lease must run out unrenewed");
+    assert!(support::poll_until(Duration::from_secs(3), || guard.is_lost()), "the lease must run out unrenewed");
     let records = captured().split_off(logs_before);
     let failed: Vec<&String> =
         records.iter().filter(|l| l.contains("renewal of redis-mutex:{renewed}") && l.contains("failed")).collect();

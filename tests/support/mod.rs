@@ -17,6 +17,18 @@ pub use redis_mutex_harness::RedisServer;
 
 use std::time::{Duration, Instant};
 
+/// Polls `cond` every 10 ms until it holds (`true`) or `limit` has passed (`false`).
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
 /// Polls `cond` every few milliseconds; panics with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
