@@ -101,8 +101,18 @@ pub fn print_legend() {
     );
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "FAIL" }
+}
+
+/// The check that workload `wl` makes at least `factor` times `peer`'s acquisitions/s.
+pub fn times_check(wl: &str, factor: f64, peer: &str, ours: f64, theirs: f64) -> String {
+    format!(
+        "{} {wl} acq/s ≥ {factor}× {peer}: {ours:.0} vs {factor} × {theirs:.0} = {:.0} ({:.1}×)",
+        verdict(ours >= factor * theirs),
+        factor * theirs,
+        ours / theirs
+    )
 }
 
 pub fn targets(rows: &[Row], w4: &[W4Row]) -> Vec<String> {
@@ -117,15 +127,7 @@ pub fn targets(rows: &[Row], w4: &[W4Row]) -> Vec<String> {
         Some(o) => {
             for p in others.iter().filter(|p| p.is_crate_peer()) {
                 if let Some(r) = find("W2", *p, 8) {
-                    out.push(format!(
-                        "{} W2 acq/s ≥ 3× {}: {:.0} vs 3 × {:.0} = {:.0} ({:.1}×)",
-                        verdict(o.acq_per_s >= 3.0 * r.acq_per_s),
-                        p.name(),
-                        o.acq_per_s,
-                        r.acq_per_s,
-                        3.0 * r.acq_per_s,
-                        o.acq_per_s / r.acq_per_s
-                    ));
+                    out.push(times_check("W2", 3.0, p.name(), o.acq_per_s, r.acq_per_s));
                 }
             }
             if let Some(n) = find("W2", Impl::Naive, 8) {

@@ -13,7 +13,7 @@ use plotters::prelude::SeriesLabelPosition;
 use crate::Row;
 use crate::output::{Axes, line_chart};
 use crate::peers::{ALL, GRANTS, Impl, MESSAGES};
-use crate::report::{row_header, row_line, t};
+use crate::report::{row_header, row_line, t, times_check, verdict};
 
 /// Processes of the W5 rows (with and without the sleep).
 pub const PROCS: u32 = 8;
@@ -97,10 +97,6 @@ pub fn print_legend() {
     );
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "FAIL" }
-}
-
 /// The cross-process issue's targets, against the same run.
 pub fn targets(rows: &[Row], na: &[NaRow]) -> Vec<String> {
     let mut out = Vec::new();
@@ -146,15 +142,7 @@ pub fn targets(rows: &[Row], na: &[NaRow]) -> Vec<String> {
             }
             for p in ALL.into_iter().filter(|p| p.is_crate_peer()) {
                 match find("W5", p, PROCS) {
-                    Some(r) => out.push(format!(
-                        "{} W5 acq/s ≥ 3× {}: {:.0} vs 3 × {:.0} = {:.0} ({:.1}×)",
-                        verdict(o.acq_per_s >= 3.0 * r.acq_per_s),
-                        p.name(),
-                        o.acq_per_s,
-                        r.acq_per_s,
-                        3.0 * r.acq_per_s,
-                        o.acq_per_s / r.acq_per_s
-                    )),
+                    Some(r) => out.push(times_check("W5", 3.0, p.name(), o.acq_per_s, r.acq_per_s)),
                     None => out.push(missing("W5", p, PROCS)),
                 }
             }
