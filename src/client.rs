@@ -187,6 +187,7 @@ pub struct LockClientBuilder {
     ping_interval: Duration,
     handoff_limit: u32,
     reservation_timeout: Duration,
+    master: backend::MasterLogin,
 }
 
 impl Default for LockClientBuilder {
@@ -203,6 +204,7 @@ impl Default for LockClientBuilder {
             ping_interval: Duration::from_secs(5),
             handoff_limit: 8,
             reservation_timeout: Duration::from_secs(1),
+            master: backend::MasterLogin::default(),
         }
     }
 }
@@ -298,6 +300,28 @@ impl LockClientBuilder {
         self
     }
 
+    /// With [`build_sentinel`](Self::build_sentinel): the ACL user to log in to the
+    /// master with (the Sentinels' own credentials go in their URLs). Defaults to none
+    /// (the `default` user).
+    pub fn master_username(mut self, username: impl Into<String>) -> Self {
+        self.master.username = Some(username.into());
+        self
+    }
+
+    /// With [`build_sentinel`](Self::build_sentinel): the password to log in to the
+    /// master with (never shown in `Debug`, errors or logs). Defaults to none.
+    pub fn master_password(mut self, password: impl Into<String>) -> Self {
+        self.master.password = Some(password.into());
+        self
+    }
+
+    /// With [`build_sentinel`](Self::build_sentinel): the database number on the
+    /// master. Defaults to 0.
+    pub fn master_db(mut self, db: i64) -> Self {
+        self.master.db = db;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         validate_prefix(&self.key_prefix)?;
         if self.pool_max_size == 0 {
@@ -344,7 +368,56 @@ impl LockClientBuilder {
     /// [`Error::Connection`] when nothing answers in time; [`Error::Auth`] when the
     /// credentials are refused.
     pub fn build(self, url: &str) -> Result<LockClient> {
-        self.start(url, true)
+        self.start(Deployment::Single { url }, redact_url(url), true)
+    }
+
+    /// Builds a client for the master that Sentinels monitor as `master_name`, and
+    /// checks that one of `sentinels` names a master that answers.
+    ///
+    /// The master is asked for from the Sentinels in turn (any one that answers, each
+    /// within `connect_timeout` and `read_timeout`), confirmed with `ROLE`, and looked
+    /// up again when a connection to it fails, when it answers `READONLY` (a master
+    /// demoted by a failover: that connection is dropped), and when a Sentinel
+    /// announces `+switch-master` (one thread per client listens to one Sentinel at a
+    /// time). Credentials for the Sentinels go in their URLs; for the master, see
+    /// [`master_username`](Self::master_username),
+    /// [`master_password`](Self::master_password) and [`master_db`](Self::master_db).
+    /// With `rediss://` Sentinel URLs, the master is reached over TLS too.
+    ///
+    /// When the server changes (a failover, or a restart: its `run_id` changes), every
+    /// lock the client holds is checked at once: those the new master lacks are marked
+    /// lost ([`MutexGuard::is_lost`](crate::MutexGuard::is_lost)), and none is handed
+    /// to another thread in memory until Redis confirmed it again. Replication is
+    /// asynchronous: a lock acquired just before the master failed may be missing on
+    /// the replica that takes over, so that another client can acquire it too, and
+    /// the first holder learns it within a moment; see
+    /// [`MutexOptions::wait_replicas`](crate::MutexOptions) to make that rarer.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build); [`Error::InvalidOption`] when `sentinels` is empty
+    /// or `master_name` is; [`Error::Connection`] naming each Sentinel and what it said
+    /// when none names a reachable master.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use redis_mutex::LockClient;
+    ///
+    /// let client = LockClient::builder()
+    ///     .master_password("secret")
+    ///     .build_sentinel("mymaster", &["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/"])?;
+    /// let _guard = client.mutex("nightly-report").lock()?;
+    /// # Ok::<(), redis_mutex::Error>(())
+    /// ```
+    pub fn build_sentinel<S: AsRef<str>>(self, master_name: &str, sentinels: &[S]) -> Result<LockClient> {
+        let urls: Vec<String> = sentinels.iter().map(|s| s.as_ref().to_owned()).collect();
+        let shown = format!(
+            "Sentinel master {master_name:?} ({})",
+            urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
+        );
+        let master = self.master.clone();
+        self.start(Deployment::Sentinel { master_name, sentinels: &urls, master: &master }, shown, true)
     }
 
     /// Builds the client without contacting the server: connection problems show up
@@ -371,10 +444,11 @@ impl LockClientBuilder {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn build_unchecked(self, url: &str) -> Result<LockClient> {
-        self.start(url, false)
+        self.start(Deployment::Single { url }, redact_url(url), false)
     }
 
-    fn start(self, url: &str, check: bool) -> Result<LockClient> {
+    /// `shown`: where the locks live, without credentials, for `Debug` and logs.
+    fn start(self, deployment: Deployment<'_>, shown: String, check: bool) -> Result<LockClient> {
         self.check()?;
         let client_id = uuid::Uuid::new_v4().simple().to_string();
         let registry = Registry::new();
@@ -390,20 +464,20 @@ impl LockClientBuilder {
             reservation: self.reservation_timeout,
             ping_interval: self.ping_interval,
         };
-        let backend = backend::open(Deployment::Single { url }, options, registry.clone(), stats.clone(), check)?;
+        let backend = backend::open(deployment, options, registry.clone(), stats.clone(), check)?;
         let settings = wait::Settings {
             max_sleep: self.recheck_interval,
             outage_tolerance: self.outage_tolerance,
             handoff_limit: self.handoff_limit,
         };
         let core = Arc::new(Core::new(backend, registry, stats, settings)?);
-        log::debug!("redis-mutex: client {client_id} for {} (prefix {})", redact_url(url), self.key_prefix);
+        log::debug!("redis-mutex: client {client_id} for {shown} (prefix {})", self.key_prefix);
         Ok(LockClient {
             inner: Arc::new(ClientInner {
                 core,
                 prefix: self.key_prefix,
                 client_id,
-                url: redact_url(url),
+                url: shown,
                 pool_max_size: self.pool_max_size,
                 reentrant: StdMutex::default(),
             }),

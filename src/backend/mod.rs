@@ -27,6 +27,7 @@ use crate::stats::Counters;
 
 #[cfg(test)]
 pub(crate) mod mem;
+pub(crate) mod sentinel;
 pub(crate) mod single;
 
 /// What a releaser needs to hand the lock to a waiting thread of its client.
@@ -161,6 +162,11 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     fn has_waiters(&self, name: &str) -> bool;
     /// Whether release messages are being heard: while not, waiters poll.
     fn set_listening(&self, up: bool);
+    /// The server is not the one that confirmed this client's leases any more (a
+    /// failover moved the master, or it restarted: its `run_id` changed). Every lock
+    /// this client holds is checked at once, and none is handed on in memory until
+    /// Redis confirmed it again.
+    fn server_changed(&self);
 }
 
 /// Where the locks live.
@@ -168,6 +174,28 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
 pub(crate) enum Deployment<'a> {
     /// One Redis server at this URL.
     Single { url: &'a str },
+    /// The master that Sentinels monitor under `master_name`, followed on failover.
+    Sentinel { master_name: &'a str, sentinels: &'a [String], master: &'a MasterLogin },
+}
+
+/// How to log in to a master found through Sentinel: the Sentinels' URLs carry their
+/// own credentials, the master's come from the builder. TLS to the master when the
+/// Sentinels are reached over TLS.
+#[derive(Clone, Default)]
+pub(crate) struct MasterLogin {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+}
+
+impl std::fmt::Debug for MasterLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterLogin")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .finish()
+    }
 }
 
 /// What every backend is built from, besides where the locks live.
@@ -198,7 +226,16 @@ pub(crate) fn open(
     stats: Arc<Counters>,
     check: bool,
 ) -> Result<Arc<dyn Backend>> {
-    match deployment {
-        Deployment::Single { url } => Ok(Arc::new(single::SingleServer::open(url, options, sink, stats, check)?)),
-    }
+    let (target, shown) = match deployment {
+        Deployment::Single { url } => {
+            let client = redis::Client::open(url).map_err(|e| crate::error::Error::invalid_url(url, &e))?;
+            (single::Target::Fixed(client), crate::keys::redact_url(url))
+        }
+        Deployment::Sentinel { master_name, sentinels, master } => {
+            let master = sentinel::Master::open(master_name, sentinels, master, &options)?;
+            let shown = format!("master {master_name:?} of Sentinels {}", master.shown_sentinels());
+            (single::Target::Sentinel(Arc::new(master)), shown)
+        }
+    };
+    Ok(Arc::new(single::SingleServer::open(target, &shown, options, sink, stats, check)?))
 }

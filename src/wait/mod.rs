@@ -118,6 +118,7 @@ impl Core {
             orphans: orphans.clone(),
             handoff_limit: settings.handoff_limit,
         })?;
+        registry.on_server_change(watchdog.waker());
         Ok(Core { backend, registry, stats, watchdog, orphans, settings })
     }
 
@@ -206,6 +207,8 @@ impl Core {
             let t = Arc::new(t);
             if want.auto_renew {
                 self.watchdog.register(&t);
+            } else {
+                self.watchdog.watch(&t);
             }
             t
         });

@@ -111,6 +111,12 @@ pub(crate) struct Registry {
     /// here.
     queued_since: Mutex<HashMap<Arc<str>, (Stamp, u64)>>,
     next_mark: AtomicU64,
+    /// How many times the server turned out to be another one (see
+    /// `ReleaseSink::server_changed`); the watchdog checks every held lock when it
+    /// moves.
+    server_changes: AtomicU64,
+    /// Wakes the watchdog (set once it runs).
+    on_server_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl ReleaseSink for Registry {
@@ -154,11 +160,28 @@ impl ReleaseSink for Registry {
     fn set_listening(&self, up: bool) {
         self.listening.store(up, Ordering::Release);
     }
+
+    fn server_changed(&self) {
+        self.server_changes.fetch_add(1, Ordering::AcqRel);
+        if let Some(wake) = self.on_server_change.get() {
+            wake();
+        }
+    }
 }
 
 impl Registry {
     pub fn new() -> Arc<Registry> {
         Arc::new(Registry::default())
+    }
+
+    /// How many times the server turned out to be another one.
+    pub fn server_changes(&self) -> u64 {
+        self.server_changes.load(Ordering::Acquire)
+    }
+
+    /// `wake` runs whenever the server turns out to be another one (once set).
+    pub fn on_server_change(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_server_change.set(Box::new(wake));
     }
 
     pub fn register(self: &Arc<Self>, name: Arc<str>, target: HandoffTarget) -> WaitHandle {

@@ -150,6 +150,12 @@ impl Tenure {
         }
     }
 
+    /// The server may have lost this lease (it is another one now): renew it at once,
+    /// and hand it on in memory only once Redis confirmed it again.
+    pub fn recheck(&self, now: Stamp) {
+        lock(&self.state).retry = Some(now.mono);
+    }
+
     /// Later renewals ask for `lease_ms` (after a successful `extend`).
     pub fn set_lease_ms(&self, lease_ms: u64) {
         lock(&self.state).lease_ms = lease_ms;

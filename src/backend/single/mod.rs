@@ -4,6 +4,7 @@
 
 mod connection;
 mod notifier;
+pub(crate) use self::connection::Target;
 pub(crate) mod scripts;
 
 use std::sync::Arc;
@@ -14,10 +15,11 @@ use redis::{Connection, Value};
 use self::connection::{ConnectSettings, Pool};
 use self::notifier::NotifierConfig;
 use self::scripts::{Releaser, Scripts};
+use super::sentinel;
 use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
-use crate::keys::{Channels, LockKeys, redact_url};
+use crate::keys::{Channels, LockKeys};
 use crate::stats::Counters;
 
 /// One Redis server. Dropping it stops its notifier thread; the pool closes with the
@@ -39,27 +41,29 @@ struct Server {
 }
 
 impl SingleServer {
-    /// Connects to the server at `url` (with `check`, a `PING` first, see
-    /// `connection::check`) and starts the notifier, which delivers to `sink`.
+    /// Connects to `target` (shown as `shown` in logs; with `check`, a `PING` first,
+    /// see `connection::check`) and starts the notifier, which delivers to `sink`, and
+    /// for a master found through Sentinel the thread that hears of failovers.
     pub fn open(
-        url: &str,
+        target: Target,
+        shown: &str,
         options: Options,
         sink: Arc<dyn ReleaseSink>,
         stats: Arc<Counters>,
         check: bool,
     ) -> Result<SingleServer> {
         let settings = ConnectSettings {
-            client: redis::Client::open(url).map_err(|e| Error::invalid_url(url, &e))?,
+            target,
             name: format!("redis-mutex:{}", options.client_id),
             connect_timeout: options.connect_timeout,
             read_timeout: options.read_timeout,
             write_timeout: options.write_timeout,
         };
         if check {
-            connection::check(&settings, &redact_url(url))?;
+            connection::check(&settings, shown)?;
         }
         // Channels are server-wide, keys per database: the database is in their names.
-        let db = settings.client.get_connection_info().redis_settings().db();
+        let db = settings.target.redis_settings().db();
         let channels = Channels::new(&options.prefix, db, &options.client_id);
         let server = Arc::new(Server {
             pool: Pool::new(settings.clone(), options.pool_max_size, options.pool_timeout),
@@ -69,6 +73,10 @@ impl SingleServer {
             grant_ms: options.reservation.as_millis().max(1) as u64,
         });
         let (stop, stopped) = crossbeam_channel::bounded(0);
+        if let Target::Sentinel(master) = &settings.target {
+            sentinel::spawn_watcher(master.clone(), options.ping_interval, stopped.clone())
+                .map_err(|e| Error::spawn("redis-mutex-sentinel", e))?;
+        }
         let unclaimed = {
             let (server, sink, prefix) = (server.clone(), sink.clone(), options.prefix.clone());
             // A lock granted to this client after its last waiter left: release it

@@ -99,6 +99,9 @@ struct Memory {
     connected_before: bool,
     /// Logged once, not per retry.
     last_error: Option<String>,
+    /// The `run_id` of the server of the last connection: another one (a failover, a
+    /// restart) may lack locks this client holds.
+    run_id: Option<String>,
 }
 
 /// Runs `session` (one subscribed connection) until the client is dropped: after it
@@ -106,7 +109,7 @@ struct Memory {
 /// like a broken connection: logged, the notifier marked down (waiters poll), and a
 /// new session started, so that no wake-up is lost for good.
 fn supervise(shared: &Shared, shutdown: &Receiver<()>, mut session: impl FnMut(&mut Memory) -> redis::RedisResult<()>) {
-    let mut memory = Memory { backoff: Backoff::new(), connected_before: false, last_error: None };
+    let mut memory = Memory { backoff: Backoff::new(), connected_before: false, last_error: None, run_id: None };
     while !stopped(shutdown) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session(&mut memory)));
         let outcome = outcome.unwrap_or_else(|panic| {
@@ -141,7 +144,10 @@ fn serve(
     memory: &mut Memory,
 ) -> redis::RedisResult<()> {
     let channels = [cfg.channels.mine.as_str(), cfg.channels.all.as_str()];
-    let mut con = cfg.connect.connect(":notifier")?;
+    let tagged = cfg.connect.connect_tagged(":notifier")?;
+    let generation = tagged.generation;
+    let mut con = tagged.con;
+    let run_id = run_id(&mut con);
     // The `PubSub` lives as long as the connection: dropping it unsubscribes.
     let mut pubsub = con.as_pubsub();
     pubsub.subscribe(&channels[..])?;
@@ -156,10 +162,20 @@ fn serve(
         log::debug!("redis-mutex: notifier subscribed to {channels:?}");
     }
     memory.connected_before = true;
+    if let Some(id) = run_id {
+        if memory.run_id.as_ref().is_some_and(|old| *old != id) {
+            log::warn!(
+                "redis-mutex: the server is another one now (its run_id changed: a failover or a restart); \
+                 checking every lock this client holds"
+            );
+            shared.sink.server_changed();
+        }
+        memory.run_id = Some(id);
+    }
     shared.sink.set_listening(true);
     // Releases may have gone unheard while disconnected: everyone re-checks.
     shared.sink.wake_all();
-    let broke = listen(cfg, shared, &mut pubsub, shutdown);
+    let broke = listen(cfg, shared, &mut pubsub, shutdown, generation);
     shared.sink.set_listening(false);
     broke.map_or(Ok(()), Err)
 }
@@ -170,7 +186,7 @@ fn serve(
 /// `PING` with `["pong", ""]`; a plain `PONG` means nothing was subscribed. (RESP3
 /// answers `PONG` either way; it is not checked.)
 fn confirm_subscribed(cfg: &NotifierConfig, pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
-    if cfg.connect.client.get_connection_info().redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
+    if cfg.connect.target.redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
         return Ok(());
     }
     match pubsub.ping::<redis::Value>()? {
@@ -192,6 +208,7 @@ fn listen(
     shared: &Shared,
     pubsub: &mut redis::PubSub<'_>,
     shutdown: &Receiver<()>,
+    generation: u64,
 ) -> Option<redis::RedisError> {
     let mut last_heard = Instant::now();
     // Locks granted to the client ahead of this one, and when our first waiter should
@@ -202,6 +219,11 @@ fn listen(
     loop {
         if stopped(shutdown) {
             return None;
+        }
+        if cfg.connect.target.generation() != generation {
+            // A failover moved the master: subscribe there (releases are published
+            // where the scripts run).
+            return Some(redis::RedisError::from(std::io::Error::other("the master moved (failover)")));
         }
         if !checks.is_empty() {
             let now = Instant::now();
@@ -265,6 +287,13 @@ fn listen(
     }
 }
 
+/// The server's `run_id` (`INFO server`), which changes when it restarts; `None` when
+/// it does not say (an ACL without `+info`): then a restart is found by renewals only.
+fn run_id(con: &mut redis::Connection) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg("server").query(con).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned())
+}
+
 /// Whether `e` is a read interrupted by a signal.
 fn interrupted(e: &redis::RedisError) -> bool {
     std::error::Error::source(e)
@@ -297,6 +326,7 @@ mod tests {
         fn set_listening(&self, up: bool) {
             self.0.store(up, Ordering::SeqCst);
         }
+        fn server_changed(&self) {}
     }
 
     #[test]
