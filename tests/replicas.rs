@@ -115,6 +115,14 @@ fn with_the_replica_stopped_locking_is_a_transient_error_and_leaves_the_lock_fre
     assert_eq!(owner(&group.replicas()[0], "ledger").as_deref(), Some(g.token()));
 }
 
+/// A master with a replica, and two clients of it.
+fn two_clients() -> (Replicated, LockClient, LockClient) {
+    let group = Replicated::start(1);
+    let client = || connected_with(group.master(), LockClient::builder());
+    let (a, b) = (client(), client());
+    (group, a, b)
+}
+
 /// `b` waits (in a thread) for `name`, held by another client on `server`; returns
 /// once `b` is queued in Redis. The thread answers when it got the lock, and the guard.
 fn wait_for(
@@ -141,9 +149,7 @@ fn wait_for(
 /// announcing it: `b` is told to look again, and takes the lock by its own attempt.
 #[test]
 fn a_grant_to_another_client_is_announced_only_once_the_replica_has_it() {
-    let group = Replicated::start(1);
-    let (a, b) =
-        (connected_with(group.master(), LockClient::builder()), connected_with(group.master(), LockClient::builder()));
+    let (group, a, b) = two_clients();
     let options = acked(Duration::from_millis(300));
 
     let held = a.mutex_with("ledger", options.clone()).lock().unwrap();
@@ -178,9 +184,7 @@ fn a_grant_to_another_client_is_announced_only_once_the_replica_has_it() {
 /// it once the replica is back.
 #[test]
 fn a_client_waiting_for_replicas_gets_the_lock_only_once_the_replica_is_back() {
-    let group = Replicated::start(1);
-    let (a, b) =
-        (connected_with(group.master(), LockClient::builder()), connected_with(group.master(), LockClient::builder()));
+    let (group, a, b) = two_clients();
     let options = acked(Duration::from_millis(300));
     let held = a.mutex_with("ledger", options.clone()).lock().unwrap();
     let before = b.stats();

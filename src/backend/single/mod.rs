@@ -81,17 +81,7 @@ impl SingleServer {
             // that came meanwhile attempt.
             Box::new(move |name: &str, token: &str| {
                 if let Ok(keys) = LockKeys::new(&prefix, name) {
-                    let args = ReleaseArgs {
-                        token,
-                        lease_ms: server.grant_ms,
-                        local_handoffs: 0,
-                        limit: 0,
-                        fence_span: 0,
-                        handoff: None,
-                        mark: 0,
-                        replicas: None,
-                    };
-                    match server.release(&keys, &args) {
+                    match server.release(&keys, &ReleaseArgs::plain(token, server.grant_ms)) {
                         Ok(outcome) => {
                             log::debug!("redis-mutex: passed on an unclaimed grant of {}: {outcome:?}", keys.key)
                         }
