@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::holder::Holder;
 use crate::keys::LockKeys;
+pub(crate) use crate::options::Replicas;
 use crate::stats::Counters;
 
 #[cfg(test)]
@@ -37,6 +38,8 @@ pub(crate) struct HandoffTarget {
     pub lease_ms: u64,
     pub fencing: bool,
     pub auto_renew: bool,
+    /// Replicas that must acknowledge a handoff to it (`wait_replicas`).
+    pub replicas: Option<Replicas>,
 }
 
 /// One acquire attempt's request.
@@ -54,6 +57,10 @@ pub(crate) struct AttemptArgs<'a> {
     pub mark: u64,
     /// The caller's deadline: no wait for a pooled connection outlasts it.
     pub deadline: Option<Instant>,
+    /// Replicas that must acknowledge an acquisition (`wait_replicas`), waited for in
+    /// the same round trip. Too few: the backend releases it again and returns
+    /// `Error::ReplicasNotAcknowledged`.
+    pub replicas: Option<Replicas>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +93,27 @@ pub(crate) struct ReleaseArgs<'a> {
     /// With a handoff target, the client's mark for queueing again behind the others
     /// when its turn is over (see `Granted::mark`).
     pub mark: u64,
+    /// A grant to another client is announced only once this many replicas
+    /// acknowledged it, and revoked (its client told to look again) when fewer did
+    /// (`wait_replicas` of the releasing tenure; `None`: announced at once).
+    pub replicas: Option<Replicas>,
+}
+
+impl<'a> ReleaseArgs<'a> {
+    /// An owner-checked release of what `token` holds, handed to no waiter of this
+    /// client and announced at once if it passes to another client.
+    pub fn plain(token: &'a str, lease_ms: u64) -> ReleaseArgs<'a> {
+        ReleaseArgs {
+            token,
+            lease_ms,
+            local_handoffs: 0,
+            limit: 0,
+            fence_span: 0,
+            handoff: None,
+            mark: 0,
+            replicas: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +128,10 @@ pub(crate) enum Released {
     Passed,
     /// The caller was not the owner (lease ran out, force-unlocked, handed on).
     NotOwner,
+    /// Handed to the handoff target, but fewer replicas than it asks for
+    /// (`HandoffTarget::replicas`) acknowledged it, so the backend released it again
+    /// (deleted or passed on): the target does not hold it.
+    Unacknowledged,
 }
 
 /// One renewal of a batch: the lock, its owner token, the lease to set.
@@ -115,7 +147,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn attempt(&self, keys: &LockKeys, args: AttemptArgs<'_>) -> Result<Attempt>;
     /// Releases the caller's lock: hands it to `handoff` (a waiter of this client)
     /// unless another client is queued and this client's turn is over, else passes it
-    /// to the first queued client, else deletes it.
+    /// to the first queued client, else deletes it. With replicas asked for (by the
+    /// handoff target, or `ReleaseArgs::replicas`), nothing is relied on before they
+    /// acknowledged it: a handoff they did not is undone (`Released::Unacknowledged`),
+    /// a grant is announced only after they did, and revoked otherwise.
     fn release(&self, keys: &LockKeys, args: ReleaseArgs<'_>) -> Result<Released>;
     /// This client has no waiter left for the lock: take it out of the lock's queue of
     /// waiting clients, passing on a reservation made for it.
@@ -126,6 +161,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// owned, or that item's own error (e.g. `WrongType`: its key was overwritten),
     /// which leaves the other items unharmed.
     fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>>;
+    /// Extends one lease as `extend` does, then waits in the same round trip until
+    /// `replicas` acknowledged it: `true` extended and acknowledged, `false` not owned.
+    /// Too few replicas: `Error::ReplicasNotAcknowledged` (the lease may be extended on
+    /// the master all the same; the lock stays held).
+    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, replicas: Replicas) -> Result<bool>;
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>>;
     /// Deletes the lock whoever holds it and wakes every client's waiters.
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;
@@ -144,6 +184,9 @@ pub(crate) struct Granted {
     /// `ReleaseArgs::mark`): a grant of an earlier queueing, heard late, cannot be
     /// timed from this one's request.
     pub mark: u64,
+    /// Replicas that acknowledged the grant before it was announced (0: not waited
+    /// for). A grantee that wants more confirms it with a `WAIT` of its own.
+    pub acks: u32,
 }
 
 /// Where a backend delivers what it hears about releases: the client's waiter

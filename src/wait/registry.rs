@@ -36,9 +36,10 @@ pub(crate) struct Grant {
     pub at: Stamp,
     /// Handoffs of this client's turn before this one (see `Released::Handed`).
     pub turn: u32,
-    /// Granted by another client's release: the owner token Redis lists, and the
-    /// short lease the grant has until the waiter extends it.
-    pub from_another_client: Option<(String, u64)>,
+    /// Granted by another client's release: the owner token Redis lists, the short
+    /// lease the grant has until the waiter extends it, and the replicas that
+    /// acknowledged it.
+    pub from_another_client: Option<Granted>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,8 +133,8 @@ impl ReleaseSink for Registry {
             Some((since, mark)) if mark == grant.mark => since,
             _ => Stamp::now().earlier(Duration::from_millis(grant.lease_ms)),
         };
-        let from = Some((grant.token, grant.lease_ms));
-        *lock(&waiter.state) = State::Granted(Grant { fence: grant.fence, at, turn: 0, from_another_client: from });
+        let fence = grant.fence;
+        *lock(&waiter.state) = State::Granted(Grant { fence, at, turn: 0, from_another_client: Some(grant) });
         self.remove_holder(&mut queues, &waiter);
         let _ = waiter.tx.try_send(());
         true

@@ -20,7 +20,7 @@ pub(crate) fn mem_core(backend: impl Backend) -> Core {
     Core::new(Arc::new(backend), registry, Arc::new(Counters::default()), settings).unwrap()
 }
 
-pub(crate) const WANT: Want = Want { lease_ms: 60_000, fencing: false, auto_renew: true };
+pub(crate) const WANT: Want = Want { lease_ms: 60_000, fencing: false, auto_renew: true, replicas: None };
 
 /// Not renewed: never handed on in memory, so its release goes through the backend.
 const UNRENEWED: Want = Want { auto_renew: false, ..WANT };
@@ -320,6 +320,9 @@ impl Backend for Gated {
             }
         }
         self.mem.extend(items)
+    }
+    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, r: Replicas) -> Result<bool> {
+        self.mem.extend_acknowledged(keys, token, lease_ms, r)
     }
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
         self.mem.holder(keys)

@@ -319,6 +319,7 @@ fn release_orphans(r: &Renewer) -> Option<Instant> {
             fence_span: 0,
             handoff: None,
             mark: 0,
+            replicas: None,
         };
         match r.backend.release(&orphan.keys, args) {
             Ok(Released::NotOwner) => {} // never acquired, or its lease ran out

@@ -4,10 +4,12 @@
 
 mod connection;
 mod notifier;
+mod replicas;
 pub(crate) use self::connection::Target;
 pub(crate) mod scripts;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use redis::{Connection, Value};
@@ -16,7 +18,7 @@ use self::connection::{ConnectSettings, Pool};
 use self::notifier::NotifierConfig;
 use self::scripts::{Releaser, Scripts};
 use super::sentinel;
-use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal};
+use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::keys::{Channels, LockKeys};
@@ -38,6 +40,8 @@ struct Server {
     channels: Channels,
     /// How long a lock granted to a waiting client is its before it takes it.
     grant_ms: u64,
+    /// The pooled connections' read timeout, which a `WAIT` lengthens (`replicas`).
+    read_timeout: Duration,
 }
 
 impl SingleServer {
@@ -71,6 +75,7 @@ impl SingleServer {
             client_id: options.client_id.clone(),
             channels: channels.clone(),
             grant_ms: options.reservation.as_millis().max(1) as u64,
+            read_timeout: options.read_timeout,
         });
         let (stop, stopped) = crossbeam_channel::bounded(0);
         if let Target::Sentinel(master) = &settings.target {
@@ -84,16 +89,7 @@ impl SingleServer {
             // that came meanwhile attempt.
             Box::new(move |name: &str, token: &str| {
                 if let Ok(keys) = LockKeys::new(&prefix, name) {
-                    let args = ReleaseArgs {
-                        token,
-                        lease_ms: server.grant_ms,
-                        local_handoffs: 0,
-                        limit: 0,
-                        fence_span: 0,
-                        handoff: None,
-                        mark: 0,
-                    };
-                    match server.release(&keys, &args) {
+                    match server.release(&keys, &ReleaseArgs::plain(token, server.grant_ms)) {
                         Ok(outcome) => {
                             log::debug!("redis-mutex: passed on an unclaimed grant of {}: {outcome:?}", keys.key)
                         }
@@ -130,17 +126,19 @@ impl Server {
     }
 
     fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>) -> Result<Released> {
+        if a.replicas.is_some() || a.handoff.is_some_and(|t| t.replicas.is_some()) {
+            return self.release_acknowledged(keys, a);
+        }
         // Used only if the release grants the lock to another client.
         let grant_token = uuid::Uuid::new_v4().to_string();
-        let from = Releaser {
-            client_id: &self.client_id,
-            channels: &self.channels,
-            grant_token: &grant_token,
-            grant_ms: self.grant_ms,
-        };
-        let inv = self.scripts.release(keys, a, &from);
+        let inv = self.scripts.release(keys, a, &self.releaser(&grant_token), false);
         let v = self.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
         Scripts::release_reply(&v)
+    }
+
+    /// This client as the releaser, with the owner token a grant would get.
+    fn releaser<'a>(&'a self, grant_token: &'a str) -> Releaser<'a> {
+        Releaser { client_id: &self.client_id, channels: &self.channels, grant_token, grant_ms: self.grant_ms }
     }
 }
 
@@ -151,6 +149,9 @@ impl Backend for SingleServer {
 
     fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
         let s = &self.server;
+        if let Some(r) = a.replicas {
+            return s.attempt_acknowledged(keys, &a, r);
+        }
         let inv = s.scripts.attempt(keys, &a, &s.client_id);
         let v = s.pool.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
         Scripts::attempt_reply(&v)
@@ -187,6 +188,10 @@ impl Backend for SingleServer {
             .zip(items)
             .map(|(r, (keys, ..))| r.map(|n| n == 1).map_err(|e| Error::from_redis(e, Some(&keys.key))))
             .collect())
+    }
+
+    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, replicas: Replicas) -> Result<bool> {
+        self.server.extend_acknowledged(keys, token, lease_ms, replicas)
     }
 
     fn leave(&self, keys: &LockKeys) -> Result<()> {

@@ -50,12 +50,15 @@ pub(crate) struct Shared {
 /// A message on this client's channel or the broadcast channel.
 #[derive(Debug, PartialEq, Eq)]
 enum Message<'a> {
-    /// `!<token> <fence> <mark> <name>`: a release granted `name` to this client.
-    Granted { name: &'a str, token: &'a str, fence: u64, mark: u64 },
+    /// `!<token> <fence> <mark> <acks> <name>`: a release granted `name` to this
+    /// client, and `acks` replicas acknowledged the grant before it was announced.
+    Granted { name: &'a str, token: &'a str, fence: u64, mark: u64, acks: u32 },
     /// `@<ms> <name>`: a release granted `name` to the client ahead of this one; if
     /// nothing more is heard, look again after `ms` (that client may never come).
     LookAgain { name: &'a str, after: Duration },
-    /// `*<name>` (broadcast): `name` was force-unlocked.
+    /// `*<name>`: look at `name` again now. Broadcast when it was force-unlocked; sent
+    /// to this client alone when a grant to it was revoked before it was announced
+    /// (too few replicas acknowledged it, see `settle.lua`).
     Forced { name: &'a str },
 }
 
@@ -67,8 +70,10 @@ impl<'a> Message<'a> {
             "!" => {
                 let (token, rest) = rest.split_once(' ')?;
                 let (fence, rest) = rest.split_once(' ')?;
-                let (mark, name) = rest.split_once(' ')?;
-                Some(Message::Granted { name, token, fence: fence.parse().ok()?, mark: mark.parse().ok()? })
+                let (mark, rest) = rest.split_once(' ')?;
+                let (acks, name) = rest.split_once(' ')?;
+                let (fence, mark, acks) = (fence.parse().ok()?, mark.parse().ok()?, acks.parse().ok()?);
+                Some(Message::Granted { name, token, fence, mark, acks })
             }
             "@" => {
                 let (ms, name) = rest.split_once(' ')?;
@@ -242,9 +247,9 @@ fn listen(
                 bump(&shared.stats.messages_received);
                 let payload = msg.get_payload_bytes();
                 match std::str::from_utf8(payload).ok().and_then(Message::parse) {
-                    Some(Message::Granted { name, token, fence, mark }) => {
+                    Some(Message::Granted { name, token, fence, mark, acks }) => {
                         checks.remove(name);
-                        let grant = Granted { token: token.to_owned(), fence, lease_ms: cfg.grant_ms, mark };
+                        let grant = Granted { token: token.to_owned(), fence, lease_ms: cfg.grant_ms, mark, acks };
                         if !shared.sink.granted(name, grant) {
                             // Its last waiter left after it queued.
                             (shared.unclaimed)(name, token);
@@ -260,7 +265,9 @@ fn listen(
                     Some(Message::Forced { name }) => {
                         checks.remove(name);
                         let woke = shared.sink.wake_first(name);
-                        log::trace!("redis-mutex: {name} force-unlocked; woke a waiter: {woke}");
+                        log::trace!(
+                            "redis-mutex: look again at {name} (forced, or a grant revoked); woke a waiter: {woke}"
+                        );
                     }
                     None => log::debug!("redis-mutex: ignored a message the notifier does not know: {payload:?}"),
                 }
@@ -374,15 +381,15 @@ mod message_tests {
     #[test]
     fn messages_parse_and_names_may_hold_spaces() {
         assert_eq!(
-            Message::parse("!tok 17 3 job 42"),
-            Some(Message::Granted { name: "job 42", token: "tok", fence: 17, mark: 3 })
+            Message::parse("!tok 17 3 1 job 42"),
+            Some(Message::Granted { name: "job 42", token: "tok", fence: 17, mark: 3, acks: 1 })
         );
         assert_eq!(
             Message::parse("@1000 a:b"),
             Some(Message::LookAgain { name: "a:b", after: Duration::from_millis(1000) })
         );
         assert_eq!(Message::parse("*é x"), Some(Message::Forced { name: "é x" }));
-        for bad in ["", ">x", "!tok", "!tok x 1 job", "!tok 1 job", "@x job", "@1000"] {
+        for bad in ["", ">x", "!tok", "!tok x 1 0 job", "!tok 1 job", "!tok 1 2 x job", "@x job", "@1000"] {
             assert_eq!(Message::parse(bad), None, "{bad:?}");
         }
     }
