@@ -205,14 +205,14 @@ impl Load {
     }
 }
 
-fn failover_under_load(kill: bool) {
+fn failover_under_load(kill: bool, options: MutexOptions) -> usize {
     let mut group = SentinelGroup::start("locks", 1, 3);
     let builder =
         || LockClient::builder().read_timeout(Duration::from_millis(500)).outage_tolerance(Duration::from_secs(30));
     let clients = [sentinel_client(&group, builder()), sentinel_client(&group, builder())];
     let fenced = clients[0].mutex_with("fenced", MutexOptions::default().fencing(true));
     let before_token = fenced.lock().unwrap().fencing_token().unwrap();
-    let load = Load::start(&clients, 8, MutexOptions::default().lease(Duration::from_secs(5)));
+    let load = Load::start(&clients, 8, options.lease(Duration::from_secs(5)));
     wait_until(Duration::from_secs(10), "the load to start", || load.acquisitions() >= 50);
     let old = group.master_addr().unwrap();
     let at_fault = load.acquisitions();
@@ -234,6 +234,10 @@ fn failover_under_load(kill: bool) {
         }
         if named.is_none() && group.master_addr().is_some_and(|a| a != old) {
             named = Some(at.elapsed());
+            if kill {
+                // Back, it is made a replica of the new master (acknowledgements need one).
+                group.master_mut().restart();
+            }
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -258,16 +262,25 @@ fn failover_under_load(kill: bool) {
     for c in &clients {
         assert!(c.is_notifier_connected() || poll_until(Duration::from_secs(10), || c.is_notifier_connected()));
     }
+    lost
 }
 
 #[test]
 fn a_graceful_failover_keeps_exclusion_and_waiters_resume() {
-    failover_under_load(false);
+    failover_under_load(false, MutexOptions::default());
 }
 
 #[test]
 fn a_killed_master_fails_over_and_waiters_resume() {
-    failover_under_load(true);
+    failover_under_load(true, MutexOptions::default());
+}
+
+/// Acquisitions acknowledged by the replica survive the master's `kill -9`: no guard
+/// is lost (without `wait_replicas` one may be: replication is asynchronous).
+#[test]
+fn with_wait_replicas_no_guard_is_lost_to_a_killed_master() {
+    let lost = failover_under_load(true, MutexOptions::default().wait_replicas(1, Duration::from_millis(500)));
+    assert_eq!(lost, 0, "guards acknowledged by the replica were lost in the failover");
 }
 
 /// The README's ACLs: a Sentinel user that may only ask for the master and hear of

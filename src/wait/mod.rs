@@ -225,13 +225,15 @@ impl Core {
     /// timed from this client's request that queued it; when that is too old for the
     /// grant's short lease to be fresh (the process may have stalled since, with the
     /// message waiting in its socket), or the waiter does not renew, Redis confirms it
-    /// first, with the lease the waiter wants; so does a waiter that wants more
-    /// replicas to acknowledge it than the releaser waited for (`wait_replicas`).
+    /// first, with the lease the waiter wants; so does every waiter with
+    /// `wait_replicas`: what the releaser's replicas acknowledged is the grant's short
+    /// lease (`reservation_timeout`), which a failover soon after would see run out on
+    /// the new master; the waiter's own lease must be acknowledged before it returns.
     /// `None`: that grant had run out before it was taken, or too few replicas
     /// acknowledged it (then it was released again, and the waiter's own attempt
     /// reports their shortfall), and the waiter waits on.
     fn take(&self, keys: &LockKeys, want: Want, token: &str, got: Got) -> Result<Option<Hold>> {
-        let Some(Granted { token: granted, acks, .. }) = got.grant.from_another_client.clone() else {
+        let Some(Granted { token: granted, .. }) = got.grant.from_another_client.clone() else {
             let token = got.tenure.as_ref().map_or_else(|| token.to_owned(), |t| t.token.clone());
             return Ok(Some(self.hold(keys, want, token, got)));
         };
@@ -257,8 +259,7 @@ impl Core {
             return Ok(None);
         }
         let hold = self.hold(keys, want, granted.clone(), got);
-        let acknowledged = want.replicas.is_none_or(|r| acks >= r.count);
-        if want.auto_renew && acknowledged && hold.tenure.is_fresh(Stamp::now()) {
+        if want.auto_renew && want.replicas.is_none() && hold.tenure.is_fresh(Stamp::now()) {
             bump(&self.stats.grants);
             return Ok(Some(hold));
         }

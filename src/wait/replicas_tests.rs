@@ -139,8 +139,11 @@ fn grant(core: &Core, backend: &MemBackend, token: &str, acks: u32) {
 }
 
 #[test]
-fn a_grant_is_relied_on_only_when_enough_replicas_acknowledged_it() {
-    for acks in [1, 0] {
+fn a_grant_is_relied_on_only_once_the_waiter_s_own_lease_is_acknowledged() {
+    // What the releaser's replicas acknowledged (`acks`) is the grant's short lease: a
+    // failover soon after would lose it. So the waiter always confirms its own lease
+    // with a WAIT, and when that falls short, the grant is released again.
+    for (acks, replicas_up) in [(1, true), (1, false), (0, false)] {
         let (core, backend) = core_and_backend();
         // Held by another client ("holder"), and waited for here.
         let held = AttemptArgs {
@@ -158,16 +161,17 @@ fn a_grant_is_relied_on_only_when_enough_replicas_acknowledged_it() {
             std::thread::spawn(move || c.lock_until(&keys(), ACKED, Instant::now() + Duration::from_millis(500)))
         };
         until("the waiter to attempt", || core.waiting("job") > 0 && core.stats().attempts >= 1);
-        // The replicas fall short now: only the releaser's acknowledgement can vouch for it.
-        backend.acks.store(0, Ordering::SeqCst);
+        if !replicas_up {
+            backend.acks.store(0, Ordering::SeqCst);
+        }
         grant(&core, &backend, "granted", acks);
         let got = waiter.join().unwrap();
-        if acks == 1 {
-            let hold = got.unwrap().expect("taken without asking");
+        if replicas_up {
+            let hold = got.unwrap().expect("taken once its own lease was acknowledged");
             assert_eq!(hold.tenure.token, "granted");
             assert_eq!(core.stats().grants, 1);
         } else {
-            assert!(not_acknowledged(got.map(|h| h.is_some())), "confirmed with a WAIT, which fell short");
+            assert!(not_acknowledged(got.map(|h| h.is_some())), "acks {acks}: confirmed with a WAIT, which fell short");
             assert_eq!(core.holder(&keys()).unwrap(), None, "the grant was released again");
             assert_eq!(core.stats().grants, 0);
         }
