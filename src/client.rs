@@ -420,6 +420,47 @@ impl LockClientBuilder {
         self.start(Deployment::Sentinel { master_name, sentinels: &urls, master: &master }, shown, true)
     }
 
+    /// Builds a client for a Redis Cluster, from the URLs of any of its nodes (seeds),
+    /// and checks that one of them answers with the cluster's slot map.
+    ///
+    /// Everything else (mutexes, options, stats, `wait_replicas`) works as on one
+    /// server. All of a lock's keys share the hash tag `{name}`, so each of its scripts
+    /// runs on the master that serves that slot, which the client finds in its slot map
+    /// (`CLUSTER SLOTS`, asked of the known masters, then the seeds, each within the
+    /// connect and read timeouts). A `MOVED` reply (a failover, a resharding) corrects
+    /// the map and the request goes on to the node it names; an `ASK` reply (a slot
+    /// being migrated) is followed once with `ASKING`. Renewals go in one pipeline per
+    /// master. Wake-ups are published by the scripts to per-client channels, which the
+    /// cluster delivers to every node; the notifier subscribes on one master (the next
+    /// one when that fails), so a client holds one pool per master it uses and one
+    /// subscriber connection. Credentials and TLS come from the first seed's URL; the
+    /// database is 0 (a cluster has no other).
+    ///
+    /// A master that fails loses the locks it had not yet replicated: their holders
+    /// are told at their next renewal or release on the new master (see
+    /// [`MutexGuard::is_lost`](crate::MutexGuard::is_lost)).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build); [`Error::InvalidOption`] without seeds;
+    /// [`Error::InvalidUrl`] for a URL that does not parse, is a Unix socket, or names
+    /// a database other than 0.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use redis_mutex::LockClient;
+    ///
+    /// let client = LockClient::builder().build_cluster(&["redis://127.0.0.1:7000/", "redis://127.0.0.1:7001/"])?;
+    /// let _guard = client.mutex("nightly-report").lock()?;
+    /// # Ok::<(), redis_mutex::Error>(())
+    /// ```
+    pub fn build_cluster<S: AsRef<str>>(self, seeds: &[S]) -> Result<LockClient> {
+        let seeds: Vec<String> = seeds.iter().map(|s| s.as_ref().to_owned()).collect();
+        let shown = format!("cluster ({})", seeds.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", "));
+        self.start(Deployment::Cluster { seeds: &seeds }, shown, true)
+    }
+
     /// Builds the client without contacting the server: connection problems show up
     /// on first use, and the notifier keeps trying to subscribe in the background.
     ///

@@ -26,6 +26,7 @@ use crate::keys::LockKeys;
 pub(crate) use crate::options::Replicas;
 use crate::stats::Counters;
 
+pub(crate) mod cluster;
 #[cfg(test)]
 pub(crate) mod mem;
 pub(crate) mod sentinel;
@@ -219,6 +220,28 @@ pub(crate) enum Deployment<'a> {
     Single { url: &'a str },
     /// The master that Sentinels monitor under `master_name`, followed on failover.
     Sentinel { master_name: &'a str, sentinels: &'a [String], master: &'a MasterLogin },
+    /// A Redis Cluster, found from any of these nodes.
+    Cluster { seeds: &'a [String] },
+}
+
+/// A client for the server at `host:port`, with everything else (credentials,
+/// database, protocol, TLS and its certificates) from `template`.
+pub(crate) fn client_at(template: &redis::ConnectionInfo, host: &str, port: u16) -> redis::Client {
+    let addr = match template.addr() {
+        redis::ConnectionAddr::TcpTls { insecure, tls_params, .. } => redis::ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+    };
+    // A client from a complete `ConnectionInfo` parses nothing: opening it cannot fail
+    // (redis-rs's `IntoConnectionInfo` for `ConnectionInfo` is the identity).
+    match redis::Client::open(template.clone().set_addr(addr)) {
+        Ok(client) => client,
+        Err(e) => unreachable!("a client from a ConnectionInfo: {e}"),
+    }
 }
 
 /// How to log in to a master found through Sentinel: the Sentinels' URLs carry their
@@ -278,6 +301,14 @@ pub(crate) fn open(
             let master = sentinel::Master::open(master_name, sentinels, master, &options)?;
             let shown = format!("master {master_name:?} of Sentinels {}", master.shown_sentinels());
             (single::Target::Sentinel(Arc::new(master)), shown)
+        }
+        Deployment::Cluster { seeds } => {
+            let nodes = cluster::open(seeds, &options)?;
+            let shown = format!(
+                "cluster ({})",
+                seeds.iter().map(|s| crate::keys::redact_url(s)).collect::<Vec<_>>().join(", ")
+            );
+            (single::Target::Cluster(Arc::new(nodes)), shown)
         }
     };
     Ok(Arc::new(single::SingleServer::open(target, &shown, options, sink, stats, check)?))

@@ -187,17 +187,7 @@ impl Master {
     }
 
     fn client_for(&self, (host, port): &(String, u16)) -> redis::Client {
-        let addr = match self.template.addr() {
-            ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls {
-                host: host.clone(),
-                port: *port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(host.clone(), *port),
-        };
-        // Opening a client from a complete `ConnectionInfo` parses nothing: it cannot fail.
-        redis::Client::open(self.template.clone().set_addr(addr)).expect("a client from a ConnectionInfo")
+        super::client_at(&self.template, host, *port)
     }
 
     /// Asks the Sentinels, the one that answered last first, for the master's address,

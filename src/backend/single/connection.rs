@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, ConnectionLike, RedisError};
 
+use crate::backend::cluster::Nodes;
 use crate::backend::sentinel::Master;
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -18,6 +19,9 @@ pub(crate) enum Target {
     Fixed(redis::Client),
     /// Whichever server the Sentinels name the master (see `backend::sentinel`).
     Sentinel(Arc<Master>),
+    /// A cluster: pooled requests go to each slot's master (`route::Route::Cluster`);
+    /// connections made here (the notifier's, the build's check) go to any master.
+    Cluster(Arc<Nodes>),
 }
 
 impl Target {
@@ -27,13 +31,14 @@ impl Target {
         match self {
             Target::Fixed(client) => Ok((client.clone(), 0)),
             Target::Sentinel(master) => master.client(),
+            Target::Cluster(nodes) => Ok((nodes.subscriber()?, 0)),
         }
     }
 
     /// The generation connections must belong to now.
     pub fn generation(&self) -> u64 {
         match self {
-            Target::Fixed(_) => 0,
+            Target::Fixed(_) | Target::Cluster(_) => 0,
             Target::Sentinel(master) => master.generation(),
         }
     }
@@ -41,8 +46,10 @@ impl Target {
     /// A connection of `generation` failed, or its server turned out not to be the
     /// master (`READONLY`): find the master again before the next connection.
     pub fn suspect(&self, generation: u64) {
-        if let Target::Sentinel(master) = self {
-            master.suspect(generation);
+        match self {
+            Target::Sentinel(master) => master.suspect(generation),
+            Target::Cluster(nodes) => nodes.subscriber_failed(),
+            Target::Fixed(_) => {}
         }
     }
 
@@ -51,6 +58,7 @@ impl Target {
         match self {
             Target::Fixed(client) => client.get_connection_info().redis_settings(),
             Target::Sentinel(master) => master.template().redis_settings(),
+            Target::Cluster(nodes) => nodes.template().redis_settings(),
         }
     }
 }
@@ -60,6 +68,7 @@ impl std::fmt::Debug for Target {
         match self {
             Target::Fixed(_) => f.write_str("Fixed"),
             Target::Sentinel(master) => write!(f, "Sentinel({:?})", master.name()),
+            Target::Cluster(_) => f.write_str("Cluster"),
         }
     }
 }

@@ -5,7 +5,9 @@
 mod connection;
 mod notifier;
 mod replicas;
-pub(crate) use self::connection::Target;
+mod route;
+pub(crate) use self::connection::{ConnectSettings, Pool, Target};
+use self::route::Route;
 pub(crate) mod scripts;
 
 use std::sync::Arc;
@@ -14,7 +16,6 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use redis::{Connection, Value};
 
-use self::connection::{ConnectSettings, Pool};
 use self::notifier::NotifierConfig;
 use self::scripts::{Releaser, Scripts};
 use super::sentinel;
@@ -34,7 +35,7 @@ pub(crate) struct SingleServer {
 
 /// What the backend and its notifier share.
 struct Server {
-    pool: Pool,
+    route: Route,
     scripts: Scripts,
     client_id: String,
     channels: Channels,
@@ -70,7 +71,10 @@ impl SingleServer {
         let db = settings.target.redis_settings().db();
         let channels = Channels::new(&options.prefix, db, &options.client_id);
         let server = Arc::new(Server {
-            pool: Pool::new(settings.clone(), options.pool_max_size, options.pool_timeout),
+            route: match &settings.target {
+                Target::Cluster(nodes) => Route::Cluster(nodes.clone()),
+                _ => Route::One(Box::new(Pool::new(settings.clone(), options.pool_max_size, options.pool_timeout))),
+            },
             scripts: Scripts::new(),
             client_id: options.client_id.clone(),
             channels: channels.clone(),
@@ -120,7 +124,7 @@ impl SingleServer {
 impl Server {
     fn leave(&self, keys: &LockKeys) -> Result<()> {
         let inv = self.scripts.leave(keys, &self.client_id);
-        let outcome: i64 = self.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
+        let outcome: i64 = self.route.on_key(&keys.key, None, |c| inv.invoke::<i64>(c))?;
         log::debug!("redis-mutex: left the queue of {} ({outcome})", keys.key);
         Ok(())
     }
@@ -132,8 +136,43 @@ impl Server {
         // Used only if the release grants the lock to another client.
         let grant_token = uuid::Uuid::new_v4().to_string();
         let inv = self.scripts.release(keys, a, &self.releaser(&grant_token), false);
-        let v = self.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
+        let v = self.route.on_key(&keys.key, None, |c| inv.invoke::<Value>(c))?;
         Scripts::release_reply(&v)
+    }
+
+    /// Extends `items`, all on one server, in one pipeline. An item whose slot moved
+    /// (a cluster's `MOVED` or `ASK`) is extended on its own, following the redirect.
+    fn extend_batch(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
+        let Some((first, ..)) = items.first() else { return Ok(Vec::new()) };
+        let pipe = self.scripts.extend(items);
+        type Replies = Vec<redis::RedisResult<i64>>;
+        let no_script = |r: &Replies| {
+            r.iter().any(|r| {
+                r.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            })
+        };
+        let run = |c: &mut Connection| {
+            let replies = pipe.query::<Replies>(c)?;
+            if no_script(&replies) {
+                // Extending again is harmless: each item checks its token.
+                self.scripts.load_extend(c)?;
+                return pipe.query::<Replies>(c);
+            }
+            Ok(replies)
+        };
+        let replies = self.route.on_batch(&first.key, run)?;
+        Ok(replies
+            .into_iter()
+            .zip(items)
+            .map(|(r, (keys, token, lease_ms))| match r {
+                Ok(n) => Ok(n == 1),
+                Err(e) if e.redirect_node().is_some() => {
+                    let call = self.scripts.extend_one(keys, token, *lease_ms);
+                    self.route.on_key(&keys.key, None, |c| call.invoke::<i64>(c)).map(|n| n == 1)
+                }
+                Err(e) => Err(Error::from_redis(e, Some(&keys.key))),
+            })
+            .collect())
     }
 
     /// This client as the releaser, with the owner token a grant would get.
@@ -153,7 +192,7 @@ impl Backend for SingleServer {
             return s.attempt_acknowledged(keys, &a, r);
         }
         let inv = s.scripts.attempt(keys, &a, &s.client_id);
-        let v = s.pool.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
+        let v = s.route.on_key(&keys.key, a.deadline, |c| inv.invoke::<Value>(c))?;
         Scripts::attempt_reply(&v)
     }
 
@@ -162,32 +201,16 @@ impl Backend for SingleServer {
     }
 
     fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
         let s = &self.server;
-        let pipe = s.scripts.extend(items);
-        type Replies = Vec<redis::RedisResult<i64>>;
-        let no_script = |r: &Replies| {
-            r.iter().any(|r| {
-                r.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-            })
-        };
-        let run = |c: &mut Connection| {
-            let replies = pipe.query::<Replies>(c)?;
-            if no_script(&replies) {
-                // Extending again is harmless: each item checks its token.
-                s.scripts.load_extend(c)?;
-                return pipe.query::<Replies>(c);
+        let mut out: Vec<Option<Result<bool>>> = vec![None; items.len()];
+        // One pipeline per server (one in all on a single server).
+        for group in s.route.by_server(items)? {
+            let batch: Vec<Renewal<'_>> = group.iter().map(|&i| items[i]).collect();
+            for (i, r) in group.iter().zip(s.extend_batch(&batch)?) {
+                out[*i] = Some(r);
             }
-            Ok(replies)
-        };
-        let replies = s.pool.with_conn(None, None, run)?;
-        Ok(replies
-            .into_iter()
-            .zip(items)
-            .map(|(r, (keys, ..))| r.map(|n| n == 1).map_err(|e| Error::from_redis(e, Some(&keys.key))))
-            .collect())
+        }
+        Ok(out.into_iter().map(|r| r.unwrap_or(Ok(false))).collect())
     }
 
     fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, replicas: Replicas) -> Result<bool> {
@@ -201,13 +224,13 @@ impl Backend for SingleServer {
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
         let pipe = Scripts::holder(keys);
         let (fields, pttl) =
-            self.server.pool.with_conn(Some(&keys.key), None, |c| pipe.query::<(scripts::HolderFields, i64)>(c))?;
+            self.server.route.on_key(&keys.key, None, |c| pipe.query::<(scripts::HolderFields, i64)>(c))?;
         Ok(Scripts::holder_reply(fields, pttl))
     }
 
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
         let inv = self.server.scripts.force_unlock(keys, &self.server.channels);
-        let deleted: i64 = self.server.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<i64>(c))?;
+        let deleted: i64 = self.server.route.on_key(&keys.key, None, |c| inv.invoke::<i64>(c))?;
         Ok(deleted == 1)
     }
 }

@@ -48,7 +48,7 @@ impl Server {
         mut op: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> Result<T> {
         let patient = self.read_timeout.saturating_add(Duration::from_millis(wait_ms));
-        self.pool.with_conn(Some(key), deadline, |c| {
+        self.route.on_key(key, deadline, |c| {
             c.set_read_timeout(Some(patient))?;
             let out = op(c);
             // A connection whose timeout cannot be set back is broken: its next use
@@ -110,7 +110,7 @@ impl Server {
         if let (Some(acks), Some(r)) = (grant_acks, for_grant) {
             let enough = acks.ok().filter(|got| *got >= r.count);
             let settle = self.scripts.settle(keys, &grant_token, enough, &self.channels);
-            let settled: i64 = self.pool.with_conn(Some(&keys.key), None, |c| settle.invoke(c))?;
+            let settled: i64 = self.route.on_key(&keys.key, None, |c| settle.invoke(c))?;
             log::debug!(
                 "redis-mutex: grant of {} {}",
                 keys.key,
