@@ -11,6 +11,7 @@ use crate::options::{MAX_LEASE, MutexOptions};
 use crate::reentrant::{ReentrantMutex, ReentrantState};
 use crate::stats::{Counters, Stats};
 use crate::sync::lock;
+use crate::tls::TlsOptions;
 use crate::wait::{self, Core, Registry};
 
 /// A connection to one Redis deployment, from which [`Mutex`] handles are made.
@@ -187,6 +188,8 @@ pub struct LockClientBuilder {
     ping_interval: Duration,
     handoff_limit: u32,
     reservation_timeout: Duration,
+    /// Certificates as given; its `Debug` shows whether each is set, not its bytes.
+    tls: TlsOptions,
 }
 
 impl Default for LockClientBuilder {
@@ -203,6 +206,7 @@ impl Default for LockClientBuilder {
             ping_interval: Duration::from_secs(5),
             handoff_limit: 8,
             reservation_timeout: Duration::from_secs(1),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -230,6 +234,11 @@ impl LockClientBuilder {
     }
 
     /// TCP connect (and handshake) timeout of every connection. Defaults to 2 s.
+    ///
+    /// Over TLS it bounds the TLS handshake too. When a server accepts the connection
+    /// but does not answer the handshake, the last quarter of this timeout (at most
+    /// 250 ms) is spent finding out whether a plain-TCP Redis listens there, so that
+    /// the error can say so ([`Error::Tls`]) rather than report a timeout.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
         self
@@ -298,8 +307,48 @@ impl LockClientBuilder {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` (PEM, one or more `-----BEGIN
+    /// CERTIFICATE-----` blocks) for `rediss://` URLs, instead of the system's roots:
+    /// the server's certificate must be signed by one of them, for the host name or IP
+    /// address in the URL. Needs a `rediss://` URL and the `tls` feature (on by
+    /// default). Defaults to the system's roots.
+    ///
+    /// `build` checks the PEM before any I/O: [`Error::InvalidOption`] naming
+    /// `tls_root_cert` when it holds no certificate or does not parse. The bytes
+    /// never appear in `Debug` output, errors or logs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use redis_mutex::LockClient;
+    ///
+    /// let client = LockClient::builder()
+    ///     .tls_root_cert(std::fs::read("ca.crt")?)
+    ///     .build("rediss://redis.internal:6380/")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_cert = Some(pem.into());
+        self
+    }
+
+    /// Mutual TLS: the certificate chain (`cert_pem`, the client's own certificate
+    /// first) and its private key (`key_pem`: unencrypted PKCS#8 `PRIVATE KEY`, or
+    /// `RSA PRIVATE KEY` / `EC PRIVATE KEY`) this client presents to a server that asks
+    /// for one (`tls-auth-clients yes`). Needs a `rediss://` URL and the `tls` feature
+    /// (on by default). Defaults to none.
+    ///
+    /// `build` checks, before any I/O, that both parse and that the key belongs to the
+    /// certificate: [`Error::InvalidOption`] naming `tls_client_cert` otherwise. The
+    /// key never appears in `Debug` output, errors or logs.
+    pub fn tls_client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.client_cert = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     fn check(&self) -> Result<()> {
         validate_prefix(&self.key_prefix)?;
+        self.tls.check()?;
         if self.pool_max_size == 0 {
             return Err(Error::InvalidOption { option: "pool_max_size", reason: "must be at least 1".into() });
         }
@@ -389,6 +438,7 @@ impl LockClientBuilder {
             pool_timeout: self.pool_timeout,
             reservation: self.reservation_timeout,
             ping_interval: self.ping_interval,
+            tls: self.tls.clone(),
         };
         let backend = backend::open(Deployment::Single { url }, options, registry.clone(), stats.clone(), check)?;
         let settings = wait::Settings {

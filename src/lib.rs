@@ -108,6 +108,7 @@ mod options;
 mod reentrant;
 mod stats;
 mod sync;
+mod tls;
 mod wait;
 
 pub use client::{LockClient, LockClientBuilder};

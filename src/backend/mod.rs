@@ -8,7 +8,7 @@
 //!
 //! One module per deployment, each with everything it needs (connections, scripts,
 //! subscriber), and one place, [`open`], that picks it:
-//! - `single/`: one Redis server (TCP).
+//! - `single/`: one Redis server (TCP, or TLS: `crate::tls` makes its `redis::Client`).
 //! - next to it, as they come: `sentinel` (a master found through Sentinel, followed
 //!   on failover), `cluster` (scripts on each slot's owner, renewals batched per node),
 //!   `redlock` (a quorum of independent masters; it cannot grant, see
@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::holder::Holder;
 use crate::keys::LockKeys;
 use crate::stats::Counters;
+use crate::tls::TlsOptions;
 
 #[cfg(test)]
 pub(crate) mod mem;
@@ -186,6 +187,8 @@ pub(crate) struct Options {
     pub reservation: Duration,
     /// Silence after which the subscriber probes its connection.
     pub ping_interval: Duration,
+    /// Certificates for `rediss://` URLs, already checked.
+    pub tls: TlsOptions,
 }
 
 /// Opens the backend for `deployment`; with `check`, first makes sure the server

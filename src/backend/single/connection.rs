@@ -9,8 +9,11 @@ use redis::{Connection, ConnectionLike, RedisError};
 
 use crate::error::{Error, Result};
 use crate::sync::lock;
+use crate::tls;
 
-/// Connection settings shared by the pool and the notifier's connection.
+/// Connection settings shared by the pool, the notifier's connection and every other
+/// connection of the client (the build check, the probe of an unreachable server):
+/// with a `rediss://` URL, `client` holds the TLS settings, so every one is TLS.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectSettings {
     pub client: redis::Client,
@@ -25,7 +28,11 @@ pub(crate) struct ConnectSettings {
 impl ConnectSettings {
     /// A connection with every timeout set: nothing blocks forever on a dead socket.
     pub fn connect(&self, role: &str) -> std::result::Result<Connection, RedisError> {
-        let mut con = self.client.get_connection_with_timeout(self.connect_timeout)?;
+        let mut con = match self.client.get_connection_info().addr() {
+            // Within the same timeout, tells a plain-TCP port from a silent server.
+            redis::ConnectionAddr::TcpTls { .. } => tls::connect(&self.client, self.connect_timeout)?,
+            _ => self.client.get_connection_with_timeout(self.connect_timeout)?,
+        };
         con.set_read_timeout(Some(self.read_timeout))?;
         con.set_write_timeout(Some(self.write_timeout))?;
         redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}{role}", self.name)).query::<()>(&mut con)?;

@@ -49,7 +49,7 @@ impl SingleServer {
         check: bool,
     ) -> Result<SingleServer> {
         let settings = ConnectSettings {
-            client: redis::Client::open(url).map_err(|e| Error::invalid_url(url, &e))?,
+            client: options.tls.client(url)?,
             name: format!("redis-mutex:{}", options.client_id),
             connect_timeout: options.connect_timeout,
             read_timeout: options.read_timeout,
