@@ -171,6 +171,12 @@ fn a_server_signed_by_another_ca_is_a_clear_error_in_time() {
     // Nor the system's roots.
     let err = fails_in_time(|| LockClient::builder().connect_timeout(CONNECT).build(&server.url()));
     assert!(err.to_string().contains("not signed by a CA"), "{err}");
+
+    // Unchecked, the first lock says the same at once: it is not retried as an outage.
+    let client = trusting(&other).connect_timeout(CONNECT).outage_tolerance(Duration::from_secs(30));
+    let client = client.build_unchecked(&server.url()).unwrap();
+    let err = fails_in_time(|| client.mutex("job").lock().map(|_| unreachable!()));
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
 }
 
 #[cfg(feature = "tls")]
@@ -184,6 +190,10 @@ fn a_plain_tcp_server_behind_rediss_is_named_as_such_in_time() {
         assert!(matches!(err, Error::Tls(_)), "{err:?}");
         assert!(err.to_string().contains("plain-TCP port"), "{err}");
     }
+    // Unchecked: the lock's error says the same, and is not retried as an outage.
+    let client = trusting(&tls).connect_timeout(CONNECT).build_unchecked(&url).unwrap();
+    let err = fails_in_time(|| client.mutex("job").lock().map(|_| unreachable!()));
+    assert!(err.to_string().contains("plain-TCP port"), "{err}");
 }
 
 #[cfg(feature = "tls")]

@@ -79,6 +79,12 @@ impl LastConnectError {
         last.as_ref().filter(|(at, _)| at.elapsed() < recent).map(|(_, e)| e.clone())
     }
 
+    /// The error, if the pool failed to connect since `start`.
+    fn since(&self, start: Instant) -> Option<RedisError> {
+        let last = lock(&self.0);
+        last.as_ref().filter(|(at, _)| *at >= start).map(|(_, e)| e.clone())
+    }
+
     /// The last error, however old, and how long ago it was.
     fn any(&self) -> Option<(Duration, RedisError)> {
         lock(&self.0).as_ref().map(|(at, e)| (at.elapsed(), e.clone()))
@@ -88,6 +94,10 @@ impl LastConnectError {
 /// The shortest wait for a pooled connection, even close to a caller's deadline: many
 /// waiters sharing a deadline make their last attempts together.
 const MIN_POOL_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a checkout waits at a time before looking at why the pool could not
+/// connect (see `Pool::checkout`).
+const POOL_SLICE: Duration = Duration::from_millis(50);
 
 /// The pool of one client's connections to the server.
 pub(crate) struct Pool {
@@ -132,6 +142,28 @@ impl Pool {
         }
     }
 
+    /// A pooled connection within `wait` from `started`. Waits in slices: a connection
+    /// the pool failed to open for a reason that waiting does not cure (a certificate
+    /// either side refuses, credentials) ends the wait at once with that error,
+    /// instead of after the whole pool timeout.
+    fn checkout(&self, started: Instant, wait: Duration) -> Result<r2d2::PooledConnection<Manager>> {
+        loop {
+            let left = wait.saturating_sub(started.elapsed());
+            match self.pool.get_timeout(left.min(POOL_SLICE)) {
+                Ok(con) => return Ok(con),
+                Err(_) if started.elapsed() >= wait => return Err(self.pool_error(started.elapsed())),
+                Err(_) => {
+                    if let Some(e) = self.last_connect_error.since(started) {
+                        let e = Error::from_redis(e, None);
+                        if !e.is_transient() {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs `op` on a pooled connection. A connection the server dropped while it sat
     /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried until it
     /// reaches a live one. Acquire and extend are safe to repeat; a repeated release that
@@ -165,7 +197,7 @@ impl Pool {
             let wait = deadline.map_or(self.timeout, |d| {
                 d.saturating_duration_since(started).clamp(MIN_POOL_WAIT.min(self.timeout), self.timeout)
             });
-            let mut con = self.pool.get_timeout(wait).map_err(|_| self.pool_error(started.elapsed()))?;
+            let mut con = self.checkout(started, wait)?;
             match op(&mut con) {
                 Ok(v) => return Ok(v),
                 Err(e)
