@@ -89,6 +89,24 @@
 //!   of them, within a third of the lease): a lock lost unseen is lost for them too.
 //!   `handoff_limit(0)` sends every release through Redis.
 //!
+//! # TLS
+//!
+//! `rediss://` URLs need the `tls` feature, on by default (rustls with the `ring`
+//! crypto provider, which the crate installs as the process default only when the
+//! application installed none). Trust a CA with
+//! [`tls_root_cert`](LockClientBuilder::tls_root_cert) (else the system's roots), and
+//! for mutual TLS present [`tls_client_cert`](LockClientBuilder::tls_client_cert).
+//! Every connection of the client is TLS; a refused certificate or a plain-TCP port is
+//! [`Error::Tls`]. `default-features = false` builds without rustls: `rediss://` and
+//! the TLS options are then errors that say to enable `tls`.
+//!
+//! ```no_run
+//! let client = redis_mutex::LockClient::builder()
+//!     .tls_root_cert(std::fs::read("ca.crt")?)
+//!     .build("rediss://redis.internal:6380/")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! See `ARCHITECTURE.md` for the Redis data layout, the Lua scripts and the waiting
 //! protocol.
 #![warn(missing_docs)]
