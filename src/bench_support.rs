@@ -33,7 +33,8 @@ impl Floor {
     /// The acquire script as `lock()` (`will_wait`) or `try_lock` sends it; `true`
     /// when it acquired.
     pub fn attempt(&self, con: &mut redis::Connection, token: &str, will_wait: bool) -> redis::RedisResult<bool> {
-        let args = AttemptArgs { token, lease_ms: 30_000, fence_span: 0, will_wait, deadline: None, mark: 1 };
+        let args =
+            AttemptArgs { token, lease_ms: 30_000, fence_span: 0, will_wait, deadline: None, mark: 1, replicas: None };
         let v = self.scripts.attempt(&self.keys, &args, &self.client_id).invoke(con)?;
         Ok(matches!(Scripts::attempt_reply(&v), Ok(crate::backend::Attempt::Acquired { .. })))
     }
@@ -41,8 +42,16 @@ impl Floor {
     /// The release script as a guard's drop sends it with nobody waiting; `true` when
     /// it deleted the lock.
     pub fn release(&self, con: &mut redis::Connection, token: &str) -> redis::RedisResult<bool> {
-        let args =
-            ReleaseArgs { token, lease_ms: 30_000, local_handoffs: 0, limit: 8, fence_span: 9, handoff: None, mark: 0 };
+        let args = ReleaseArgs {
+            token,
+            lease_ms: 30_000,
+            local_handoffs: 0,
+            limit: 8,
+            fence_span: 9,
+            handoff: None,
+            mark: 0,
+            replicas: None,
+        };
         // As the backend does: a fresh token per release, for a grant.
         let grant_token = uuid::Uuid::new_v4().to_string();
         let from = Releaser {
@@ -51,7 +60,7 @@ impl Floor {
             grant_token: &grant_token,
             grant_ms: 1_000,
         };
-        let v = self.scripts.release(&self.keys, &args, &from).invoke(con)?;
+        let v = self.scripts.release(&self.keys, &args, &from, false).invoke(con)?;
         Ok(matches!(Scripts::release_reply(&v), Ok(crate::backend::Released::Deleted)))
     }
 }

@@ -83,6 +83,20 @@ pub enum Error {
         /// The Redis key of the lock.
         key: String,
     },
+    /// Fewer replicas than [`MutexOptions::wait_replicas`](crate::MutexOptions::wait_replicas)
+    /// asks for acknowledged, within its timeout, the write that gave this client the
+    /// lock (or extended it). An acquisition was released again; an extend left the
+    /// lock held with the lease it had. Transient: `lock()` retries it.
+    ReplicasNotAcknowledged {
+        /// The Redis key of the lock.
+        key: String,
+        /// The replicas asked for.
+        wanted: u32,
+        /// The replicas that acknowledged (Redis's `WAIT` reply).
+        got: u32,
+        /// How long Redis waited for them.
+        timeout: Duration,
+    },
     /// A background thread of the client (its notifier or watchdog) could not be
     /// started: the process is out of threads or memory.
     Spawn {
@@ -98,11 +112,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// `true` for failures that may pass by themselves: the server is unreachable, slow,
-    /// loading, or no pooled connection was free. Locking retries these until its
-    /// deadline or the client's outage tolerance.
+    /// loading, no pooled connection was free, or too few replicas acknowledged.
+    /// Locking retries these until its deadline or the client's outage tolerance.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connection(_) | Error::PoolTimeout { .. } => true,
+            Error::Connection(_) | Error::PoolTimeout { .. } | Error::ReplicasNotAcknowledged { .. } => true,
             Error::Redis(e) => matches!(
                 e.kind(),
                 redis::ErrorKind::Server(
@@ -239,6 +253,13 @@ impl fmt::Display for Error {
                 f,
                 "lock `{key}` is no longer held by this guard (its lease ran out or it was force-unlocked); \
                  work done under it since may have overlapped with another holder"
+            ),
+            Error::ReplicasNotAcknowledged { key, wanted, got, timeout } => write!(
+                f,
+                "lock `{key}`: {got} of the {wanted} replicas `wait_replicas` asks for acknowledged it within \
+                 {timeout:?}, so it is not held on the strength of them (an acquisition was released \
+                 again, an extend left the lease as it was); check that the master has {wanted} replicas \
+                 connected and in sync (`INFO replication`), or retry later"
             ),
             Error::Spawn { thread, source } => write!(
                 f,

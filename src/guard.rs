@@ -78,13 +78,17 @@ impl MutexGuard {
     }
 
     /// Sets the lease to `lease` from now, if this guard still owns the lock. With
-    /// `auto_renew`, later renewals use this lease too.
+    /// `auto_renew`, later renewals use this lease too. With
+    /// [`MutexOptions::wait_replicas`](crate::MutexOptions::wait_replicas), it returns
+    /// once that many replicas acknowledged the new lease.
     ///
     /// # Errors
     ///
     /// [`Error::LockLost`] if the lock is no longer ours (nothing is changed in Redis);
     /// [`Error::InvalidOption`] for a lease under 1 ms or over
-    /// [`MAX_LEASE`](crate::MAX_LEASE); Redis failures.
+    /// [`MAX_LEASE`](crate::MAX_LEASE); [`Error::ReplicasNotAcknowledged`] when too few
+    /// replicas acknowledged it (the guard keeps the lock, with the lease it had);
+    /// Redis failures.
     pub fn extend(&self, lease: Duration) -> Result<()> {
         if lease < Duration::from_millis(1) || lease > MAX_LEASE {
             return Err(Error::InvalidOption {

@@ -88,6 +88,11 @@
 //!   lock was handed to in the meantime inside the process (at most `handoff_limit`
 //!   of them, within a third of the lease): a lock lost unseen is lost for them too.
 //!   `handoff_limit(0)` sends every release through Redis.
+//! - **Replication is asynchronous.** A lock on the master can be lost in a failover
+//!   to a replica it had not reached. [`MutexOptions::wait_replicas`] returns a lock
+//!   only once that many replicas acknowledged it (Redis's `WAIT`): it then survives a
+//!   failover to one of them. It is not consensus: a failover to a replica that did
+//!   not acknowledge, or renewals that had not reached it yet, can still lose it.
 //!
 //! # TLS
 //!

@@ -69,10 +69,12 @@ impl fmt::Debug for Mutex {
 impl Mutex {
     pub(crate) fn new(client: LockClient, core: Arc<Core>, prefix: &str, name: &str, options: MutexOptions) -> Mutex {
         let checked = LockKeys::new(prefix, name).and_then(|keys| {
+            let lease_ms = options.lease_ms()?;
             let want = Want {
-                lease_ms: options.lease_ms()?,
+                lease_ms,
                 fencing: options.get_fencing(),
                 auto_renew: options.get_auto_renew(),
+                replicas: options.replicas(lease_ms)?,
             };
             Ok((keys, want))
         });
@@ -120,7 +122,9 @@ impl Mutex {
     /// # Errors
     ///
     /// [`Error::InvalidName`](crate::Error::InvalidName) / [`Error::InvalidOption`](crate::Error::InvalidOption) before any I/O; Redis failures
-    /// after retrying for the client's `outage_tolerance`; [`Error::WrongType`](crate::Error::WrongType) when
+    /// after retrying for the client's `outage_tolerance` (among them
+    /// [`Error::ReplicasNotAcknowledged`](crate::Error::ReplicasNotAcknowledged) with
+    /// [`MutexOptions::wait_replicas`]); [`Error::WrongType`](crate::Error::WrongType) when
     /// something else wrote a key of another type where this lock lives.
     pub fn lock(&self) -> Result<MutexGuard> {
         let (keys, want) = self.want()?;

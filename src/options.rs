@@ -21,12 +21,21 @@ pub struct MutexOptions {
     lease: Duration,
     auto_renew: bool,
     fencing: bool,
+    wait_replicas: Option<(u32, Duration)>,
 }
 
 impl Default for MutexOptions {
     fn default() -> Self {
-        MutexOptions { lease: Duration::from_secs(30), auto_renew: true, fencing: false }
+        MutexOptions { lease: Duration::from_secs(30), auto_renew: true, fencing: false, wait_replicas: None }
     }
+}
+
+/// What [`MutexOptions::wait_replicas`] asks of the server once checked: `WAIT count
+/// timeout_ms` after each write that gives the lock to someone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replicas {
+    pub count: u32,
+    pub timeout_ms: u64,
 }
 
 impl MutexOptions {
@@ -72,6 +81,48 @@ impl MutexOptions {
         self
     }
 
+    /// Returns a lock only once `replicas` replicas of the Redis master have
+    /// acknowledged it, waiting at most `timeout` for them (Redis's `WAIT`, sent in the
+    /// same round trip as the script that acquired).
+    ///
+    /// It applies wherever this client is given the lock through Redis: an acquire
+    /// attempt, a handoff from another thread of the client through Redis, a grant
+    /// from another client's release (that release announces the grant only once its
+    /// own `WAIT` succeeded, or the grantee confirms it with one), and
+    /// [`MutexGuard::extend`](crate::MutexGuard::extend). When fewer replicas
+    /// acknowledge in time, an acquisition is released again and the call returns
+    /// [`Error::ReplicasNotAcknowledged`], which is transient: `lock()` and
+    /// `try_lock_for` retry it (within the client's outage tolerance or the
+    /// deadline), `try_lock` returns it. An `extend` that falls short keeps the lock
+    /// with the lease it had. The watchdog's renewals do not wait. In-process handoffs
+    /// between threads of the client do not either: the lock does not change in
+    /// Redis, it stays under the acknowledged acquisition.
+    ///
+    /// What it buys: an acknowledged acquisition is on `replicas` replicas, so it
+    /// survives a failover to one of them. What it does not: it is not consensus. A
+    /// failover to a replica that did not acknowledge (or one promoted before it
+    /// caught up with later renewals) can still lose the lock, and Redis replication
+    /// stays asynchronous after the `WAIT`.
+    ///
+    /// `replicas` must be at least 1 and `timeout` at least 1 ms (Redis's `WAIT 0`
+    /// would wait forever) and shorter than the lease; anything else makes locking
+    /// return [`Error::InvalidOption`]. Keep `timeout` well under the client's
+    /// `reservation_timeout` (1 s by default): a grant to another client waits for it
+    /// before it is announced. Each attempt waits up to `timeout` while fewer replicas
+    /// answer, also one that finds the lock held. Off by default.
+    ///
+    /// ```
+    /// use redis_mutex::MutexOptions;
+    /// use std::time::Duration;
+    ///
+    /// let opts = MutexOptions::default().wait_replicas(1, Duration::from_millis(100));
+    /// assert_eq!(opts.get_wait_replicas(), Some((1, Duration::from_millis(100))));
+    /// ```
+    pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = Some((replicas, timeout));
+        self
+    }
+
     /// The configured lease.
     pub fn get_lease(&self) -> Duration {
         self.lease
@@ -85,6 +136,36 @@ impl MutexOptions {
     /// Whether fencing tokens are issued.
     pub fn get_fencing(&self) -> bool {
         self.fencing
+    }
+
+    /// The replicas to wait for and how long, if [`wait_replicas`](Self::wait_replicas)
+    /// was set.
+    pub fn get_wait_replicas(&self) -> Option<(u32, Duration)> {
+        self.wait_replicas
+    }
+
+    /// What `wait_replicas` asks, once checked against the lease (`lease_ms`, checked).
+    pub(crate) fn replicas(&self, lease_ms: u64) -> Result<Option<Replicas>> {
+        let Some((count, timeout)) = self.wait_replicas else { return Ok(None) };
+        let invalid = |reason: String| Err(Error::InvalidOption { option: "wait_replicas", reason });
+        if count == 0 {
+            return invalid(
+                "0 replicas: WAIT would prove nothing; leave wait_replicas out to not wait for replicas".to_owned(),
+            );
+        }
+        if timeout < Duration::from_millis(1) {
+            return invalid(format!(
+                "a timeout of {timeout:?}: Redis's WAIT counts in whole ms, and WAIT 0 waits forever \
+                 for replicas that may never answer; give at least 1 ms"
+            ));
+        }
+        if timeout.as_millis() >= u128::from(lease_ms) {
+            return invalid(format!(
+                "the timeout {timeout:?} must be shorter than the lease ({lease_ms} ms): the lock could \
+                 run out while its acquisition waits for the replicas"
+            ));
+        }
+        Ok(Some(Replicas { count, timeout_ms: timeout.as_millis() as u64 }))
     }
 
     /// The lease in whole milliseconds, once checked.
@@ -117,5 +198,19 @@ mod tests {
         assert!(matches!(ms(Duration::MAX), Err(Error::InvalidOption { .. })));
         assert_eq!(ms(Duration::from_millis(1)).unwrap(), 1);
         assert_eq!(ms(MAX_LEASE).unwrap(), 1 << 40);
+    }
+
+    #[test]
+    fn wait_replicas_needs_a_replica_a_timeout_and_room_in_the_lease() {
+        let replicas = |n, t| MutexOptions::default().wait_replicas(n, t).replicas(30_000);
+        let refused =
+            |r: Result<Option<Replicas>>| matches!(r, Err(Error::InvalidOption { option: "wait_replicas", .. }));
+        assert_eq!(MutexOptions::default().replicas(30_000).unwrap(), None);
+        assert!(refused(replicas(0, Duration::from_millis(100))));
+        assert!(refused(replicas(1, Duration::ZERO)), "WAIT with timeout 0 blocks forever");
+        assert!(refused(replicas(1, Duration::from_micros(999))));
+        assert!(refused(replicas(1, Duration::from_secs(30))));
+        assert!(refused(replicas(1, Duration::MAX)));
+        assert_eq!(replicas(2, Duration::from_micros(100_900)).unwrap(), Some(Replicas { count: 2, timeout_ms: 100 }));
     }
 }

@@ -246,8 +246,10 @@ fn invalid_pem_is_an_option_error_before_any_io() {
     let mismatch = option(trusting(&server).tls_client_cert(cert, read(&files.server_key)));
     assert!(mismatch.starts_with("tls_client_cert: the key cannot be used with the certificate"), "{mismatch}");
 
-    // TLS options with a plain URL would silently not be used.
+    // TLS options with a plain URL would silently not be used, nor with plain Sentinels.
     let err = trusting(&server).build(&format!("redis://127.0.0.1:{}/", server.port())).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption { option: "tls_root_cert", .. }), "{err:?}");
+    let err = trusting(&server).build_sentinel("mymaster", &["redis://127.0.0.1:1/"]).unwrap_err();
     assert!(matches!(err, Error::InvalidOption { option: "tls_root_cert", .. }), "{err:?}");
 }
 

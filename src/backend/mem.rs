@@ -1,13 +1,14 @@
 //! An in-memory backend for the waiting protocol's unit tests: Redis's side of the
-//! scripts for one client, with no server. It can be told to fail attempts (an outage)
-//! and whether it [`grants`](Backend::grants).
+//! scripts for one client, with no server. It can be told to fail attempts (an outage),
+//! how many replicas acknowledge (`wait_replicas`), and whether it
+//! [`grants`](Backend::grants).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Attempt, AttemptArgs, Backend, ReleaseArgs, Released, Renewal};
+use super::{Attempt, AttemptArgs, Backend, ReleaseArgs, Released, Renewal, Replicas};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::keys::LockKeys;
@@ -23,6 +24,8 @@ pub(crate) struct MemBackend {
     fences: Mutex<HashMap<String, u64>>,
     /// Fail this many attempts with a connection error first.
     pub fail_attempts: AtomicU32,
+    /// Replicas that acknowledge each write (all, unless set).
+    pub acks: AtomicU32,
     grants: bool,
 }
 
@@ -36,7 +39,24 @@ impl MemBackend {
     /// A backend that hands the lock to a waiter on release (`grants`), or one that
     /// only deletes it and lets the waiters compete (as Redlock will).
     pub fn new(grants: bool) -> MemBackend {
-        MemBackend { locks: Mutex::default(), fences: Mutex::default(), fail_attempts: AtomicU32::new(0), grants }
+        MemBackend {
+            locks: Mutex::default(),
+            fences: Mutex::default(),
+            fail_attempts: AtomicU32::new(0),
+            acks: AtomicU32::new(u32::MAX),
+            grants,
+        }
+    }
+
+    /// The error a write `replicas` asks for gets, if too few acknowledge it.
+    fn short(&self, keys: &LockKeys, replicas: Option<Replicas>) -> Option<Error> {
+        let (r, got) = (replicas?, self.acks.load(Ordering::SeqCst));
+        (got < r.count).then(|| Error::ReplicasNotAcknowledged {
+            key: keys.key.clone(),
+            wanted: r.count,
+            got,
+            timeout: Duration::from_millis(r.timeout_ms),
+        })
     }
 
     fn take_fence(&self, keys: &LockKeys, span: u64) -> u64 {
@@ -71,6 +91,10 @@ impl Backend for MemBackend {
             return Ok(Attempt::Held { remaining: Some(l.expires - now) });
         }
         let fence = if a.fence_span > 0 { self.take_fence(keys, a.fence_span) } else { 0 };
+        if let Some(why) = self.short(keys, a.replicas) {
+            // Acquired, then released again: as if it never was.
+            return Err(why);
+        }
         let expires = now + Duration::from_millis(a.lease_ms);
         locks.insert(keys.key.clone(), Lock { owner: a.token.into(), expires, waited: false });
         Ok(Attempt::Acquired { fence })
@@ -83,6 +107,10 @@ impl Backend for MemBackend {
             Some(l) if l.owner == a.token && l.expires > Instant::now() => {
                 // One client: nobody else waits, so there is no turn to count.
                 if let Some(t) = a.handoff {
+                    if self.short(keys, t.replicas).is_some() {
+                        locks.remove(&keys.key);
+                        return Ok(Released::Unacknowledged);
+                    }
                     l.owner = t.token.clone();
                     l.expires = Instant::now() + Duration::from_millis(t.lease_ms);
                     let fence = if t.fencing { self.take_fence(keys, a.fence_span) } else { 0 };
@@ -109,6 +137,14 @@ impl Backend for MemBackend {
             .collect())
     }
 
+    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, replicas: Replicas) -> Result<bool> {
+        let owned = self.extend(&[(keys, token, lease_ms)])?.remove(0)?;
+        match self.short(keys, Some(replicas)) {
+            Some(why) if owned => Err(why),
+            _ => Ok(owned),
+        }
+    }
+
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
         let locks = self.locks.lock().unwrap();
         Ok(locks.get(&keys.key).filter(|l| l.expires > Instant::now()).map(|l| Holder {
@@ -124,5 +160,34 @@ impl Backend for MemBackend {
 
     fn leave(&self, _: &LockKeys) -> Result<()> {
         Ok(())
+    }
+}
+
+/// A backend a test keeps a handle on (to change `acks` or `fail_attempts` while the
+/// core uses it).
+impl<B: Backend> Backend for std::sync::Arc<B> {
+    fn grants(&self) -> bool {
+        (**self).grants()
+    }
+    fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
+        (**self).attempt(keys, a)
+    }
+    fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {
+        (**self).release(keys, a)
+    }
+    fn leave(&self, keys: &LockKeys) -> Result<()> {
+        (**self).leave(keys)
+    }
+    fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
+        (**self).extend(items)
+    }
+    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, replicas: Replicas) -> Result<bool> {
+        (**self).extend_acknowledged(keys, token, lease_ms, replicas)
+    }
+    fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
+        (**self).holder(keys)
+    }
+    fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
+        (**self).force_unlock(keys)
     }
 }

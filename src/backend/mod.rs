@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::holder::Holder;
 use crate::keys::LockKeys;
+pub(crate) use crate::options::Replicas;
 use crate::stats::Counters;
 use crate::tls::TlsOptions;
 
 #[cfg(test)]
 pub(crate) mod mem;
+pub(crate) mod sentinel;
 pub(crate) mod single;
 
 /// What a releaser needs to hand the lock to a waiting thread of its client.
@@ -37,6 +39,8 @@ pub(crate) struct HandoffTarget {
     pub lease_ms: u64,
     pub fencing: bool,
     pub auto_renew: bool,
+    /// Replicas that must acknowledge a handoff to it (`wait_replicas`).
+    pub replicas: Option<Replicas>,
 }
 
 /// One acquire attempt's request.
@@ -54,6 +58,10 @@ pub(crate) struct AttemptArgs<'a> {
     pub mark: u64,
     /// The caller's deadline: no wait for a pooled connection outlasts it.
     pub deadline: Option<Instant>,
+    /// Replicas that must acknowledge an acquisition (`wait_replicas`), waited for in
+    /// the same round trip. Too few: the backend releases it again and returns
+    /// `Error::ReplicasNotAcknowledged`.
+    pub replicas: Option<Replicas>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +94,27 @@ pub(crate) struct ReleaseArgs<'a> {
     /// With a handoff target, the client's mark for queueing again behind the others
     /// when its turn is over (see `Granted::mark`).
     pub mark: u64,
+    /// A grant to another client is announced only once this many replicas
+    /// acknowledged it, and revoked (its client told to look again) when fewer did
+    /// (`wait_replicas` of the releasing tenure; `None`: announced at once).
+    pub replicas: Option<Replicas>,
+}
+
+impl<'a> ReleaseArgs<'a> {
+    /// An owner-checked release of what `token` holds, handed to no waiter of this
+    /// client and announced at once if it passes to another client.
+    pub fn plain(token: &'a str, lease_ms: u64) -> ReleaseArgs<'a> {
+        ReleaseArgs {
+            token,
+            lease_ms,
+            local_handoffs: 0,
+            limit: 0,
+            fence_span: 0,
+            handoff: None,
+            mark: 0,
+            replicas: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +129,10 @@ pub(crate) enum Released {
     Passed,
     /// The caller was not the owner (lease ran out, force-unlocked, handed on).
     NotOwner,
+    /// Handed to the handoff target, but fewer replicas than it asks for
+    /// (`HandoffTarget::replicas`) acknowledged it, so the backend released it again
+    /// (deleted or passed on): the target does not hold it.
+    Unacknowledged,
 }
 
 /// One renewal of a batch: the lock, its owner token, the lease to set.
@@ -115,7 +148,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn attempt(&self, keys: &LockKeys, args: AttemptArgs<'_>) -> Result<Attempt>;
     /// Releases the caller's lock: hands it to `handoff` (a waiter of this client)
     /// unless another client is queued and this client's turn is over, else passes it
-    /// to the first queued client, else deletes it.
+    /// to the first queued client, else deletes it. With replicas asked for (by the
+    /// handoff target, or `ReleaseArgs::replicas`), nothing is relied on before they
+    /// acknowledged it: a handoff they did not is undone (`Released::Unacknowledged`),
+    /// a grant is announced only after they did, and revoked otherwise.
     fn release(&self, keys: &LockKeys, args: ReleaseArgs<'_>) -> Result<Released>;
     /// This client has no waiter left for the lock: take it out of the lock's queue of
     /// waiting clients, passing on a reservation made for it.
@@ -126,6 +162,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// owned, or that item's own error (e.g. `WrongType`: its key was overwritten),
     /// which leaves the other items unharmed.
     fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>>;
+    /// Extends one lease as `extend` does, then waits in the same round trip until
+    /// `replicas` acknowledged it: `true` extended and acknowledged, `false` not owned.
+    /// Too few replicas: `Error::ReplicasNotAcknowledged` (the lease may be extended on
+    /// the master all the same; the lock stays held).
+    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, replicas: Replicas) -> Result<bool>;
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>>;
     /// Deletes the lock whoever holds it and wakes every client's waiters.
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;
@@ -144,6 +185,9 @@ pub(crate) struct Granted {
     /// `ReleaseArgs::mark`): a grant of an earlier queueing, heard late, cannot be
     /// timed from this one's request.
     pub mark: u64,
+    /// Replicas that acknowledged the grant before it was announced (0: not waited
+    /// for). A grantee that wants more confirms it with a `WAIT` of its own.
+    pub acks: u32,
 }
 
 /// Where a backend delivers what it hears about releases: the client's waiter
@@ -162,6 +206,11 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     fn has_waiters(&self, name: &str) -> bool;
     /// Whether release messages are being heard: while not, waiters poll.
     fn set_listening(&self, up: bool);
+    /// The server is not the one that confirmed this client's leases any more (a
+    /// failover moved the master, or it restarted: its `run_id` changed). Every lock
+    /// this client holds is checked at once, and none is handed on in memory until
+    /// Redis confirmed it again.
+    fn server_changed(&self);
 }
 
 /// Where the locks live.
@@ -169,6 +218,28 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
 pub(crate) enum Deployment<'a> {
     /// One Redis server at this URL.
     Single { url: &'a str },
+    /// The master that Sentinels monitor under `master_name`, followed on failover.
+    Sentinel { master_name: &'a str, sentinels: &'a [String], master: &'a MasterLogin },
+}
+
+/// How to log in to a master found through Sentinel: the Sentinels' URLs carry their
+/// own credentials, the master's come from the builder. TLS to the master when the
+/// Sentinels are reached over TLS.
+#[derive(Clone, Default)]
+pub(crate) struct MasterLogin {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+}
+
+impl std::fmt::Debug for MasterLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterLogin")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .finish()
+    }
 }
 
 /// What every backend is built from, besides where the locks live.
@@ -201,7 +272,16 @@ pub(crate) fn open(
     stats: Arc<Counters>,
     check: bool,
 ) -> Result<Arc<dyn Backend>> {
-    match deployment {
-        Deployment::Single { url } => Ok(Arc::new(single::SingleServer::open(url, options, sink, stats, check)?)),
-    }
+    let (target, shown) = match deployment {
+        Deployment::Single { url } => {
+            // A TLS client for a `rediss://` URL, with the builder's certificates.
+            (single::Target::Fixed(Box::new(options.tls.client(url)?)), crate::keys::redact_url(url))
+        }
+        Deployment::Sentinel { master_name, sentinels, master } => {
+            let master = sentinel::Master::open(master_name, sentinels, master, &options)?;
+            let shown = format!("master {master_name:?} of Sentinels {}", master.shown_sentinels());
+            (single::Target::Sentinel(Arc::new(master)), shown)
+        }
+    };
+    Ok(Arc::new(single::SingleServer::open(target, &shown, options, sink, stats, check)?))
 }

@@ -21,6 +21,8 @@ mod deadline;
 mod orphans;
 mod registry;
 mod release;
+#[cfg(test)]
+mod replicas_tests;
 mod tenure;
 #[cfg(test)]
 mod tests;
@@ -35,7 +37,7 @@ pub(crate) use self::registry::Registry;
 use self::registry::{Grant, Leave, WaitHandle, Woken};
 pub(crate) use self::tenure::Tenure;
 use self::watchdog::{Renewer, Watchdog};
-use crate::backend::{Attempt, AttemptArgs, Backend, HandoffTarget, ReleaseArgs, ReleaseSink};
+use crate::backend::{Attempt, AttemptArgs, Backend, Granted, HandoffTarget, ReleaseArgs, ReleaseSink, Replicas};
 use crate::backoff::{Backoff, jitter};
 use crate::clock::{Stamp, later};
 use crate::error::{Error, Result};
@@ -73,6 +75,8 @@ pub(crate) struct Want {
     pub lease_ms: u64,
     pub fencing: bool,
     pub auto_renew: bool,
+    /// Replicas that must acknowledge it (`wait_replicas`).
+    pub replicas: Option<Replicas>,
 }
 
 /// A lock held by one guard: the tenure (shared with the threads it is handed to in
@@ -118,6 +122,7 @@ impl Core {
             orphans: orphans.clone(),
             handoff_limit: settings.handoff_limit,
         })?;
+        registry.on_server_change(watchdog.waker());
         Ok(Core { backend, registry, stats, watchdog, orphans, settings })
     }
 
@@ -161,6 +166,7 @@ impl Core {
             will_wait: false,
             deadline: None,
             mark: 0,
+            replicas: want.replicas,
         };
         match self.backend.attempt(keys, args) {
             Ok(Attempt::Acquired { fence }) => {
@@ -198,14 +204,17 @@ impl Core {
         let tenure = got.tenure.unwrap_or_else(|| {
             // Timed from when the acquiring request was sent: no later than Redis
             // started the lease, so renewals and lost-lease detection err early.
-            let t = Tenure::new(keys.clone(), token, want.lease_ms, got.grant.at, fence, got.grant.turn);
-            if let Some((_, grant_ms)) = &got.grant.from_another_client {
+            let t = Tenure::new(keys.clone(), token, want.lease_ms, got.grant.at, fence, got.grant.turn)
+                .acknowledged_by(want.replicas);
+            if let Some(granted) = &got.grant.from_another_client {
                 // Redis gave the grant a short lease, which renewals lengthen.
-                t.confirmed(got.grant.at, *grant_ms);
+                t.confirmed(got.grant.at, granted.lease_ms);
             }
             let t = Arc::new(t);
             if want.auto_renew {
                 self.watchdog.register(&t);
+            } else {
+                self.watchdog.watch(&t);
             }
             t
         });
@@ -216,10 +225,15 @@ impl Core {
     /// timed from this client's request that queued it; when that is too old for the
     /// grant's short lease to be fresh (the process may have stalled since, with the
     /// message waiting in its socket), or the waiter does not renew, Redis confirms it
-    /// first, with the lease the waiter wants. `None`: that grant had run out before
-    /// it was taken, and the waiter waits on.
+    /// first, with the lease the waiter wants; so does every waiter with
+    /// `wait_replicas`: what the releaser's replicas acknowledged is the grant's short
+    /// lease (`reservation_timeout`), which a failover soon after would see run out on
+    /// the new master; the waiter's own lease must be acknowledged before it returns.
+    /// `None`: that grant had run out before it was taken, or too few replicas
+    /// acknowledged it (then it was released again, and the waiter's own attempt
+    /// reports their shortfall), and the waiter waits on.
     fn take(&self, keys: &LockKeys, want: Want, token: &str, got: Got) -> Result<Option<Hold>> {
-        let Some((granted, _)) = got.grant.from_another_client.clone() else {
+        let Some(Granted { token: granted, .. }) = got.grant.from_another_client.clone() else {
             let token = got.tenure.as_ref().map_or_else(|| token.to_owned(), |t| t.token.clone());
             return Ok(Some(self.hold(keys, want, token, got)));
         };
@@ -235,6 +249,7 @@ impl Core {
                 fence_span: self.fence_span(true),
                 handoff: None,
                 mark: 0,
+                replicas: None,
             };
             if let Err(e) = self.release_through_backend(keys, args)
                 && !e.is_lock_lost()
@@ -244,24 +259,28 @@ impl Core {
             return Ok(None);
         }
         let hold = self.hold(keys, want, granted.clone(), got);
-        if want.auto_renew && hold.tenure.is_fresh(Stamp::now()) {
+        if want.auto_renew && want.replicas.is_none() && hold.tenure.is_fresh(Stamp::now()) {
             bump(&self.stats.grants);
             return Ok(Some(hold));
         }
         let sent = Stamp::now();
-        let reply = self.backend.extend(&[(keys, &granted, want.lease_ms)]);
-        match reply.map(|r| r.into_iter().next().unwrap_or(Ok(false))) {
-            Ok(Ok(true)) => {
+        match self.extend_once(keys, &granted, want.lease_ms, want.replicas) {
+            Ok(true) => {
                 hold.tenure.set_lease_ms(want.lease_ms);
                 hold.tenure.confirmed(sent, want.lease_ms);
                 bump(&self.stats.grants);
                 Ok(Some(hold))
             }
-            Ok(Ok(false) | Err(Error::WrongType { .. })) => {
+            Ok(false) | Err(Error::WrongType { .. }) => {
                 self.watchdog.deregister(&hold.tenure);
                 Ok(None)
             }
-            Ok(Err(e)) | Err(e) => {
+            Err(Error::ReplicasNotAcknowledged { .. }) => {
+                self.watchdog.deregister(&hold.tenure);
+                self.give_back(keys, &granted, want.lease_ms);
+                Ok(None)
+            }
+            Err(e) => {
                 self.watchdog.deregister(&hold.tenure);
                 self.orphans.add(keys, &granted, want.lease_ms);
                 Err(e)
@@ -294,6 +313,7 @@ impl Core {
             lease_ms: want.lease_ms,
             fencing: want.fencing,
             auto_renew: want.auto_renew,
+            replicas: want.replicas,
         };
         let mut waiter = self.registry.register(keys.name.clone(), target.clone());
         let mut backoff = Backoff::new();
@@ -361,6 +381,7 @@ impl Core {
                     will_wait: true,
                     deadline: deadline.at(),
                     mark: self.registry.queueing(&keys.name, sent),
+                    replicas: want.replicas,
                 };
                 match self.backend.attempt(keys, args) {
                     Ok(Attempt::Acquired { fence }) => {

@@ -36,9 +36,10 @@ pub(crate) struct Grant {
     pub at: Stamp,
     /// Handoffs of this client's turn before this one (see `Released::Handed`).
     pub turn: u32,
-    /// Granted by another client's release: the owner token Redis lists, and the
-    /// short lease the grant has until the waiter extends it.
-    pub from_another_client: Option<(String, u64)>,
+    /// Granted by another client's release: the owner token Redis lists, the short
+    /// lease the grant has until the waiter extends it, and the replicas that
+    /// acknowledged it.
+    pub from_another_client: Option<Granted>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,12 @@ pub(crate) struct Registry {
     /// here.
     queued_since: Mutex<HashMap<Arc<str>, (Stamp, u64)>>,
     next_mark: AtomicU64,
+    /// How many times the server turned out to be another one (see
+    /// `ReleaseSink::server_changed`); the watchdog checks every held lock when it
+    /// moves.
+    server_changes: AtomicU64,
+    /// Wakes the watchdog (set once it runs).
+    on_server_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl ReleaseSink for Registry {
@@ -126,8 +133,8 @@ impl ReleaseSink for Registry {
             Some((since, mark)) if mark == grant.mark => since,
             _ => Stamp::now().earlier(Duration::from_millis(grant.lease_ms)),
         };
-        let from = Some((grant.token, grant.lease_ms));
-        *lock(&waiter.state) = State::Granted(Grant { fence: grant.fence, at, turn: 0, from_another_client: from });
+        let fence = grant.fence;
+        *lock(&waiter.state) = State::Granted(Grant { fence, at, turn: 0, from_another_client: Some(grant) });
         self.remove_holder(&mut queues, &waiter);
         let _ = waiter.tx.try_send(());
         true
@@ -154,11 +161,28 @@ impl ReleaseSink for Registry {
     fn set_listening(&self, up: bool) {
         self.listening.store(up, Ordering::Release);
     }
+
+    fn server_changed(&self) {
+        self.server_changes.fetch_add(1, Ordering::AcqRel);
+        if let Some(wake) = self.on_server_change.get() {
+            wake();
+        }
+    }
 }
 
 impl Registry {
     pub fn new() -> Arc<Registry> {
         Arc::new(Registry::default())
+    }
+
+    /// How many times the server turned out to be another one.
+    pub fn server_changes(&self) -> u64 {
+        self.server_changes.load(Ordering::Acquire)
+    }
+
+    /// `wake` runs whenever the server turns out to be another one (once set).
+    pub fn on_server_change(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_server_change.set(Box::new(wake));
     }
 
     pub fn register(self: &Arc<Self>, name: Arc<str>, target: HandoffTarget) -> WaitHandle {

@@ -4,7 +4,7 @@ use super::*;
 use std::time::Duration;
 
 fn target(t: &str) -> HandoffTarget {
-    HandoffTarget { token: t.into(), lease_ms: 1000, fencing: false, auto_renew: true }
+    HandoffTarget { token: t.into(), lease_ms: 1000, fencing: false, auto_renew: true, replicas: None }
 }
 
 fn soon() -> Instant {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::registry::Grant;
 use super::{Core, Tenure};
-use crate::backend::{ReleaseArgs, ReleaseSink, Released};
+use crate::backend::{ReleaseArgs, ReleaseSink, Released, Replicas};
 use crate::clock::Stamp;
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
@@ -23,6 +23,10 @@ impl Core {
     ///   on from the tenure's `turn_base`: then a release through Redis notices a lost
     ///   lock and lets a queued client have its turn.
     ///
+    /// No `WAIT` (`wait_replicas`): nothing changes in Redis, and the tenure's
+    /// acquisition was acknowledged by the replicas the waiter asks for (acquisitions
+    /// alike ask for the same).
+    ///
     /// With fencing, the k-th handoff gets the tenure's fencing token + k, from the
     /// block its acquisition took (see `fence_span`). `false` when it did not hand over
     /// (the caller then releases through Redis).
@@ -37,7 +41,11 @@ impl Core {
         }
         let Some(claim) = self.registry.claim_first(&tenure.keys.name) else { return false };
         let t = claim.target();
-        if t.fencing != tenure.fence_base.is_some() || !t.auto_renew || t.lease_ms != tenure.lease_ms() {
+        if t.fencing != tenure.fence_base.is_some()
+            || !t.auto_renew
+            || t.lease_ms != tenure.lease_ms()
+            || t.replicas != tenure.replicas
+        {
             return false;
         }
         let k = tenure.count_local_handoff();
@@ -78,6 +86,7 @@ impl Core {
             fence_span: self.fence_span(true),
             handoff: None,
             mark: 0,
+            replicas: tenure.replicas,
         };
         match self.release_through_backend(&tenure.keys, args) {
             Ok(()) => {
@@ -106,7 +115,7 @@ impl Core {
             Ok(Released::Handed { .. } | Released::Deleted) => false,
             // Passed on: queued again behind the others only with a waiter of its own.
             Ok(Released::Passed) => claim.is_some(),
-            Ok(Released::NotOwner) | Err(_) => true,
+            Ok(Released::NotOwner | Released::Unacknowledged) | Err(_) => true,
         };
         if !queued {
             self.registry.dequeued(&keys.name);
@@ -144,6 +153,16 @@ impl Core {
                 self.registry.wake_first(&keys.name);
                 Err(Error::LockLost { key: keys.key.clone() })
             }
+            Ok(Released::Unacknowledged) => {
+                // Handed to the claimed waiter, but too few of the replicas it asks for
+                // acknowledged that, so the backend released it again: the waiter
+                // attempts itself (waiting for the replicas too, and reporting their
+                // shortfall to its caller). This release is done.
+                drop(claim);
+                self.registry.wake_first(&keys.name);
+                log::debug!("redis-mutex: released {}; its handoff was not acknowledged by the replicas", keys.key);
+                Ok(())
+            }
             Err(e) => {
                 if let Some(claim) = claim {
                     // Redis may have handed it the lock all the same: if it gives up
@@ -170,20 +189,48 @@ impl Core {
             return Err(Error::LockLost { key: tenure.keys.key.clone() });
         }
         let sent = Stamp::now();
-        let reply = self.backend.extend(&[(&tenure.keys, &tenure.token, lease_ms)]);
-        match reply.map(|r| r.into_iter().next().unwrap_or(Ok(false))) {
-            Ok(Ok(true)) => {
+        match self.extend_once(&tenure.keys, &tenure.token, lease_ms, tenure.replicas) {
+            Ok(true) => {
                 tenure.set_lease_ms(lease_ms);
                 tenure.confirmed(sent, lease_ms);
                 Ok(())
             }
-            Ok(Ok(false)) => lost("extend found another owner or no lock"),
-            Ok(Err(Error::WrongType { .. })) => lost("extend found a value of another type where the lock was"),
-            Ok(Err(e)) | Err(e) => {
+            Ok(false) => lost("extend found another owner or no lock"),
+            Err(Error::WrongType { .. }) => lost("extend found a value of another type where the lock was"),
+            // Also too few replicas: the master may have the new lease, the replicas
+            // the old one; the client counts the shorter.
+            Err(e) => {
                 tenure.maybe_applied(sent, lease_ms);
                 Err(e)
             }
         }
+    }
+
+    /// Sets the lease of `token`'s lock to `lease_ms` if it still owns it (`false`
+    /// when not); with `replicas`, acknowledged by them in the same round trip, else
+    /// `Error::ReplicasNotAcknowledged`.
+    pub(super) fn extend_once(
+        &self,
+        keys: &LockKeys,
+        token: &str,
+        lease_ms: u64,
+        replicas: Option<Replicas>,
+    ) -> Result<bool> {
+        match replicas {
+            Some(r) => self.backend.extend_acknowledged(keys, token, lease_ms, r),
+            None => self.backend.extend(&[(keys, token, lease_ms)])?.into_iter().next().unwrap_or(Ok(false)),
+        }
+    }
+
+    /// Releases, owner-checked and without a handoff, a lock `token` was given but
+    /// must not rely on (too few replicas acknowledged it); a failure leaves it to the
+    /// watchdog as an orphan. The first waiting thread of the lock looks again.
+    pub(super) fn give_back(&self, keys: &LockKeys, token: &str, lease_ms: u64) {
+        if let Err(e) = self.backend.release(keys, ReleaseArgs::plain(token, lease_ms)) {
+            log::debug!("redis-mutex: could not release {} after too few replicas acknowledged it: {e}", keys.key);
+            self.orphans.add(keys, token, lease_ms);
+        }
+        self.registry.wake_first(&keys.name);
     }
 
     /// Asks Redis whether `tenure`'s token still owns the lock; marks it lost if not.

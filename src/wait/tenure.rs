@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::ReleaseSink;
+use crate::backend::{ReleaseSink, Replicas};
 use crate::clock::{Stamp, later};
 use crate::error::Error;
 use crate::keys::LockKeys;
@@ -33,6 +33,9 @@ pub(crate) struct Tenure {
     /// another client waited when Redis handed the lock over): in-process handoffs
     /// count on from here, so a turn stays bounded across tenures.
     pub turn_base: u32,
+    /// Replicas that acknowledged its acquisition and must acknowledge an `extend`
+    /// (`wait_replicas`); only a waiter that asks the same takes it over in memory.
+    pub replicas: Option<Replicas>,
     /// In-process handoffs of this tenure so far (see `Core::hand_over_locally`).
     local_handoffs: AtomicU32,
     lost: AtomicBool,
@@ -71,6 +74,7 @@ impl Tenure {
             token,
             fence_base,
             turn_base,
+            replicas: None,
             local_handoffs: AtomicU32::new(0),
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
@@ -78,6 +82,11 @@ impl Tenure {
             requests: Mutex::new(()),
             renewing: Mutex::new(None),
         }
+    }
+
+    /// The tenure of an acquisition `replicas` acknowledged (see [`Tenure::replicas`]).
+    pub fn acknowledged_by(self, replicas: Option<Replicas>) -> Tenure {
+        Tenure { replicas, ..self }
     }
 
     pub fn is_lost(&self) -> bool {
@@ -148,6 +157,12 @@ impl Tenure {
             st.confirmed = sent;
             st.confirmed_ms = lease_ms;
         }
+    }
+
+    /// The server may have lost this lease (it is another one now): renew it at once,
+    /// and hand it on in memory only once Redis confirmed it again.
+    pub fn recheck(&self, now: Stamp) {
+        lock(&self.state).retry = Some(now.mono);
     }
 
     /// Later renewals ask for `lease_ms` (after a successful `extend`).

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -43,6 +43,11 @@ pub(crate) struct Renewer {
 #[derive(Default)]
 struct Shared {
     tenures: Mutex<HashMap<u64, Arc<Tenure>>>,
+    /// Live tenures without `auto_renew`: not renewed, but checked when the server
+    /// turns out to be another one.
+    unrenewed: Mutex<Vec<Weak<Tenure>>>,
+    /// The registry's count of server changes when last looked at.
+    server_changes: AtomicU64,
     /// When the thread next looks at the table unless woken (`None`: it is working).
     sleeping_until: Mutex<Option<Instant>>,
 }
@@ -53,7 +58,8 @@ type Table = Arc<Shared>;
 pub(crate) struct Watchdog {
     table: Table,
     next_id: AtomicU64,
-    wake: Sender<()>,
+    /// Dropping the last strong reference stops the thread; others hold weak ones.
+    wake: Arc<Sender<()>>,
 }
 
 impl Watchdog {
@@ -65,7 +71,27 @@ impl Watchdog {
             .name("redis-mutex-watchdog".into())
             .spawn(move || run(&renewer, &t, &rx))
             .map_err(|e| Error::spawn("redis-mutex-watchdog", e))?;
-        Ok(Watchdog { table, next_id: AtomicU64::new(0), wake })
+        Ok(Watchdog { table, next_id: AtomicU64::new(0), wake: Arc::new(wake) })
+    }
+
+    /// Wakes the thread, if it still runs, without keeping it alive.
+    pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let wake = Arc::downgrade(&self.wake);
+        move || {
+            if let Some(wake) = wake.upgrade() {
+                let _ = wake.try_send(());
+            }
+        }
+    }
+
+    /// Keeps an eye on `tenure`, which is not renewed: it is checked when the server
+    /// turns out to be another one.
+    pub fn watch(&self, tenure: &Arc<Tenure>) {
+        let mut unrenewed = lock(&self.table.unrenewed);
+        if unrenewed.len() >= 64 && unrenewed.len().is_power_of_two() {
+            unrenewed.retain(|t| t.upgrade().is_some_and(|t| !t.is_released()));
+        }
+        unrenewed.push(Arc::downgrade(tenure));
     }
 
     /// Starts renewing `tenure`.
@@ -138,6 +164,10 @@ enum Pass {
 fn pass(r: &Renewer, table: &Table) -> Pass {
     let orphans_due = release_orphans(r);
     let now = Stamp::now();
+    let changes = r.registry.server_changes();
+    if table.server_changes.swap(changes, Ordering::AcqRel) != changes {
+        recheck_all(r, table, now);
+    }
     // Renew whatever is at least half-way to due, so guards taken at different
     // moments share a batch instead of a round trip each. A lease whose `extend` is
     // in flight waits for it: that reply confirms it.
@@ -170,6 +200,41 @@ fn pass(r: &Renewer, table: &Table) -> Pass {
     // which keeps the thread off the acquisition path for leases ≥ 3 × IDLE.
     let idle = later(now.mono, IDLE);
     Pass::Sleep([next_due, orphans_due].into_iter().flatten().fold(idle, Instant::min))
+}
+
+/// The server is another one now (failover, restart): every renewed lease is renewed
+/// now (none is handed on in memory until that is confirmed), and every lease that is
+/// not renewed is checked, so that locks the server lacks are marked lost at once
+/// rather than at their next renewal or use.
+fn recheck_all(r: &Renewer, table: &Table, now: Stamp) {
+    let renewed: Vec<Arc<Tenure>> = lock(&table.tenures).values().cloned().collect();
+    for tenure in &renewed {
+        tenure.recheck(now);
+    }
+    let unrenewed: Vec<Arc<Tenure>> = {
+        let mut list = lock(&table.unrenewed);
+        list.retain(|t| t.upgrade().is_some_and(|t| !t.is_released() && !t.is_lost()));
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    log::info!(
+        "redis-mutex: checking {} renewed and {} unrenewed locks on the new server",
+        renewed.len(),
+        unrenewed.len()
+    );
+    for tenure in unrenewed {
+        match r.backend.holder(&tenure.keys) {
+            Ok(holder) if holder.as_ref().is_some_and(|h| h.token == tenure.token) => {}
+            Ok(_) if tenure.is_released() => {}
+            Ok(_) => {
+                tenure.mark_lost(
+                    &r.stats,
+                    &r.registry,
+                    "the server is another one now (failover or restart) and lacks it",
+                );
+            }
+            Err(e) => log::debug!("redis-mutex: could not check {} on the new server: {e}", tenure.keys.key),
+        }
+    }
 }
 
 /// Whether a lease registered while the thread was not yet asleep is due before `until`.
@@ -254,6 +319,7 @@ fn release_orphans(r: &Renewer) -> Option<Instant> {
             fence_span: 0,
             handoff: None,
             mark: 0,
+            replicas: None,
         };
         match r.backend.release(&orphan.keys, args) {
             Ok(Released::NotOwner) => {} // never acquired, or its lease ran out

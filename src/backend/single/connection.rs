@@ -7,16 +7,71 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, ConnectionLike, RedisError};
 
+use crate::backend::sentinel::Master;
 use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::tls;
 
+/// The server the connections go to.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// One server, always the same (boxed: a TLS client's settings make it large).
+    Fixed(Box<redis::Client>),
+    /// Whichever server the Sentinels name the master (see `backend::sentinel`).
+    Sentinel(Arc<Master>),
+}
+
+impl Target {
+    /// A client for the server now, and its generation (which changes when a failover
+    /// moves the master: connections of an older generation are dropped).
+    pub fn client(&self) -> std::result::Result<(redis::Client, u64), RedisError> {
+        match self {
+            Target::Fixed(client) => Ok((redis::Client::clone(client), 0)),
+            Target::Sentinel(master) => master.client(),
+        }
+    }
+
+    /// The generation connections must belong to now.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Target::Fixed(_) => 0,
+            Target::Sentinel(master) => master.generation(),
+        }
+    }
+
+    /// A connection of `generation` failed, or its server turned out not to be the
+    /// master (`READONLY`): find the master again before the next connection.
+    pub fn suspect(&self, generation: u64) {
+        if let Target::Sentinel(master) = self {
+            master.suspect(generation);
+        }
+    }
+
+    /// How every connection logs in (database, protocol, credentials).
+    pub fn redis_settings(&self) -> &redis::RedisConnectionInfo {
+        match self {
+            Target::Fixed(client) => client.get_connection_info().redis_settings(),
+            Target::Sentinel(master) => master.template().redis_settings(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Fixed(_) => f.write_str("Fixed"),
+            Target::Sentinel(master) => write!(f, "Sentinel({:?})", master.name()),
+        }
+    }
+}
+
 /// Connection settings shared by the pool, the notifier's connection and every other
 /// connection of the client (the build check, the probe of an unreachable server):
-/// with a `rediss://` URL, `client` holds the TLS settings, so every one is TLS.
+/// with a `rediss://` URL, the `Target::Fixed` client holds the TLS settings, so every
+/// one is TLS.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectSettings {
-    pub client: redis::Client,
+    pub target: Target,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -28,16 +83,41 @@ pub(crate) struct ConnectSettings {
 impl ConnectSettings {
     /// A connection with every timeout set: nothing blocks forever on a dead socket.
     pub fn connect(&self, role: &str) -> std::result::Result<Connection, RedisError> {
-        let mut con = match self.client.get_connection_info().addr() {
-            // Within the same timeout, tells a plain-TCP port from a silent server.
-            redis::ConnectionAddr::TcpTls { .. } => tls::connect(&self.client, self.connect_timeout)?,
-            _ => self.client.get_connection_with_timeout(self.connect_timeout)?,
-        };
-        con.set_read_timeout(Some(self.read_timeout))?;
-        con.set_write_timeout(Some(self.write_timeout))?;
-        redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}{role}", self.name)).query::<()>(&mut con)?;
-        Ok(con)
+        self.connect_tagged(role).map(|c| c.con)
     }
+
+    /// [`connect`](Self::connect), with the generation of the server it reached.
+    pub fn connect_tagged(&self, role: &str) -> std::result::Result<Tagged, RedisError> {
+        let (client, generation) = self.target.client()?;
+        let opened = match client.get_connection_info().addr() {
+            // Within the same timeout, tells a plain-TCP port from a silent server.
+            redis::ConnectionAddr::TcpTls { .. } => tls::connect(&client, self.connect_timeout),
+            _ => client.get_connection_with_timeout(self.connect_timeout),
+        };
+        let opened = opened.and_then(|mut con| {
+            con.set_read_timeout(Some(self.read_timeout))?;
+            con.set_write_timeout(Some(self.write_timeout))?;
+            redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}{role}", self.name)).query::<()>(&mut con)?;
+            Ok(con)
+        });
+        match opened {
+            Ok(con) => Ok(Tagged { con, generation, demoted: false }),
+            Err(e) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() {
+                    self.target.suspect(generation);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A pooled connection and the generation of the server it reached (see `Target`).
+pub(crate) struct Tagged {
+    pub con: Connection,
+    pub generation: u64,
+    /// It answered `READONLY`: its server is no longer the master. Not reused.
+    pub demoted: bool,
 }
 
 /// r2d2 manager that sets our timeouts (redis-rs's own manager connects without any).
@@ -45,19 +125,19 @@ impl ConnectSettings {
 struct Manager(ConnectSettings);
 
 impl r2d2::ManageConnection for Manager {
-    type Connection = Connection;
+    type Connection = Tagged;
     type Error = RedisError;
 
-    fn connect(&self) -> std::result::Result<Connection, RedisError> {
-        self.0.connect("")
+    fn connect(&self) -> std::result::Result<Tagged, RedisError> {
+        self.0.connect_tagged("")
     }
 
-    fn is_valid(&self, con: &mut Connection) -> std::result::Result<(), RedisError> {
-        redis::cmd("PING").query(con)
+    fn is_valid(&self, con: &mut Tagged) -> std::result::Result<(), RedisError> {
+        redis::cmd("PING").query(&mut con.con)
     }
 
-    fn has_broken(&self, con: &mut Connection) -> bool {
-        !con.is_open()
+    fn has_broken(&self, con: &mut Tagged) -> bool {
+        !con.con.is_open() || con.demoted || con.generation != self.0.target.generation()
     }
 }
 
@@ -198,17 +278,39 @@ impl Pool {
                 d.saturating_duration_since(started).clamp(MIN_POOL_WAIT.min(self.timeout), self.timeout)
             });
             let mut con = self.checkout(started, wait)?;
-            match op(&mut con) {
+            if con.generation != self.probe.target.generation() {
+                // Opened to a master that a failover replaced: dropped on return.
+                retries += 1;
+                continue;
+            }
+            match op(&mut con.con) {
                 Ok(v) => return Ok(v),
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => {
+                    // A master demoted to replica (a failover): this connection is not
+                    // used again, and the master is looked up afresh. Nothing ran.
+                    con.demoted = true;
+                    self.probe.target.suspect(con.generation);
+                    if retries > self.pool.max_size() {
+                        return Err(Error::from_redis(e, key));
+                    }
+                    log::debug!("redis-mutex: the server answered READONLY (demoted); looking for the master");
+                    retries += 1;
+                }
                 Err(e)
                     if retries <= self.pool.max_size()
                         && (e.is_connection_dropped() || e.is_io_error())
                         && !e.is_timeout() =>
                 {
+                    self.probe.target.suspect(con.generation);
                     log::debug!("redis-mutex: retrying on a fresh connection after: {e}");
                     retries += 1;
                 }
-                Err(e) => return Err(Error::from_redis(e, key)),
+                Err(e) => {
+                    if e.is_io_error() || e.is_timeout() {
+                        self.probe.target.suspect(con.generation);
+                    }
+                    return Err(Error::from_redis(e, key));
+                }
             }
         }
     }

@@ -4,9 +4,12 @@
 
 mod connection;
 mod notifier;
+mod replicas;
+pub(crate) use self::connection::Target;
 pub(crate) mod scripts;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use redis::{Connection, Value};
@@ -14,10 +17,11 @@ use redis::{Connection, Value};
 use self::connection::{ConnectSettings, Pool};
 use self::notifier::NotifierConfig;
 use self::scripts::{Releaser, Scripts};
-use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal};
+use super::sentinel;
+use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
-use crate::keys::{Channels, LockKeys, redact_url};
+use crate::keys::{Channels, LockKeys};
 use crate::stats::Counters;
 
 /// One Redis server. Dropping it stops its notifier thread; the pool closes with the
@@ -36,30 +40,34 @@ struct Server {
     channels: Channels,
     /// How long a lock granted to a waiting client is its before it takes it.
     grant_ms: u64,
+    /// The pooled connections' read timeout, which a `WAIT` lengthens (`replicas`).
+    read_timeout: Duration,
 }
 
 impl SingleServer {
-    /// Connects to the server at `url` (with `check`, a `PING` first, see
-    /// `connection::check`) and starts the notifier, which delivers to `sink`.
+    /// Connects to `target` (shown as `shown` in logs; with `check`, a `PING` first,
+    /// see `connection::check`) and starts the notifier, which delivers to `sink`, and
+    /// for a master found through Sentinel the thread that hears of failovers.
     pub fn open(
-        url: &str,
+        target: Target,
+        shown: &str,
         options: Options,
         sink: Arc<dyn ReleaseSink>,
         stats: Arc<Counters>,
         check: bool,
     ) -> Result<SingleServer> {
         let settings = ConnectSettings {
-            client: options.tls.client(url)?,
+            target,
             name: format!("redis-mutex:{}", options.client_id),
             connect_timeout: options.connect_timeout,
             read_timeout: options.read_timeout,
             write_timeout: options.write_timeout,
         };
         if check {
-            connection::check(&settings, &redact_url(url))?;
+            connection::check(&settings, shown)?;
         }
         // Channels are server-wide, keys per database: the database is in their names.
-        let db = settings.client.get_connection_info().redis_settings().db();
+        let db = settings.target.redis_settings().db();
         let channels = Channels::new(&options.prefix, db, &options.client_id);
         let server = Arc::new(Server {
             pool: Pool::new(settings.clone(), options.pool_max_size, options.pool_timeout),
@@ -67,8 +75,13 @@ impl SingleServer {
             client_id: options.client_id.clone(),
             channels: channels.clone(),
             grant_ms: options.reservation.as_millis().max(1) as u64,
+            read_timeout: options.read_timeout,
         });
         let (stop, stopped) = crossbeam_channel::bounded(0);
+        if let Target::Sentinel(master) = &settings.target {
+            sentinel::spawn_watcher(master.clone(), options.ping_interval, stopped.clone())
+                .map_err(|e| Error::spawn("redis-mutex-sentinel", e))?;
+        }
         let unclaimed = {
             let (server, sink, prefix) = (server.clone(), sink.clone(), options.prefix.clone());
             // A lock granted to this client after its last waiter left: release it
@@ -76,16 +89,7 @@ impl SingleServer {
             // that came meanwhile attempt.
             Box::new(move |name: &str, token: &str| {
                 if let Ok(keys) = LockKeys::new(&prefix, name) {
-                    let args = ReleaseArgs {
-                        token,
-                        lease_ms: server.grant_ms,
-                        local_handoffs: 0,
-                        limit: 0,
-                        fence_span: 0,
-                        handoff: None,
-                        mark: 0,
-                    };
-                    match server.release(&keys, &args) {
+                    match server.release(&keys, &ReleaseArgs::plain(token, server.grant_ms)) {
                         Ok(outcome) => {
                             log::debug!("redis-mutex: passed on an unclaimed grant of {}: {outcome:?}", keys.key)
                         }
@@ -122,17 +126,19 @@ impl Server {
     }
 
     fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>) -> Result<Released> {
+        if a.replicas.is_some() || a.handoff.is_some_and(|t| t.replicas.is_some()) {
+            return self.release_acknowledged(keys, a);
+        }
         // Used only if the release grants the lock to another client.
         let grant_token = uuid::Uuid::new_v4().to_string();
-        let from = Releaser {
-            client_id: &self.client_id,
-            channels: &self.channels,
-            grant_token: &grant_token,
-            grant_ms: self.grant_ms,
-        };
-        let inv = self.scripts.release(keys, a, &from);
+        let inv = self.scripts.release(keys, a, &self.releaser(&grant_token), false);
         let v = self.pool.with_conn(Some(&keys.key), None, |c| inv.invoke::<Value>(c))?;
         Scripts::release_reply(&v)
+    }
+
+    /// This client as the releaser, with the owner token a grant would get.
+    fn releaser<'a>(&'a self, grant_token: &'a str) -> Releaser<'a> {
+        Releaser { client_id: &self.client_id, channels: &self.channels, grant_token, grant_ms: self.grant_ms }
     }
 }
 
@@ -143,6 +149,9 @@ impl Backend for SingleServer {
 
     fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
         let s = &self.server;
+        if let Some(r) = a.replicas {
+            return s.attempt_acknowledged(keys, &a, r);
+        }
         let inv = s.scripts.attempt(keys, &a, &s.client_id);
         let v = s.pool.with_conn(Some(&keys.key), a.deadline, |c| inv.invoke::<Value>(c))?;
         Scripts::attempt_reply(&v)
@@ -179,6 +188,10 @@ impl Backend for SingleServer {
             .zip(items)
             .map(|(r, (keys, ..))| r.map(|n| n == 1).map_err(|e| Error::from_redis(e, Some(&keys.key))))
             .collect())
+    }
+
+    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, replicas: Replicas) -> Result<bool> {
+        self.server.extend_acknowledged(keys, token, lease_ms, replicas)
     }
 
     fn leave(&self, keys: &LockKeys) -> Result<()> {

@@ -50,12 +50,15 @@ pub(crate) struct Shared {
 /// A message on this client's channel or the broadcast channel.
 #[derive(Debug, PartialEq, Eq)]
 enum Message<'a> {
-    /// `!<token> <fence> <mark> <name>`: a release granted `name` to this client.
-    Granted { name: &'a str, token: &'a str, fence: u64, mark: u64 },
+    /// `!<token> <fence> <mark> <acks> <name>`: a release granted `name` to this
+    /// client, and `acks` replicas acknowledged the grant before it was announced.
+    Granted { name: &'a str, token: &'a str, fence: u64, mark: u64, acks: u32 },
     /// `@<ms> <name>`: a release granted `name` to the client ahead of this one; if
     /// nothing more is heard, look again after `ms` (that client may never come).
     LookAgain { name: &'a str, after: Duration },
-    /// `*<name>` (broadcast): `name` was force-unlocked.
+    /// `*<name>`: look at `name` again now. Broadcast when it was force-unlocked; sent
+    /// to this client alone when a grant to it was revoked before it was announced
+    /// (too few replicas acknowledged it, see `settle.lua`).
     Forced { name: &'a str },
 }
 
@@ -67,8 +70,10 @@ impl<'a> Message<'a> {
             "!" => {
                 let (token, rest) = rest.split_once(' ')?;
                 let (fence, rest) = rest.split_once(' ')?;
-                let (mark, name) = rest.split_once(' ')?;
-                Some(Message::Granted { name, token, fence: fence.parse().ok()?, mark: mark.parse().ok()? })
+                let (mark, rest) = rest.split_once(' ')?;
+                let (acks, name) = rest.split_once(' ')?;
+                let (fence, mark, acks) = (fence.parse().ok()?, mark.parse().ok()?, acks.parse().ok()?);
+                Some(Message::Granted { name, token, fence, mark, acks })
             }
             "@" => {
                 let (ms, name) = rest.split_once(' ')?;
@@ -99,6 +104,9 @@ struct Memory {
     connected_before: bool,
     /// Logged once, not per retry.
     last_error: Option<String>,
+    /// The `run_id` of the server of the last connection: another one (a failover, a
+    /// restart) may lack locks this client holds.
+    run_id: Option<String>,
 }
 
 /// Runs `session` (one subscribed connection) until the client is dropped: after it
@@ -106,7 +114,7 @@ struct Memory {
 /// like a broken connection: logged, the notifier marked down (waiters poll), and a
 /// new session started, so that no wake-up is lost for good.
 fn supervise(shared: &Shared, shutdown: &Receiver<()>, mut session: impl FnMut(&mut Memory) -> redis::RedisResult<()>) {
-    let mut memory = Memory { backoff: Backoff::new(), connected_before: false, last_error: None };
+    let mut memory = Memory { backoff: Backoff::new(), connected_before: false, last_error: None, run_id: None };
     while !stopped(shutdown) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session(&mut memory)));
         let outcome = outcome.unwrap_or_else(|panic| {
@@ -141,7 +149,10 @@ fn serve(
     memory: &mut Memory,
 ) -> redis::RedisResult<()> {
     let channels = [cfg.channels.mine.as_str(), cfg.channels.all.as_str()];
-    let mut con = cfg.connect.connect(":notifier")?;
+    let tagged = cfg.connect.connect_tagged(":notifier")?;
+    let generation = tagged.generation;
+    let mut con = tagged.con;
+    let run_id = run_id(&mut con);
     // The `PubSub` lives as long as the connection: dropping it unsubscribes.
     let mut pubsub = con.as_pubsub();
     pubsub.subscribe(&channels[..])?;
@@ -156,10 +167,20 @@ fn serve(
         log::debug!("redis-mutex: notifier subscribed to {channels:?}");
     }
     memory.connected_before = true;
+    if let Some(id) = run_id {
+        if memory.run_id.as_ref().is_some_and(|old| *old != id) {
+            log::warn!(
+                "redis-mutex: the server is another one now (its run_id changed: a failover or a restart); \
+                 checking every lock this client holds"
+            );
+            shared.sink.server_changed();
+        }
+        memory.run_id = Some(id);
+    }
     shared.sink.set_listening(true);
     // Releases may have gone unheard while disconnected: everyone re-checks.
     shared.sink.wake_all();
-    let broke = listen(cfg, shared, &mut pubsub, shutdown);
+    let broke = listen(cfg, shared, &mut pubsub, shutdown, generation);
     shared.sink.set_listening(false);
     broke.map_or(Ok(()), Err)
 }
@@ -170,7 +191,7 @@ fn serve(
 /// `PING` with `["pong", ""]`; a plain `PONG` means nothing was subscribed. (RESP3
 /// answers `PONG` either way; it is not checked.)
 fn confirm_subscribed(cfg: &NotifierConfig, pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
-    if cfg.connect.client.get_connection_info().redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
+    if cfg.connect.target.redis_settings().protocol() != redis::ProtocolVersion::RESP2 {
         return Ok(());
     }
     match pubsub.ping::<redis::Value>()? {
@@ -192,6 +213,7 @@ fn listen(
     shared: &Shared,
     pubsub: &mut redis::PubSub<'_>,
     shutdown: &Receiver<()>,
+    generation: u64,
 ) -> Option<redis::RedisError> {
     let mut last_heard = Instant::now();
     // Locks granted to the client ahead of this one, and when our first waiter should
@@ -202,6 +224,11 @@ fn listen(
     loop {
         if stopped(shutdown) {
             return None;
+        }
+        if cfg.connect.target.generation() != generation {
+            // A failover moved the master: subscribe there (releases are published
+            // where the scripts run).
+            return Some(redis::RedisError::from(std::io::Error::other("the master moved (failover)")));
         }
         if !checks.is_empty() {
             let now = Instant::now();
@@ -220,9 +247,9 @@ fn listen(
                 bump(&shared.stats.messages_received);
                 let payload = msg.get_payload_bytes();
                 match std::str::from_utf8(payload).ok().and_then(Message::parse) {
-                    Some(Message::Granted { name, token, fence, mark }) => {
+                    Some(Message::Granted { name, token, fence, mark, acks }) => {
                         checks.remove(name);
-                        let grant = Granted { token: token.to_owned(), fence, lease_ms: cfg.grant_ms, mark };
+                        let grant = Granted { token: token.to_owned(), fence, lease_ms: cfg.grant_ms, mark, acks };
                         if !shared.sink.granted(name, grant) {
                             // Its last waiter left after it queued.
                             (shared.unclaimed)(name, token);
@@ -238,7 +265,9 @@ fn listen(
                     Some(Message::Forced { name }) => {
                         checks.remove(name);
                         let woke = shared.sink.wake_first(name);
-                        log::trace!("redis-mutex: {name} force-unlocked; woke a waiter: {woke}");
+                        log::trace!(
+                            "redis-mutex: look again at {name} (forced, or a grant revoked); woke a waiter: {woke}"
+                        );
                     }
                     None => log::debug!("redis-mutex: ignored a message the notifier does not know: {payload:?}"),
                 }
@@ -263,6 +292,13 @@ fn listen(
             Err(e) => return Some(e),
         }
     }
+}
+
+/// The server's `run_id` (`INFO server`), which changes when it restarts; `None` when
+/// it does not say (an ACL without `+info`): then a restart is found by renewals only.
+fn run_id(con: &mut redis::Connection) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg("server").query(con).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned())
 }
 
 /// Whether `e` is a read interrupted by a signal.
@@ -297,6 +333,7 @@ mod tests {
         fn set_listening(&self, up: bool) {
             self.0.store(up, Ordering::SeqCst);
         }
+        fn server_changed(&self) {}
     }
 
     #[test]
@@ -344,15 +381,15 @@ mod message_tests {
     #[test]
     fn messages_parse_and_names_may_hold_spaces() {
         assert_eq!(
-            Message::parse("!tok 17 3 job 42"),
-            Some(Message::Granted { name: "job 42", token: "tok", fence: 17, mark: 3 })
+            Message::parse("!tok 17 3 1 job 42"),
+            Some(Message::Granted { name: "job 42", token: "tok", fence: 17, mark: 3, acks: 1 })
         );
         assert_eq!(
             Message::parse("@1000 a:b"),
             Some(Message::LookAgain { name: "a:b", after: Duration::from_millis(1000) })
         );
         assert_eq!(Message::parse("*é x"), Some(Message::Forced { name: "é x" }));
-        for bad in ["", ">x", "!tok", "!tok x 1 job", "!tok 1 job", "@x job", "@1000"] {
+        for bad in ["", ">x", "!tok", "!tok x 1 0 job", "!tok 1 job", "!tok 1 2 x job", "@x job", "@1000"] {
             assert_eq!(Message::parse(bad), None, "{bad:?}");
         }
     }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use redis::{Pipeline, Script, ScriptInvocation, Value};
+use redis::{Cmd, ConnectionLike, FromRedisValue, Pipeline, RedisResult, Script, ScriptInvocation, ToRedisArgs, Value};
 
-use crate::backend::{Attempt, AttemptArgs, ReleaseArgs, Released, Renewal};
+use crate::backend::{Attempt, AttemptArgs, ReleaseArgs, Released, Renewal, Replicas};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::keys::{Channels, LockKeys};
@@ -26,13 +26,85 @@ pub(crate) struct Releaser<'a> {
 }
 
 /// The scripts, hashed once (`EVALSHA`, reloaded on `NOSCRIPT` by redis-rs's
-/// `invoke`).
+/// `invoke`, or by [`Call`]).
 pub(crate) struct Scripts {
     acquire: Script,
     release: Script,
     extend: Script,
     force_unlock: Script,
     leave: Script,
+    settle: Script,
+}
+
+/// One call of a script that may give someone the lock: `EVALSHA` with its keys and
+/// arguments, sent alone or with `WAIT` right behind it on the same connection
+/// (`wait_replicas`: Redis refuses `WAIT` inside a script, and `WAIT` counts the
+/// acknowledgements of its own connection's writes). redis-rs's `ScriptInvocation`
+/// cannot join a pipeline, hence this.
+pub(crate) struct Call<'a> {
+    script: &'a Script,
+    evalsha: Cmd,
+}
+
+fn is_no_script(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+impl<'a> Call<'a> {
+    fn new(script: &'a Script, keys: &[&str]) -> Call<'a> {
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(script.get_hash()).arg(keys.len()).arg(keys);
+        Call { script, evalsha }
+    }
+
+    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.evalsha.arg(arg);
+        self
+    }
+
+    /// Sends the call alone; loads the script and sends it again after `NOSCRIPT`, as
+    /// redis-rs's `ScriptInvocation::invoke` does.
+    pub fn invoke<T: FromRedisValue>(&self, con: &mut dyn ConnectionLike) -> RedisResult<T> {
+        match self.evalsha.query(con) {
+            Err(e) if is_no_script(&e) => {
+                self.script.load(con)?;
+                self.evalsha.query(con)
+            }
+            other => other,
+        }
+    }
+
+    /// Sends the call and `WAIT replicas.count replicas.timeout_ms` in one round trip:
+    /// the script's reply, and how many replicas acknowledged this connection's writes
+    /// (or `WAIT`'s own error: the script's reply stands either way). The connection's
+    /// read timeout must allow for the `WAIT`.
+    pub fn invoke_then_wait(
+        &self,
+        con: &mut dyn ConnectionLike,
+        replicas: Replicas,
+    ) -> RedisResult<(Value, RedisResult<u32>)> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().add_command(self.evalsha.clone()).add_command(wait(replicas));
+        let mut replies: Vec<RedisResult<Value>> = pipe.query(con)?;
+        if replies.first().is_some_and(|r| r.as_ref().is_err_and(is_no_script)) {
+            self.script.load(con)?;
+            replies = pipe.query(con)?;
+        }
+        let mut replies = replies.into_iter();
+        match (replies.next(), replies.next()) {
+            (Some(script), Some(acks)) => {
+                Ok((script?, acks.and_then(|v| u32::from_redis_value(v).map_err(Into::into))))
+            }
+            _ => Err(redis::RedisError::from((redis::ErrorKind::Client, "a pipeline of 2 got fewer replies"))),
+        }
+    }
+}
+
+/// `WAIT count timeout_ms`.
+pub(crate) fn wait(replicas: Replicas) -> Cmd {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas.count).arg(replicas.timeout_ms);
+    cmd
 }
 
 /// The reply `{a, b}` of our scripts.
@@ -77,20 +149,14 @@ impl Scripts {
             leave: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/leave.lua"))),
             extend: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/extend.lua"))),
             force_unlock: Script::new(include_str!("lua/force_unlock.lua")),
+            settle: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/settle.lua"))),
         }
     }
 
     /// `acquire.lua` for one attempt by client `client_id`.
-    pub fn attempt(&self, keys: &LockKeys, a: &AttemptArgs<'_>, client_id: &str) -> ScriptInvocation<'_> {
-        let mut inv = self.acquire.prepare_invoke();
-        inv.key(&keys.key)
-            .key(&keys.fence)
-            .arg(a.token)
-            .arg(a.lease_ms)
-            .arg(a.fence_span)
-            .arg(client_id)
-            .arg(flag(a.will_wait))
-            .arg(a.mark);
+    pub fn attempt(&self, keys: &LockKeys, a: &AttemptArgs<'_>, client_id: &str) -> Call<'_> {
+        let mut inv = Call::new(&self.acquire, &[&keys.key, &keys.fence]);
+        inv.arg(a.token).arg(a.lease_ms).arg(a.fence_span).arg(client_id).arg(flag(a.will_wait)).arg(a.mark);
         inv
     }
 
@@ -104,16 +170,37 @@ impl Scripts {
 
     /// `release.lua` for one release by client `client_id`. A grant to the next
     /// waiting client (see `Granted`) makes `grant_token` its owner for `grant_ms`
-    /// and tells it on its channel (`channels.clients` + its id).
-    pub fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>, from: &Releaser<'_>) -> ScriptInvocation<'_> {
-        let mut inv = self.release.prepare_invoke();
-        inv.key(&keys.key).key(&keys.fence).arg(a.token).arg(from.client_id);
+    /// and tells it on its channel (`channels.clients` + its id), unless `held_back`:
+    /// then [`settle`](Self::settle) announces or revokes it.
+    pub fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>, from: &Releaser<'_>, held_back: bool) -> Call<'_> {
+        let mut inv = Call::new(&self.release, &[&keys.key, &keys.fence]);
+        inv.arg(a.token).arg(from.client_id);
         match a.handoff {
             Some(t) => inv.arg(&t.token).arg(t.lease_ms).arg(if t.fencing { a.fence_span } else { 0 }),
             None => inv.arg("").arg(0).arg(0),
         };
         inv.arg(a.limit).arg(from.grant_ms).arg(a.lease_ms).arg(a.local_handoffs);
-        inv.arg(from.grant_token).arg(&from.channels.clients).arg(&*keys.name).arg(a.mark);
+        inv.arg(from.grant_token).arg(&from.channels.clients).arg(&*keys.name).arg(a.mark).arg(flag(held_back));
+        inv
+    }
+
+    /// Whether `release.lua` granted the lock and held the announcement back.
+    pub fn grant_held_back(v: &Value) -> bool {
+        matches!(ints(v, "release").as_deref(), Ok([4, _]))
+    }
+
+    /// `settle.lua` for a grant held back: announce it with `acks` (`acknowledged`), or
+    /// revoke it.
+    pub fn settle(
+        &self,
+        keys: &LockKeys,
+        grant_token: &str,
+        acknowledged: Option<u32>,
+        channels: &Channels,
+    ) -> ScriptInvocation<'_> {
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(&keys.key).arg(grant_token).arg(flag(acknowledged.is_some())).arg(acknowledged.unwrap_or(0));
+        inv.arg(&channels.clients).arg(&*keys.name);
         inv
     }
 
@@ -128,7 +215,8 @@ impl Scripts {
                 fence: (*fence).max(0) as u64,
                 turn: u32::try_from(*turn).map_err(|_| unexpected("release", v))?,
             }),
-            [3, _] => Ok(Released::Passed),
+            // 4: its announcement held back, then settled (see `grant_held_back`).
+            [3 | 4, _] => Ok(Released::Passed),
             _ => Err(unexpected("release", v)),
         }
     }
@@ -151,6 +239,13 @@ impl Scripts {
             pipe.cmd("EVALSHA").arg(hash).arg(1).arg(&keys.key).arg(*token).arg(*lease_ms);
         }
         pipe
+    }
+
+    /// `extend.lua` for one lease, alone (see [`Call::invoke_then_wait`]).
+    pub fn extend_one(&self, keys: &LockKeys, token: &str, lease_ms: u64) -> Call<'_> {
+        let mut call = Call::new(&self.extend, &[&keys.key]);
+        call.arg(token).arg(lease_ms);
+        call
     }
 
     /// Loads `extend.lua` (after a `NOSCRIPT` in its pipeline).

@@ -13,6 +13,7 @@
 //!   given directory, or TLS ([`ServerBuilder::tls`]: certificates made with
 //!   `openssl`, TLS port only).
 //! - [`Masters`]: independent masters (for Redlock).
+//! - [`Replicated`]: a master and its replicas (for `wait_replicas`).
 //! - [`SentinelGroup`]: a master, its replicas and the Sentinels that watch it.
 //! - [`Cluster`]: a Redis Cluster of masters with replicas, every slot assigned.
 //! - [`XorShift`]: the deterministic generator of tests and benchmarks;
@@ -32,6 +33,7 @@ mod group;
 mod launch;
 mod masters;
 mod ports;
+mod replicated;
 mod rng;
 mod sentinel;
 mod server;
@@ -41,6 +43,7 @@ mod tls;
 pub use builder::{ServerBuilder, StartError};
 pub use cluster::Cluster;
 pub use masters::Masters;
+pub use replicated::Replicated;
 pub use rng::XorShift;
 pub use sentinel::SentinelGroup;
 pub use server::RedisServer;

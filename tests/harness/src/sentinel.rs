@@ -5,16 +5,16 @@ use crate::group::{self, FORM_TIMEOUT, info_field, query};
 use crate::{RedisServer, ServerBuilder};
 
 /// Sentinels consider the master down after this long without an answer.
-const DOWN_AFTER_MS: u32 = 2000;
+const DOWN_AFTER_MS: u32 = 1000;
 /// `sentinel failover-timeout`: also how long a failed failover waits to retry.
-const FAILOVER_TIMEOUT_MS: u32 = 10_000;
+const FAILOVER_TIMEOUT_MS: u32 = 3000;
 
 /// A master, `replicas` replicas of it and `sentinels` Sentinels (`redis-server
 /// sentinel.conf --sentinel`, quorum a majority of them) monitoring it under one
 /// name. [`start`](Self::start) returns once the group is formed: every replica
 /// replicates, and every Sentinel names the master, sees every replica and every other
-/// Sentinel, so a failover can start at once. Down after 2 s without an answer,
-/// failover timeout 10 s.
+/// Sentinel, so a failover can start at once. Down after 1 s without an answer,
+/// failover timeout 3 s.
 ///
 /// ```no_run
 /// use redis_mutex_harness::SentinelGroup;

@@ -1,7 +1,8 @@
-//! Proves the launchers of server groups bring them up: independent masters, a
-//! Sentinel group that names its master, a cluster in state `ok`.
+//! Proves the launchers of server groups bring them up: independent masters, a master
+//! whose replicas acknowledge its writes, a Sentinel group that names its master, a
+//! cluster in state `ok`.
 
-use redis_mutex_harness::{Cluster, Masters, SentinelGroup};
+use redis_mutex_harness::{Cluster, Masters, Replicated, SentinelGroup};
 
 fn ping(con: &mut redis::Connection) -> String {
     redis::cmd("PING").query(con).unwrap()
@@ -23,6 +24,25 @@ fn independent_masters_answer_on_their_own_ports_and_share_nothing() {
         let value: Option<String> = redis::cmd("GET").arg("k").query(&mut m.conn()).unwrap();
         assert_eq!(value, None, "a write to one master must not reach another");
     }
+}
+
+#[test]
+fn a_replicated_master_s_writes_reach_its_replicas_and_are_acknowledged() {
+    let group = Replicated::start(2);
+    let mut con = group.master().conn();
+    redis::cmd("SET").arg("k").arg("v").query::<()>(&mut con).unwrap();
+    let acks: u32 = redis::cmd("WAIT").arg(2).arg(5000).query(&mut con).unwrap();
+    assert_eq!(acks, 2);
+    for r in group.replicas() {
+        let value: Option<String> = redis::cmd("GET").arg("k").query(&mut r.conn()).unwrap();
+        assert_eq!(value.as_deref(), Some("v"), "replica on port {}", r.port());
+    }
+    group.replicas()[0].pause();
+    redis::cmd("SET").arg("k").arg("w").query::<()>(&mut con).unwrap();
+    let acks: u32 = redis::cmd("WAIT").arg(2).arg(200).query(&mut con).unwrap();
+    assert_eq!(acks, 1, "a paused replica does not acknowledge");
+    group.replicas()[0].resume();
+    group.wait_until_in_sync();
 }
 
 #[test]

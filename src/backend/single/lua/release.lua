@@ -8,10 +8,11 @@
 -- ARGV[9] handoffs the caller's tenure made inside its client without a round trip,
 -- ARGV[10] the owner token of a grant to another client, ARGV[11] the clients' channel
 -- prefix (`<prefix>:<db>:c:`), ARGV[12] the lock's name, ARGV[13] the caller client's
--- mark for queueing again (see queue.lua)
+-- mark for queueing again (see queue.lua), ARGV[14] '1' = hold a grant's announcement
+-- back until replicas acknowledged it (`wait_replicas`: WAIT cannot run in a script)
 -- Returns {0, 0} not the owner, {1, 0} deleted, {2, fence, turn} handed over (turn: the
 -- handoffs of the client's turn so far, 0 while nobody else waits), {3, 0} granted to
--- the next waiting client.
+-- the next waiting client, {4, 0} granted, its announcement held back for settle.lua.
 local held = redis.call('HMGET', KEYS[1], 'o', 'h', 'q', 'gt')
 if held[1] ~= ARGV[1] or grant_over(KEYS[1], held[4]) then
   return {0, 0}
@@ -54,13 +55,23 @@ if queue ~= '' then
     fence = take_fence(KEYS[2], span)
     fields[#fields + 1] = 'f'; fields[#fields + 1] = integer_text(fence)
   end
+  local held_back = ARGV[14] == '1'
+  if held_back then
+    -- settle.lua announces or revokes it: `ge` keeps the grantee's queue entry.
+    fields[#fields + 1] = 'ge'; fields[#fields + 1] = nxt .. ':' .. span .. ':' .. mark
+  end
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PUBLISH', ARGV[11] .. nxt, '!' .. ARGV[10] .. ' ' .. integer_text(fence) .. ' ' .. mark .. ' ' .. ARGV[12])
+  if not held_back then
+    -- The 0: no replica was waited for (see settle.lua).
+    redis.call('PUBLISH', ARGV[11] .. nxt,
+      '!' .. ARGV[10] .. ' ' .. integer_text(fence) .. ' ' .. mark .. ' 0 ' .. ARGV[12])
+  end
   local after = queue_first(rest)
   if after then
     redis.call('PUBLISH', ARGV[11] .. after, '@' .. grant .. ' ' .. ARGV[12])
   end
+  if held_back then return {4, 0} end
   return {3, 0}
 end
 redis.call('DEL', KEYS[1])

@@ -1,161 +1,17 @@
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::{Arc, Mutex as StdMutex, Weak};
+//! [`LockClientBuilder`]: every option with its default, the checks before any I/O,
+//! and the builds (one server, Sentinel).
+
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use super::{ClientInner, LockClient};
 use crate::backend::{self, Deployment};
 use crate::error::{Error, Result};
 use crate::keys::{redact_url, validate_prefix};
-use crate::mutex::Mutex;
-use crate::options::{MAX_LEASE, MutexOptions};
-use crate::reentrant::{ReentrantMutex, ReentrantState};
-use crate::stats::{Counters, Stats};
-use crate::sync::lock;
+use crate::options::MAX_LEASE;
+use crate::stats::Counters;
 use crate::tls::TlsOptions;
 use crate::wait::{self, Core, Registry};
-
-/// A connection to one Redis deployment, from which [`Mutex`] handles are made.
-///
-/// Holds an r2d2 pool of connections, one pub/sub connection owned by the
-/// `redis-mutex-notifier` thread (waiters sleep until it hears a release), and the
-/// `redis-mutex-watchdog` thread that renews leases. Cloning is cheap and shares all
-/// of it; make one per process and Redis deployment. The threads and connections end
-/// once the last clone, [`Mutex`] and guard made from it are dropped.
-///
-/// # Examples
-///
-/// ```no_run
-/// use redis_mutex::LockClient;
-///
-/// let client = LockClient::open("redis://127.0.0.1:6379/")?;
-/// let m = client.mutex("invoice:42");
-/// let guard = m.lock()?;
-/// // ... only one holder in the whole fleet runs this ...
-/// drop(guard);
-/// # Ok::<(), redis_mutex::Error>(())
-/// ```
-#[derive(Clone)]
-pub struct LockClient {
-    pub(crate) inner: Arc<ClientInner>,
-}
-
-pub(crate) struct ClientInner {
-    core: Arc<Core>,
-    prefix: String,
-    client_id: String,
-    url: String,
-    pool_max_size: u32,
-    reentrant: StdMutex<HashMap<String, Weak<ReentrantState>>>,
-}
-
-impl fmt::Debug for LockClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockClient")
-            .field("url", &self.inner.url)
-            .field("key_prefix", &self.inner.prefix)
-            .field("pool_max_size", &self.inner.pool_max_size)
-            .field("client_id", &self.inner.client_id)
-            .finish()
-    }
-}
-
-impl LockClient {
-    /// Connects with default options. Shorthand for `LockClient::builder().build(url)`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidUrl`] for a URL that does not parse; [`Error::Connection`] when
-    /// nothing answers; [`Error::Auth`] when the server rejects the credentials.
-    pub fn open(url: &str) -> Result<LockClient> {
-        LockClient::builder().build(url)
-    }
-
-    /// A builder with every option at its default.
-    pub fn builder() -> LockClientBuilder {
-        LockClientBuilder::default()
-    }
-
-    /// A lock named `name` with default [`MutexOptions`] (30 s lease, renewed while
-    /// held). Cheap: no I/O. An invalid name is reported by the first locking call.
-    ///
-    /// # Examples
-    ///
-    /// A name is checked before anything is sent (so this runs without a server):
-    ///
-    /// ```
-    /// use redis_mutex::{Error, LockClient};
-    ///
-    /// let client = LockClient::builder().build_unchecked("redis://127.0.0.1:1/")?;
-    /// let m = client.mutex("job{42}"); // braces delimit the Cluster hash tag
-    /// assert!(matches!(m.try_lock(), Err(Error::InvalidName { .. })));
-    /// assert!(matches!(m.lock(), Err(Error::InvalidName { .. })));
-    /// # Ok::<(), Error>(())
-    /// ```
-    pub fn mutex(&self, name: &str) -> Mutex {
-        self.mutex_with(name, MutexOptions::default())
-    }
-
-    /// A lock named `name` with the given options. Cheap: no I/O. An invalid name or
-    /// option is reported by the first locking call, before any I/O.
-    pub fn mutex_with(&self, name: &str, options: MutexOptions) -> Mutex {
-        Mutex::new(self.clone(), self.inner.core.clone(), &self.inner.prefix, name, options)
-    }
-
-    /// A lock that the thread holding it may lock again without waiting (a hold count
-    /// per thread); other threads and processes wait. All handles for `name` from this
-    /// client share the hold count.
-    pub fn reentrant_mutex(&self, name: &str) -> ReentrantMutex {
-        self.reentrant_mutex_with(name, MutexOptions::default())
-    }
-
-    /// [`reentrant_mutex`](Self::reentrant_mutex) with options. When a handle for
-    /// `name` already exists, it is shared, with the options it was made with.
-    pub fn reentrant_mutex_with(&self, name: &str, options: MutexOptions) -> ReentrantMutex {
-        let mut map = lock(&self.inner.reentrant);
-        if let Some(state) = map.get(name).and_then(Weak::upgrade) {
-            return ReentrantMutex::from_state(state);
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let m = ReentrantMutex::new(self.mutex_with(name, options));
-        map.insert(name.to_owned(), m.downgrade());
-        m
-    }
-
-    /// A snapshot of this client's counters.
-    pub fn stats(&self) -> Stats {
-        self.inner.core.stats()
-    }
-
-    /// The key prefix of every lock of this client.
-    pub fn key_prefix(&self) -> &str {
-        &self.inner.prefix
-    }
-
-    /// This client's id: the payload of its release messages, which its own notifier
-    /// ignores. Its connections are named `redis-mutex:<id>` in `CLIENT LIST` (the
-    /// notifier's `redis-mutex:<id>:notifier`).
-    pub fn id(&self) -> &str {
-        &self.inner.client_id
-    }
-
-    /// Whether the notifier is subscribed right now. While it is not, waiters poll
-    /// Redis with backoff.
-    pub fn is_notifier_connected(&self) -> bool {
-        self.inner.core.is_listening()
-    }
-
-    /// How many leases the watchdog is renewing right now (one per tenure: guards that
-    /// took the lock over from each other in memory share one).
-    pub fn renewing_count(&self) -> usize {
-        self.inner.core.renewing()
-    }
-
-    /// The same as [`renewing_count`](Self::renewing_count).
-    #[deprecated(since = "0.2.0", note = "a count: use `renewing_count`")]
-    pub fn renewing(&self) -> usize {
-        self.renewing_count()
-    }
-}
 
 /// Configures a [`LockClient`]. Every option has a documented default.
 ///
@@ -188,6 +44,7 @@ pub struct LockClientBuilder {
     ping_interval: Duration,
     handoff_limit: u32,
     reservation_timeout: Duration,
+    master: backend::MasterLogin,
     /// Certificates as given; its `Debug` shows whether each is set, not its bytes.
     tls: TlsOptions,
 }
@@ -206,6 +63,7 @@ impl Default for LockClientBuilder {
             ping_interval: Duration::from_secs(5),
             handoff_limit: 8,
             reservation_timeout: Duration::from_secs(1),
+            master: backend::MasterLogin::default(),
             tls: TlsOptions::default(),
         }
     }
@@ -257,7 +115,7 @@ impl LockClientBuilder {
         self
     }
 
-    /// How long [`Mutex::lock`] keeps retrying through Redis errors (with backoff)
+    /// How long [`Mutex::lock`](crate::Mutex::lock) keeps retrying through Redis errors (with backoff)
     /// before returning the last one. Calls with a deadline retry until the deadline
     /// instead. Defaults to 30 s.
     pub fn outage_tolerance(mut self, d: Duration) -> Self {
@@ -304,6 +162,28 @@ impl LockClientBuilder {
     /// client waits behind use their own values. Defaults to 1 s.
     pub fn reservation_timeout(mut self, d: Duration) -> Self {
         self.reservation_timeout = d;
+        self
+    }
+
+    /// With [`build_sentinel`](Self::build_sentinel): the ACL user to log in to the
+    /// master with (the Sentinels' own credentials go in their URLs). Defaults to none
+    /// (the `default` user).
+    pub fn master_username(mut self, username: impl Into<String>) -> Self {
+        self.master.username = Some(username.into());
+        self
+    }
+
+    /// With [`build_sentinel`](Self::build_sentinel): the password to log in to the
+    /// master with (never shown in `Debug`, errors or logs). Defaults to none.
+    pub fn master_password(mut self, password: impl Into<String>) -> Self {
+        self.master.password = Some(password.into());
+        self
+    }
+
+    /// With [`build_sentinel`](Self::build_sentinel): the database number on the
+    /// master. Defaults to 0.
+    pub fn master_db(mut self, db: i64) -> Self {
+        self.master.db = db;
         self
     }
 
@@ -393,7 +273,56 @@ impl LockClientBuilder {
     /// [`Error::Connection`] when nothing answers in time; [`Error::Auth`] when the
     /// credentials are refused.
     pub fn build(self, url: &str) -> Result<LockClient> {
-        self.start(url, true)
+        self.start(Deployment::Single { url }, redact_url(url), true)
+    }
+
+    /// Builds a client for the master that Sentinels monitor as `master_name`, and
+    /// checks that one of `sentinels` names a master that answers.
+    ///
+    /// The master is asked for from the Sentinels in turn (any one that answers, each
+    /// within `connect_timeout` and `read_timeout`), confirmed with `ROLE`, and looked
+    /// up again when a connection to it fails, when it answers `READONLY` (a master
+    /// demoted by a failover: that connection is dropped), and when a Sentinel
+    /// announces `+switch-master` (one thread per client listens to one Sentinel at a
+    /// time). Credentials for the Sentinels go in their URLs; for the master, see
+    /// [`master_username`](Self::master_username),
+    /// [`master_password`](Self::master_password) and [`master_db`](Self::master_db).
+    /// With `rediss://` Sentinel URLs, the master is reached over TLS too.
+    ///
+    /// When the server changes (a failover, or a restart: its `run_id` changes), every
+    /// lock the client holds is checked at once: those the new master lacks are marked
+    /// lost ([`MutexGuard::is_lost`](crate::MutexGuard::is_lost)), and none is handed
+    /// to another thread in memory until Redis confirmed it again. Replication is
+    /// asynchronous: a lock acquired just before the master failed may be missing on
+    /// the replica that takes over, so that another client can acquire it too, and
+    /// the first holder learns it within a moment; see
+    /// [`MutexOptions::wait_replicas`](crate::MutexOptions) to make that rarer.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build); [`Error::InvalidOption`] when `sentinels` is empty
+    /// or `master_name` is; [`Error::Connection`] naming each Sentinel and what it said
+    /// when none names a reachable master.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use redis_mutex::LockClient;
+    ///
+    /// let client = LockClient::builder()
+    ///     .master_password("secret")
+    ///     .build_sentinel("mymaster", &["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/"])?;
+    /// let _guard = client.mutex("nightly-report").lock()?;
+    /// # Ok::<(), redis_mutex::Error>(())
+    /// ```
+    pub fn build_sentinel<S: AsRef<str>>(self, master_name: &str, sentinels: &[S]) -> Result<LockClient> {
+        let urls: Vec<String> = sentinels.iter().map(|s| s.as_ref().to_owned()).collect();
+        let shown = format!(
+            "Sentinel master {master_name:?} ({})",
+            urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
+        );
+        let master = self.master.clone();
+        self.start(Deployment::Sentinel { master_name, sentinels: &urls, master: &master }, shown, true)
     }
 
     /// Builds the client without contacting the server: connection problems show up
@@ -420,10 +349,11 @@ impl LockClientBuilder {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn build_unchecked(self, url: &str) -> Result<LockClient> {
-        self.start(url, false)
+        self.start(Deployment::Single { url }, redact_url(url), false)
     }
 
-    fn start(self, url: &str, check: bool) -> Result<LockClient> {
+    /// `shown`: where the locks live, without credentials, for `Debug` and logs.
+    fn start(self, deployment: Deployment<'_>, shown: String, check: bool) -> Result<LockClient> {
         self.check()?;
         let client_id = uuid::Uuid::new_v4().simple().to_string();
         let registry = Registry::new();
@@ -440,20 +370,20 @@ impl LockClientBuilder {
             ping_interval: self.ping_interval,
             tls: self.tls.clone(),
         };
-        let backend = backend::open(Deployment::Single { url }, options, registry.clone(), stats.clone(), check)?;
+        let backend = backend::open(deployment, options, registry.clone(), stats.clone(), check)?;
         let settings = wait::Settings {
             max_sleep: self.recheck_interval,
             outage_tolerance: self.outage_tolerance,
             handoff_limit: self.handoff_limit,
         };
         let core = Arc::new(Core::new(backend, registry, stats, settings)?);
-        log::debug!("redis-mutex: client {client_id} for {} (prefix {})", redact_url(url), self.key_prefix);
+        log::debug!("redis-mutex: client {client_id} for {shown} (prefix {})", self.key_prefix);
         Ok(LockClient {
             inner: Arc::new(ClientInner {
                 core,
                 prefix: self.key_prefix,
                 client_id,
-                url: redact_url(url),
+                url: shown,
                 pool_max_size: self.pool_max_size,
                 reentrant: StdMutex::default(),
             }),
