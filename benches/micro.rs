@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --bench micro`. Target: each crate figure ≤ 1.15× its floor.
 //!
+//! With the `tls` feature (default), the uncontended lock + drop also runs over TLS, on a
+//! TLS-only server of its own beside the plain one, and is interleaved with the plain
+//! TCP one (the PING round trips likewise). Target: TLS ≤ 1.3× plain TCP.
+//!
 //! Criterion measures each function in turn, and on a shared VM sequential runs drift by
 //! ±15%; so after criterion, each pair is also measured *interleaved* (alternating
 //! blocks of crate and floor iterations) and the median of the per-pair ratios is
@@ -59,6 +63,14 @@ fn micro(c: &mut Criterion) {
     });
     let m = client.mutex("crate");
     g.bench_function("redis-mutex: lock + drop", |b| b.iter(|| drop(m.lock().unwrap())));
+    #[cfg(feature = "tls")]
+    {
+        let tls = Tls::start();
+        let mut con = tls.ping_connection();
+        g.bench_function("PING round trip over TLS", |b| b.iter(|| redis::cmd("PING").query::<()>(&mut con).unwrap()));
+        let m = tls.client.mutex("crate");
+        g.bench_function("redis-mutex over TLS: lock + drop", |b| b.iter(|| drop(m.lock().unwrap())));
+    }
     g.finish();
 
     let mut g = c.benchmark_group("held");
@@ -109,6 +121,53 @@ fn interleaved_pairs() {
     println!("PING round trip in the same run: {p:?}");
 }
 
+/// A TLS-only server of its own and a client that trusts its CA.
+#[cfg(feature = "tls")]
+struct Tls {
+    // Dropped before its server.
+    client: LockClient,
+    server: RedisServer,
+}
+
+#[cfg(feature = "tls")]
+impl Tls {
+    fn start() -> Tls {
+        let server = RedisServer::builder().tls().start();
+        let ca = std::fs::read(&server.tls().expect("a TLS server").ca_cert).unwrap();
+        let client = LockClient::builder().tls_root_cert(ca).build(&server.url()).unwrap();
+        Tls { client, server }
+    }
+
+    /// A connection of its own for PING, over TLS like the client's.
+    fn ping_connection(&self) -> redis::Connection {
+        let ca = std::fs::read(&self.server.tls().expect("a TLS server").ca_cert).unwrap();
+        let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca) };
+        redis::Client::build_with_tls(self.server.url(), certificates).unwrap().get_connection().unwrap()
+    }
+}
+
+/// Uncontended lock + drop, and PING, over TLS against plain TCP, interleaved.
+#[cfg(feature = "tls")]
+fn tls_beside_plain(pairs: usize) {
+    let plain = RedisServer::start();
+    let client = LockClient::open(&plain.url()).unwrap();
+    let tls = Tls::start();
+    let (over_tcp, over_tls) = (client.mutex("crate"), tls.client.mutex("crate"));
+    let (ratio, t, p) = interleaved(pairs, 20, || drop(over_tls.lock().unwrap()), || drop(over_tcp.lock().unwrap()));
+    println!(
+        "interleaved, {pairs} pairs of 20: lock + drop over TLS {t:?} vs plain TCP {p:?} per iteration (medians); \
+         median ratio {ratio:.3} (target ≤ 1.3)"
+    );
+    let (mut tcp_con, mut tls_con) = (plain.client().get_connection().unwrap(), tls.ping_connection());
+    let (ratio, t, p) = interleaved(
+        pairs,
+        20,
+        || redis::cmd("PING").query::<()>(&mut tls_con).unwrap(),
+        || redis::cmd("PING").query::<()>(&mut tcp_con).unwrap(),
+    );
+    println!("interleaved, {pairs} pairs of 20: PING over TLS {t:?} vs plain TCP {p:?}; median ratio {ratio:.3}");
+}
+
 criterion_group!(benches, micro);
 
 fn main() {
@@ -117,4 +176,6 @@ fn main() {
         Criterion::default().configure_from_args().final_summary();
     }
     interleaved_pairs();
+    #[cfg(feature = "tls")]
+    tls_beside_plain(std::env::var("MICRO_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(200));
 }

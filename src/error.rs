@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::redact_url;
+use crate::tls;
 
 /// Everything that can go wrong when talking to the lock service.
 ///
@@ -21,6 +22,16 @@ pub enum Error {
     /// the `SELECT` of a database while connecting. Not transient: it lasts until the
     /// credentials or the ACL change.
     Auth(redis::RedisError),
+    /// A TLS connection (`rediss://`) could not be set up: the server's certificate is
+    /// not trusted (not signed by the CA given to
+    /// [`tls_root_cert`](crate::LockClientBuilder::tls_root_cert), or not for this host
+    /// name), the server refused this client's certificate or wants one
+    /// ([`tls_client_cert`](crate::LockClientBuilder::tls_client_cert)), or what
+    /// answered does not speak TLS (a plain-TCP port). The message names which. Not
+    /// transient: it lasts until the certificates or the URL change. (A server that
+    /// accepts the connection but does not answer the handshake in time is an
+    /// [`Error::Connection`]: it may be paused or overloaded.)
+    Tls(redis::RedisError),
     /// The server answered with an error this crate does not expect.
     Redis(redis::RedisError),
     /// A key where this crate keeps a lock holds a value of another type, written by
@@ -149,6 +160,9 @@ impl Error {
 
     /// Sorts a redis error into the variant a caller can act on.
     pub(crate) fn from_redis(err: redis::RedisError, key: Option<&str>) -> Error {
+        if tls::failure(&err).is_some() {
+            return Error::Tls(err);
+        }
         if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
             return Error::Connection(err);
         }
@@ -210,6 +224,10 @@ impl fmt::Display for Error {
                 "Redis refused the credentials ({e}); check the username and password in the URL, and \
                  that the user is enabled (`on`) in the server's ACL"
             ),
+            Error::Tls(e) => match tls::failure(e) {
+                Some(why) => write!(f, "TLS connection to Redis failed: {why}"),
+                None => write!(f, "TLS connection to Redis failed: {e}"),
+            },
             Error::Redis(e) => write!(f, "Redis returned an error: {e}"),
             Error::WrongType { key } => write!(
                 f,
@@ -255,7 +273,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Connection(e) | Error::Auth(e) | Error::Redis(e) => Some(e),
+            Error::Connection(e) | Error::Auth(e) | Error::Tls(e) | Error::Redis(e) => Some(e),
             Error::Spawn { source, .. } => Some(&**source),
             _ => None,
         }

@@ -94,6 +94,24 @@
 //!   failover to one of them. It is not consensus: a failover to a replica that did
 //!   not acknowledge, or renewals that had not reached it yet, can still lose it.
 //!
+//! # TLS
+//!
+//! `rediss://` URLs need the `tls` feature, on by default (rustls with the `ring`
+//! crypto provider, which the crate installs as the process default only when the
+//! application installed none). Trust a CA with
+//! [`tls_root_cert`](LockClientBuilder::tls_root_cert) (else the system's roots), and
+//! for mutual TLS present [`tls_client_cert`](LockClientBuilder::tls_client_cert).
+//! Every connection of the client is TLS; a refused certificate or a plain-TCP port is
+//! [`Error::Tls`]. `default-features = false` builds without rustls: `rediss://` and
+//! the TLS options are then errors that say to enable `tls`.
+//!
+//! ```no_run
+//! let client = redis_mutex::LockClient::builder()
+//!     .tls_root_cert(std::fs::read("ca.crt")?)
+//!     .build("rediss://redis.internal:6380/")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! See `ARCHITECTURE.md` for the Redis data layout, the Lua scripts and the waiting
 //! protocol.
 #![warn(missing_docs)]
@@ -113,6 +131,7 @@ mod options;
 mod reentrant;
 mod stats;
 mod sync;
+mod tls;
 mod wait;
 
 pub use client::{LockClient, LockClientBuilder};

@@ -32,6 +32,7 @@ const MODULES: &[(&str, Layer)] = &[
     ("holder", Layer::Basics),
     ("backoff", Layer::Basics),
     ("options", Layer::Basics),
+    ("tls", Layer::Basics),
     ("backend", Layer::Backend),
     ("wait", Layer::Wait),
     ("client", Layer::Api),

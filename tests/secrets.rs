@@ -1,7 +1,8 @@
 //! Passwords never appear in `Debug` output, error messages or log records: not the
 //! server's (in a URL, a unix-socket `pass=` parameter, a wrong one), whatever odd
 //! characters a password holds and whatever shape its URL has, and a URL that does
-//! not parse is never quoted with a password's tail.
+//! not parse is never quoted with a password's tail. Nor do TLS private keys, whatever
+//! is wrong with them or with the connection.
 
 mod support;
 use support::RedisServer;
@@ -231,4 +232,94 @@ fn a_parse_error_never_quotes_the_tail_of_a_password() {
     let passwords = [format!("1?protocol={MARK}"), format!("1?protocol={MARK}&db=1")];
     let (checked, found) = outputs_leaking(&passwords);
     assert!(found.is_empty(), "{} of {checked} outputs leak a password:\n{}", found.len(), found.join("\n"));
+}
+
+// ---- TLS: key material ------------------------------------------------------------
+
+#[cfg(feature = "tls")]
+mod tls_keys {
+    use super::*;
+
+    /// The base64 lines of a PEM: any one of them in an output is a leak of its key.
+    fn pem_body_lines(pem: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(pem)
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn read(path: &std::path::Path) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn tls_keys_and_passwords_never_appear_in_debug_output_errors_or_logs() {
+        capture_logs();
+        let mut server = RedisServer::builder().mutual_tls().args(&["--requirepass", PASSWORD]).start();
+        let other = RedisServer::builder().tls().start();
+        let (files, others) = (server.tls().unwrap().clone(), other.tls().unwrap());
+        let (ca, cert, key) = (read(&files.ca_cert), read(&files.client_cert), read(&files.client_key));
+        let (server_key, other_key) = (read(&files.server_key), read(&others.client_key));
+        let secrets: Vec<String> =
+            [&key, &server_key, &other_key].into_iter().flat_map(|k| pem_body_lines(k)).collect();
+        assert!(secrets.len() >= 6, "{secrets:?}");
+        let url = server.url_with_password(PASSWORD);
+        let builder = || {
+            LockClient::builder()
+                .tls_root_cert(ca.clone())
+                .tls_client_cert(cert.clone(), key.clone())
+                .connect_timeout(Duration::from_secs(1))
+        };
+        let mut shown = vec![format!("{:?}", builder())];
+
+        let (a, b) = (builder().build(&url).unwrap(), builder().build(&url).unwrap());
+        assert!(support::poll_until(Duration::from_secs(5), || a.is_notifier_connected() && b.is_notifier_connected()));
+        let (ma, mb) = (a.mutex("job"), b.mutex("job"));
+        let g = ma.lock().unwrap();
+        shown.extend([format!("{a:?}"), format!("{ma:?}"), format!("{g:?}")]);
+        thread::scope(|s| {
+            let waiter = s.spawn(|| mb.try_lock_for(Duration::from_secs(10)).unwrap().map(|g| g.unlock()));
+            g.unlock().unwrap();
+            waiter.join().unwrap().expect("the waiter got the lock").unwrap();
+        });
+        shown.push(format!("{:?}", b.stats()));
+
+        // Errors, each from a builder that holds the key.
+        let mut errors = vec![
+            builder().build(&server.url_with_password("wrong")).expect_err("wrong password"),
+            LockClient::builder()
+                .tls_root_cert(read(&others.ca_cert))
+                .tls_client_cert(cert.clone(), key.clone())
+                .build(&url)
+                .expect_err("another CA"),
+            builder().tls_client_cert(cert.clone(), server_key.clone()).build(&url).expect_err("another key"),
+            builder().tls_root_cert(key.clone()).build(&url).expect_err("a key as the CA"),
+            builder().tls_client_cert(key.clone(), key.clone()).build(&url).expect_err("a key as the certificate"),
+        ];
+        // A key with one character broken in each of its lines.
+        let broken: String = String::from_utf8_lossy(&key)
+            .lines()
+            .map(|l| if l.starts_with("-----") { format!("{l}\n") } else { format!("!{}\n", &l[1..]) })
+            .collect();
+        errors.push(builder().tls_client_cert(cert.clone(), broken).build(&url).expect_err("a broken key"));
+        let held = ma.lock().unwrap();
+        server.stop();
+        errors.push(mb.try_lock_for(Duration::from_millis(500)).expect_err("the server is gone"));
+        drop(held); // its release fails, and is logged
+        assert!(support::poll_until(Duration::from_secs(5), || !a.is_notifier_connected()));
+        drop((a, b));
+        for err in &errors {
+            shown.extend([err.to_string(), format!("{err:?}")]);
+        }
+
+        let logs = captured();
+        for s in shown.iter().chain(&logs) {
+            assert!(!s.contains(PASSWORD), "a password leaked: {s}");
+            assert!(!s.contains("PRIVATE KEY"), "key material leaked: {s}");
+            for line in &secrets {
+                assert!(!s.contains(line.as_str()), "key material leaked: {s}");
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //!
 //! One module per deployment, each with everything it needs (connections, scripts,
 //! subscriber), and one place, [`open`], that picks it:
-//! - `single/`: one Redis server (TCP).
+//! - `single/`: one Redis server (TCP, or TLS: `crate::tls` makes its `redis::Client`).
 //! - next to it, as they come: `sentinel` (a master found through Sentinel, followed
 //!   on failover), `cluster` (scripts on each slot's owner, renewals batched per node),
 //!   `redlock` (a quorum of independent masters; it cannot grant, see
@@ -25,6 +25,7 @@ use crate::holder::Holder;
 use crate::keys::LockKeys;
 pub(crate) use crate::options::Replicas;
 use crate::stats::Counters;
+use crate::tls::TlsOptions;
 
 pub(crate) mod cluster;
 #[cfg(test)]
@@ -280,6 +281,8 @@ pub(crate) struct Options {
     pub reservation: Duration,
     /// Silence after which the subscriber probes its connection.
     pub ping_interval: Duration,
+    /// Certificates for `rediss://` URLs, already checked.
+    pub tls: TlsOptions,
 }
 
 /// Opens the backend for `deployment`; with `check`, first makes sure the server
@@ -294,8 +297,8 @@ pub(crate) fn open(
 ) -> Result<Arc<dyn Backend>> {
     let (target, shown) = match deployment {
         Deployment::Single { url } => {
-            let client = redis::Client::open(url).map_err(|e| crate::error::Error::invalid_url(url, &e))?;
-            (single::Target::Fixed(client), crate::keys::redact_url(url))
+            // A TLS client for a `rediss://` URL, with the builder's certificates.
+            (single::Target::Fixed(Box::new(options.tls.client(url)?)), crate::keys::redact_url(url))
         }
         Deployment::Sentinel { master_name, sentinels, master } => {
             let master = sentinel::Master::open(master_name, sentinels, master, &options)?;

@@ -83,7 +83,9 @@ impl Master {
         }
         let mut sentinels = Vec::with_capacity(urls.len());
         for url in urls {
-            let client = redis::Client::open(url.as_str()).map_err(|e| Error::invalid_url(url, &e))?;
+            // `rediss://` Sentinels with the builder's certificates; the master's
+            // connections take the first one's TLS settings (see below).
+            let client = options.tls.client(url)?;
             if matches!(client.get_connection_info().addr(), ConnectionAddr::Unix(_)) {
                 return Err(Error::InvalidUrl {
                     url: redact_url(url),

@@ -1,7 +1,8 @@
 //! Side-by-side performance of redis-mutex and what a Rust user would pick instead
 //! (rlock 0.2 sync, redisson 0.1 sync, redlock 2, and the naive `SET NX PX` + 1 ms sleep
 //! loop), on one loopback redis-server this program starts, beside an in-memory FIFO
-//! lock as the machine's floor for a fair lock. See README.md.
+//! lock as the machine's floor for a fair lock; on request, redis-mutex over TLS on a
+//! TLS server beside it. See README.md.
 //!
 //! `cargo run --release -- [--secs S] [--only W1,W2,W3,W4,curves,W5,fleet] [--impls a,b] [--quick]`
 
@@ -39,7 +40,8 @@ struct Args {
     /// Workloads to run.
     #[arg(long, value_enum, value_delimiter = ',', ignore_case = true, default_values_t = Workload::all())]
     only: Vec<Workload>,
-    /// Implementations to run.
+    /// Implementations to run (`redis-mutex-tls`, redis-mutex over TLS on a TLS server
+    /// of its own, only when named).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = ALL)]
     impls: Vec<Impl>,
     /// Where to write results.csv and the plots [default: benches/peers/results].
@@ -79,6 +81,18 @@ impl Workload {
 }
 
 const CURVE_THREADS: [u32; 4] = [1, 4, 16, 64];
+
+/// Where an implementation's runs go: the plain server, or `redis-mutex-tls`'s TLS one.
+struct Target {
+    /// What the implementation connects to.
+    url: String,
+    /// The PEM file of the CA of a TLS server.
+    tls_ca: Option<String>,
+    /// What the harness PINGs during a run (the same server and transport).
+    ping_url: String,
+    /// The benchmark's own connection to the server (a TLS server's Unix socket).
+    admin: redis::Connection,
+}
 
 /// One W1/W2/W3/W5 run of one implementation.
 pub struct Row {
@@ -128,7 +142,12 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--child") {
         // A W3 or W5 worker process: `--child IMPL URL` and the run's parameters.
         bench::child_main(&args[2..], |own, threads| {
-            Shared::new(Impl::from_str(&own[0], false).expect("implementation"), &own[1], threads)
+            Shared::new(
+                Impl::from_str(&own[0], false).expect("implementation"),
+                &own[1],
+                own.get(2).map(String::as_str),
+                threads,
+            )
         });
         return;
     }
@@ -141,8 +160,25 @@ fn main() {
     // 64 waiters with redisson's pool, plus rlock/redlock connection churn.
     let server = RedisServer::start_with(&["--maxclients", "10000"]);
     let url = server.url();
-    let mut admin = server.admin_conn();
-    println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", bench::server_version(&mut admin));
+    let mut plain = Target { url: url.clone(), tls_ca: None, ping_url: url.clone(), admin: server.admin_conn() };
+    println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", bench::server_version(&mut plain.admin));
+    // redis-mutex-tls runs on a TLS-only server of its own, started only when asked for.
+    let tls_server = o
+        .impls
+        .contains(&Impl::RedisMutexTls)
+        .then(|| RedisServer::builder().tls().args(&["--maxclients", "10000"]).start());
+    let mut tls = tls_server.as_ref().map(|s| {
+        let ca = s.tls().expect("a TLS server").ca_cert.to_string_lossy().into_owned();
+        // Also installs the crypto provider in this process (for the PING connection).
+        let check = redis_mutex::LockClient::builder().tls_root_cert(std::fs::read(&ca).expect("CA certificate"));
+        check.build(&s.url()).expect("the TLS server answers redis-mutex");
+        println!(
+            "redis-mutex-tls: the same client with tls_root_cert, on a TLS-only redis-server ({}), P-256 certificates",
+            s.url()
+        );
+        // The harness's PING connection cannot be given the CA: it skips the check.
+        Target { url: s.url(), tls_ca: Some(ca), ping_url: format!("{}#insecure", s.url()), admin: s.admin_conn() }
+    });
     println!("machine: {}", machine());
     println!(
         "{} s per run (W4: {} s window after {} s settle); hold 100 µs busy; W2/W3/curves/W5/fleet: 0.5–1.5 ms sleep outside the lock (W5t: none)",
@@ -184,16 +220,16 @@ fn main() {
         }
         let t0 = Instant::now();
         for &imp in o.impls.iter().filter(|i| procs == 1 || i.is_distributed()) {
-            let run = bench::Run {
-                url: &url,
-                keys: imp.keys(),
-                procs,
-                threads,
-                secs: o.secs,
-                think,
-                child_args: vec![imp.name().to_owned(), url.clone()],
+            let target = match imp {
+                Impl::RedisMutexTls => tls.as_mut().expect("the TLS server"),
+                _ => &mut plain,
             };
-            let m = match bench::try_measure(&run, &mut admin, || Shared::new(imp, &url, threads)) {
+            let mut child_args = vec![imp.name().to_owned(), target.url.clone()];
+            child_args.extend(target.tls_ca.clone());
+            let run =
+                bench::Run { url: &target.ping_url, keys: imp.keys(), procs, threads, secs: o.secs, think, child_args };
+            let local = || Shared::new(imp, &target.url, target.tls_ca.as_deref(), threads);
+            let m = match bench::try_measure(&run, &mut target.admin, local) {
                 Ok(m) => m,
                 Err(reason) => {
                     let n = NaRow { workload: wl, imp, procs, threads, secs: o.secs, reason };
@@ -217,7 +253,11 @@ fn main() {
         println!("\nW4: {} threads wait on a lock another client holds (60 s lease, no renewal)", w4::W4_WAITERS);
         println!("{}", report::w4_header());
         for &imp in o.impls.iter().filter(|i| i.is_distributed()) {
-            let r = w4::w4(imp, &url, &mut admin, o.w4_secs);
+            let target = match imp {
+                Impl::RedisMutexTls => tls.as_mut().expect("the TLS server"),
+                _ => &mut plain,
+            };
+            let r = w4::w4(imp, &target.url, target.tls_ca.as_deref(), &mut target.admin, o.w4_secs);
             println!("{}", report::w4_line(&r));
             if let Some(e) = &r.first_error {
                 println!("     first error: {e}");

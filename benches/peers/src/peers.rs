@@ -20,6 +20,9 @@ pub const LOCK: &str = "bench";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Impl {
     RedisMutex,
+    /// redis-mutex over TLS (`rediss://`), on a TLS-only redis-server of its own beside
+    /// the plain one: not in the default set (`--impls redis-mutex,redis-mutex-tls`).
+    RedisMutexTls,
     Rlock,
     Redisson,
     Redlock,
@@ -34,6 +37,7 @@ impl Impl {
     pub fn name(self) -> &'static str {
         match self {
             Impl::RedisMutex => "redis-mutex",
+            Impl::RedisMutexTls => "redis-mutex-tls",
             Impl::Rlock => "rlock",
             Impl::Redisson => "redisson",
             Impl::Redlock => "redlock",
@@ -45,7 +49,9 @@ impl Impl {
     /// The Redis keys this implementation writes for the benchmark lock.
     pub fn keys(self) -> Vec<String> {
         match self {
-            Impl::RedisMutex => vec![format!("redis-mutex:{{{LOCK}}}"), format!("redis-mutex:{{{LOCK}}}:fence")],
+            Impl::RedisMutex | Impl::RedisMutexTls => {
+                vec![format!("redis-mutex:{{{LOCK}}}"), format!("redis-mutex:{{{LOCK}}}:fence")]
+            }
             other => vec![format!("{LOCK}:{}", other.name())],
         }
     }
@@ -118,12 +124,17 @@ pub fn redisson_pool_size(threads: u32) -> u32 {
 }
 
 impl Shared {
-    pub fn new(imp: Impl, url: &str, threads: u32) -> Shared {
+    /// The per-process object of `imp` for the Redis at `url`; `tls_ca`, the PEM file of
+    /// the CA that signed a TLS server's certificate (`redis-mutex-tls` only).
+    pub fn new(imp: Impl, url: &str, tls_ca: Option<&str>, threads: u32) -> Shared {
         match imp {
             // Default settings (pool_max_size 8): waiters hold no connection while asleep.
             // `REDIS_MUTEX_HANDOFF_LIMIT=n` overrides handoff_limit (default 8) to study W3.
-            Impl::RedisMutex => {
+            Impl::RedisMutex | Impl::RedisMutexTls => {
                 let mut b = LockClient::builder();
+                if let Some(ca) = tls_ca {
+                    b = b.tls_root_cert(std::fs::read(ca).expect("the TLS server's CA certificate"));
+                }
                 if let Some(n) = std::env::var("REDIS_MUTEX_HANDOFF_LIMIT").ok().and_then(|v| v.parse().ok()) {
                     b = b.handoff_limit(n);
                 }
@@ -142,6 +153,7 @@ impl Shared {
         }
     }
 
+    /// The implementation, as far as its keys go (redis-mutex's are the same over TLS).
     fn imp(&self) -> Impl {
         match self {
             Shared::RedisMutex(_) => Impl::RedisMutex,

@@ -39,14 +39,14 @@ fn cpu_seconds() -> f64 {
     process_cpu().map_or(0.0, |d| d.as_secs_f64())
 }
 
-pub fn w4(imp: Impl, url: &str, admin: &mut redis::Connection, window: f64) -> W4Row {
+pub fn w4(imp: Impl, url: &str, tls_ca: Option<&str>, admin: &mut redis::Connection, window: f64) -> W4Row {
     let _: () = redis::cmd("DEL").arg(imp.keys()).query(admin).unwrap();
     // The holder: another client (connection, pool) of the same implementation.
-    let holder_shared = Shared::new(imp, url, 1);
+    let holder_shared = Shared::new(imp, url, tls_ca, 1);
     let mut holder = holder_shared.worker("w4-holder".into());
     holder.acquire_with(Lease::Fixed60s).expect("W4 holder");
 
-    let shared = Shared::new(imp, url, W4_WAITERS);
+    let shared = Shared::new(imp, url, tls_ca, W4_WAITERS);
     let barrier = Arc::new(Barrier::new(W4_WAITERS as usize + 1));
     let handles: Vec<_> = (0..W4_WAITERS)
         .map(|t| {

@@ -84,7 +84,7 @@ pub fn line(r: &Row) -> String {
 
 pub fn na_line(n: &NaRow) -> String {
     let label = if n.procs == 1 { format!("{} thr", n.threads) } else { format!("{}p×{}t", n.procs, n.threads) };
-    format!("{:<4} {:<12} {:>7}      n/a: {}", n.workload, n.imp.name(), label, n.reason)
+    format!("{:<4} {:<15} {:>7}      n/a: {}", n.workload, n.imp.name(), label, n.reason)
 }
 
 pub fn print_legend() {
@@ -161,6 +161,19 @@ pub fn targets(rows: &[Row], na: &[NaRow]) -> Vec<String> {
             out.push(fair(o));
         }
         None => out.push(missing("W5", Impl::RedisMutex, PROCS)),
+    }
+    // TLS beside plain TCP (issue 14): at most 1.3× the cost, so at least 1/1.3 the rate.
+    for wl in ["W5", "W5t"] {
+        if let (Some(plain), Some(tls)) = (find(wl, Impl::RedisMutex, PROCS), find(wl, Impl::RedisMutexTls, PROCS)) {
+            out.push(format!(
+                "{} {wl} acq/s over TLS ≥ plain TCP's / 1.3: {:.0} vs {:.0} / 1.3 = {:.0} (TLS costs {:.2}× plain)",
+                verdict(1.3 * tls.acq_per_s >= plain.acq_per_s),
+                tls.acq_per_s,
+                plain.acq_per_s,
+                plain.acq_per_s / 1.3,
+                plain.acq_per_s / tls.acq_per_s
+            ));
+        }
     }
     match (find("W5t", Impl::RedisMutex, PROCS), find("W5t", Impl::Naive, PROCS)) {
         (Some(o), n) => {

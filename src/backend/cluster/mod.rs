@@ -24,7 +24,8 @@ pub(crate) fn open(seeds: &[String], options: &Options) -> Result<Nodes> {
     let mut addrs = Vec::with_capacity(seeds.len());
     let mut template = None;
     for url in seeds {
-        let client = redis::Client::open(url.as_str()).map_err(|e| Error::invalid_url(url, &e))?;
+        // With the builder's TLS certificates for `rediss://` seeds: every node inherits them.
+        let client = options.tls.client(url)?;
         let info = client.get_connection_info();
         let addr = match info.addr() {
             redis::ConnectionAddr::Tcp(h, p) | redis::ConnectionAddr::TcpTls { host: h, port: p, .. } => {

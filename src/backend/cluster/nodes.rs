@@ -81,7 +81,7 @@ impl Nodes {
     pub fn settings_for(&self, addr: &str) -> Option<ConnectSettings> {
         let (host, port) = split_addr(addr)?;
         Some(ConnectSettings {
-            target: Target::Fixed(crate::backend::client_at(&self.template, host, port)),
+            target: Target::Fixed(Box::new(crate::backend::client_at(&self.template, host, port))),
             name: self.name.clone(),
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,

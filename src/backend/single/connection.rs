@@ -11,12 +11,13 @@ use crate::backend::cluster::Nodes;
 use crate::backend::sentinel::Master;
 use crate::error::{Error, Result};
 use crate::sync::lock;
+use crate::tls;
 
 /// The server the connections go to.
 #[derive(Clone)]
 pub(crate) enum Target {
-    /// One server, always the same.
-    Fixed(redis::Client),
+    /// One server, always the same (boxed: a TLS client's settings make it large).
+    Fixed(Box<redis::Client>),
     /// Whichever server the Sentinels name the master (see `backend::sentinel`).
     Sentinel(Arc<Master>),
     /// A cluster: pooled requests go to each slot's master (`route::Route::Cluster`);
@@ -29,7 +30,7 @@ impl Target {
     /// moves the master: connections of an older generation are dropped).
     pub fn client(&self) -> std::result::Result<(redis::Client, u64), RedisError> {
         match self {
-            Target::Fixed(client) => Ok((client.clone(), 0)),
+            Target::Fixed(client) => Ok((redis::Client::clone(client), 0)),
             Target::Sentinel(master) => master.client(),
             Target::Cluster(nodes) => Ok((nodes.subscriber()?, 0)),
         }
@@ -73,7 +74,10 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// Connection settings shared by the pool and the notifier's connection.
+/// Connection settings shared by the pool, the notifier's connection and every other
+/// connection of the client (the build check, the probe of an unreachable server):
+/// with a `rediss://` URL, the `Target::Fixed` client holds the TLS settings, so every
+/// one is TLS.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectSettings {
     pub target: Target,
@@ -94,7 +98,12 @@ impl ConnectSettings {
     /// [`connect`](Self::connect), with the generation of the server it reached.
     pub fn connect_tagged(&self, role: &str) -> std::result::Result<Tagged, RedisError> {
         let (client, generation) = self.target.client()?;
-        let opened = client.get_connection_with_timeout(self.connect_timeout).and_then(|mut con| {
+        let opened = match client.get_connection_info().addr() {
+            // Within the same timeout, tells a plain-TCP port from a silent server.
+            redis::ConnectionAddr::TcpTls { .. } => tls::connect(&client, self.connect_timeout),
+            _ => client.get_connection_with_timeout(self.connect_timeout),
+        };
+        let opened = opened.and_then(|mut con| {
             con.set_read_timeout(Some(self.read_timeout))?;
             con.set_write_timeout(Some(self.write_timeout))?;
             redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}{role}", self.name)).query::<()>(&mut con)?;
@@ -159,6 +168,12 @@ impl LastConnectError {
         last.as_ref().filter(|(at, _)| at.elapsed() < recent).map(|(_, e)| e.clone())
     }
 
+    /// The error, if the pool failed to connect since `start`.
+    fn since(&self, start: Instant) -> Option<RedisError> {
+        let last = lock(&self.0);
+        last.as_ref().filter(|(at, _)| *at >= start).map(|(_, e)| e.clone())
+    }
+
     /// The last error, however old, and how long ago it was.
     fn any(&self) -> Option<(Duration, RedisError)> {
         lock(&self.0).as_ref().map(|(at, e)| (at.elapsed(), e.clone()))
@@ -168,6 +183,10 @@ impl LastConnectError {
 /// The shortest wait for a pooled connection, even close to a caller's deadline: many
 /// waiters sharing a deadline make their last attempts together.
 const MIN_POOL_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a checkout waits at a time before looking at why the pool could not
+/// connect (see `Pool::checkout`).
+const POOL_SLICE: Duration = Duration::from_millis(50);
 
 /// The pool of one client's connections to the server.
 pub(crate) struct Pool {
@@ -212,6 +231,28 @@ impl Pool {
         }
     }
 
+    /// A pooled connection within `wait` from `started`. Waits in slices: a connection
+    /// the pool failed to open for a reason that waiting does not cure (a certificate
+    /// either side refuses, credentials) ends the wait at once with that error,
+    /// instead of after the whole pool timeout.
+    fn checkout(&self, started: Instant, wait: Duration) -> Result<r2d2::PooledConnection<Manager>> {
+        loop {
+            let left = wait.saturating_sub(started.elapsed());
+            match self.pool.get_timeout(left.min(POOL_SLICE)) {
+                Ok(con) => return Ok(con),
+                Err(_) if started.elapsed() >= wait => return Err(self.pool_error(started.elapsed())),
+                Err(_) => {
+                    if let Some(e) = self.last_connect_error.since(started) {
+                        let e = Error::from_redis(e, None);
+                        if !e.is_transient() {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs `op` on a pooled connection. A connection the server dropped while it sat
     /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried until it
     /// reaches a live one. Acquire and extend are safe to repeat; a repeated release that
@@ -245,7 +286,7 @@ impl Pool {
             let wait = deadline.map_or(self.timeout, |d| {
                 d.saturating_duration_since(started).clamp(MIN_POOL_WAIT.min(self.timeout), self.timeout)
             });
-            let mut con = self.pool.get_timeout(wait).map_err(|_| self.pool_error(started.elapsed()))?;
+            let mut con = self.checkout(started, wait)?;
             if con.generation != self.probe.target.generation() {
                 // Opened to a master that a failover replaced: dropped on return.
                 retries += 1;

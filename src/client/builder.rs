@@ -1,160 +1,17 @@
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::{Arc, Mutex as StdMutex, Weak};
+//! [`LockClientBuilder`]: every option with its default, the checks before any I/O,
+//! and the builds (one server, Sentinel).
+
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use super::{ClientInner, LockClient};
 use crate::backend::{self, Deployment};
 use crate::error::{Error, Result};
 use crate::keys::{redact_url, validate_prefix};
-use crate::mutex::Mutex;
-use crate::options::{MAX_LEASE, MutexOptions};
-use crate::reentrant::{ReentrantMutex, ReentrantState};
-use crate::stats::{Counters, Stats};
-use crate::sync::lock;
+use crate::options::MAX_LEASE;
+use crate::stats::Counters;
+use crate::tls::TlsOptions;
 use crate::wait::{self, Core, Registry};
-
-/// A connection to one Redis deployment, from which [`Mutex`] handles are made.
-///
-/// Holds an r2d2 pool of connections, one pub/sub connection owned by the
-/// `redis-mutex-notifier` thread (waiters sleep until it hears a release), and the
-/// `redis-mutex-watchdog` thread that renews leases. Cloning is cheap and shares all
-/// of it; make one per process and Redis deployment. The threads and connections end
-/// once the last clone, [`Mutex`] and guard made from it are dropped.
-///
-/// # Examples
-///
-/// ```no_run
-/// use redis_mutex::LockClient;
-///
-/// let client = LockClient::open("redis://127.0.0.1:6379/")?;
-/// let m = client.mutex("invoice:42");
-/// let guard = m.lock()?;
-/// // ... only one holder in the whole fleet runs this ...
-/// drop(guard);
-/// # Ok::<(), redis_mutex::Error>(())
-/// ```
-#[derive(Clone)]
-pub struct LockClient {
-    pub(crate) inner: Arc<ClientInner>,
-}
-
-pub(crate) struct ClientInner {
-    core: Arc<Core>,
-    prefix: String,
-    client_id: String,
-    url: String,
-    pool_max_size: u32,
-    reentrant: StdMutex<HashMap<String, Weak<ReentrantState>>>,
-}
-
-impl fmt::Debug for LockClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockClient")
-            .field("url", &self.inner.url)
-            .field("key_prefix", &self.inner.prefix)
-            .field("pool_max_size", &self.inner.pool_max_size)
-            .field("client_id", &self.inner.client_id)
-            .finish()
-    }
-}
-
-impl LockClient {
-    /// Connects with default options. Shorthand for `LockClient::builder().build(url)`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidUrl`] for a URL that does not parse; [`Error::Connection`] when
-    /// nothing answers; [`Error::Auth`] when the server rejects the credentials.
-    pub fn open(url: &str) -> Result<LockClient> {
-        LockClient::builder().build(url)
-    }
-
-    /// A builder with every option at its default.
-    pub fn builder() -> LockClientBuilder {
-        LockClientBuilder::default()
-    }
-
-    /// A lock named `name` with default [`MutexOptions`] (30 s lease, renewed while
-    /// held). Cheap: no I/O. An invalid name is reported by the first locking call.
-    ///
-    /// # Examples
-    ///
-    /// A name is checked before anything is sent (so this runs without a server):
-    ///
-    /// ```
-    /// use redis_mutex::{Error, LockClient};
-    ///
-    /// let client = LockClient::builder().build_unchecked("redis://127.0.0.1:1/")?;
-    /// let m = client.mutex("job{42}"); // braces delimit the Cluster hash tag
-    /// assert!(matches!(m.try_lock(), Err(Error::InvalidName { .. })));
-    /// assert!(matches!(m.lock(), Err(Error::InvalidName { .. })));
-    /// # Ok::<(), Error>(())
-    /// ```
-    pub fn mutex(&self, name: &str) -> Mutex {
-        self.mutex_with(name, MutexOptions::default())
-    }
-
-    /// A lock named `name` with the given options. Cheap: no I/O. An invalid name or
-    /// option is reported by the first locking call, before any I/O.
-    pub fn mutex_with(&self, name: &str, options: MutexOptions) -> Mutex {
-        Mutex::new(self.clone(), self.inner.core.clone(), &self.inner.prefix, name, options)
-    }
-
-    /// A lock that the thread holding it may lock again without waiting (a hold count
-    /// per thread); other threads and processes wait. All handles for `name` from this
-    /// client share the hold count.
-    pub fn reentrant_mutex(&self, name: &str) -> ReentrantMutex {
-        self.reentrant_mutex_with(name, MutexOptions::default())
-    }
-
-    /// [`reentrant_mutex`](Self::reentrant_mutex) with options. When a handle for
-    /// `name` already exists, it is shared, with the options it was made with.
-    pub fn reentrant_mutex_with(&self, name: &str, options: MutexOptions) -> ReentrantMutex {
-        let mut map = lock(&self.inner.reentrant);
-        if let Some(state) = map.get(name).and_then(Weak::upgrade) {
-            return ReentrantMutex::from_state(state);
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let m = ReentrantMutex::new(self.mutex_with(name, options));
-        map.insert(name.to_owned(), m.downgrade());
-        m
-    }
-
-    /// A snapshot of this client's counters.
-    pub fn stats(&self) -> Stats {
-        self.inner.core.stats()
-    }
-
-    /// The key prefix of every lock of this client.
-    pub fn key_prefix(&self) -> &str {
-        &self.inner.prefix
-    }
-
-    /// This client's id: the payload of its release messages, which its own notifier
-    /// ignores. Its connections are named `redis-mutex:<id>` in `CLIENT LIST` (the
-    /// notifier's `redis-mutex:<id>:notifier`).
-    pub fn id(&self) -> &str {
-        &self.inner.client_id
-    }
-
-    /// Whether the notifier is subscribed right now. While it is not, waiters poll
-    /// Redis with backoff.
-    pub fn is_notifier_connected(&self) -> bool {
-        self.inner.core.is_listening()
-    }
-
-    /// How many leases the watchdog is renewing right now (one per tenure: guards that
-    /// took the lock over from each other in memory share one).
-    pub fn renewing_count(&self) -> usize {
-        self.inner.core.renewing()
-    }
-
-    /// The same as [`renewing_count`](Self::renewing_count).
-    #[deprecated(since = "0.2.0", note = "a count: use `renewing_count`")]
-    pub fn renewing(&self) -> usize {
-        self.renewing_count()
-    }
-}
 
 /// Configures a [`LockClient`]. Every option has a documented default.
 ///
@@ -188,6 +45,8 @@ pub struct LockClientBuilder {
     handoff_limit: u32,
     reservation_timeout: Duration,
     master: backend::MasterLogin,
+    /// Certificates as given; its `Debug` shows whether each is set, not its bytes.
+    tls: TlsOptions,
 }
 
 impl Default for LockClientBuilder {
@@ -205,6 +64,7 @@ impl Default for LockClientBuilder {
             handoff_limit: 8,
             reservation_timeout: Duration::from_secs(1),
             master: backend::MasterLogin::default(),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -232,6 +92,11 @@ impl LockClientBuilder {
     }
 
     /// TCP connect (and handshake) timeout of every connection. Defaults to 2 s.
+    ///
+    /// Over TLS it bounds the TLS handshake too. When a server accepts the connection
+    /// but does not answer the handshake, the last quarter of this timeout (at most
+    /// 250 ms) is spent finding out whether a plain-TCP Redis listens there, so that
+    /// the error can say so ([`Error::Tls`]) rather than report a timeout.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
         self
@@ -250,7 +115,7 @@ impl LockClientBuilder {
         self
     }
 
-    /// How long [`Mutex::lock`] keeps retrying through Redis errors (with backoff)
+    /// How long [`Mutex::lock`](crate::Mutex::lock) keeps retrying through Redis errors (with backoff)
     /// before returning the last one. Calls with a deadline retry until the deadline
     /// instead. Defaults to 30 s.
     pub fn outage_tolerance(mut self, d: Duration) -> Self {
@@ -322,8 +187,48 @@ impl LockClientBuilder {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` (PEM, one or more `-----BEGIN
+    /// CERTIFICATE-----` blocks) for `rediss://` URLs, instead of the system's roots:
+    /// the server's certificate must be signed by one of them, for the host name or IP
+    /// address in the URL. Needs a `rediss://` URL and the `tls` feature (on by
+    /// default). Defaults to the system's roots.
+    ///
+    /// `build` checks the PEM before any I/O: [`Error::InvalidOption`] naming
+    /// `tls_root_cert` when it holds no certificate or does not parse. The bytes
+    /// never appear in `Debug` output, errors or logs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use redis_mutex::LockClient;
+    ///
+    /// let client = LockClient::builder()
+    ///     .tls_root_cert(std::fs::read("ca.crt")?)
+    ///     .build("rediss://redis.internal:6380/")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_cert = Some(pem.into());
+        self
+    }
+
+    /// Mutual TLS: the certificate chain (`cert_pem`, the client's own certificate
+    /// first) and its private key (`key_pem`: unencrypted PKCS#8 `PRIVATE KEY`, or
+    /// `RSA PRIVATE KEY` / `EC PRIVATE KEY`) this client presents to a server that asks
+    /// for one (`tls-auth-clients yes`). Needs a `rediss://` URL and the `tls` feature
+    /// (on by default). Defaults to none.
+    ///
+    /// `build` checks, before any I/O, that both parse and that the key belongs to the
+    /// certificate: [`Error::InvalidOption`] naming `tls_client_cert` otherwise. The
+    /// key never appears in `Debug` output, errors or logs.
+    pub fn tls_client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.client_cert = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     fn check(&self) -> Result<()> {
         validate_prefix(&self.key_prefix)?;
+        self.tls.check()?;
         if self.pool_max_size == 0 {
             return Err(Error::InvalidOption { option: "pool_max_size", reason: "must be at least 1".into() });
         }
@@ -504,6 +409,7 @@ impl LockClientBuilder {
             pool_timeout: self.pool_timeout,
             reservation: self.reservation_timeout,
             ping_interval: self.ping_interval,
+            tls: self.tls.clone(),
         };
         let backend = backend::open(deployment, options, registry.clone(), stats.clone(), check)?;
         let settings = wait::Settings {
