@@ -94,6 +94,12 @@
 //!   failover to one of them. It is not consensus: a failover to a replica that did
 //!   not acknowledge, or renewals that had not reached it yet, can still lose it.
 //!
+//! # From the shell
+//!
+//! With the `cli` feature the crate also builds the `redis-mutex` command, which runs a
+//! command while holding a lock (cron jobs, shell scripts): `redis-mutex run NAME --
+//! CMD`, `status NAME`, `unlock --force NAME`; see `redis-mutex --help` and the README.
+//!
 //! See `ARCHITECTURE.md` for the Redis data layout, the Lua scripts and the waiting
 //! protocol.
 #![warn(missing_docs)]
