@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Stamp;
 use crate::error::{Error, Result};
 use crate::mutex::Mutex;
 use crate::options::MAX_LEASE;
@@ -66,6 +67,38 @@ impl MutexGuard {
     /// free; [`is_held`](Self::is_held) asks Redis.
     pub fn is_lost(&self) -> bool {
         self.tenure.is_lost()
+    }
+
+    /// At least how long the lock stays this guard's in Redis from now, by what Redis
+    /// last confirmed: the last request it confirmed (the acquisition, a renewal, an
+    /// [`extend`](Self::extend)) was sent at some time T and set a lease L, so Redis
+    /// keeps the lock until T + L at the earliest (timed from the sending, which errs
+    /// early; a suspend of the machine counts as time passed). Zero once that has
+    /// passed. Local and free: no I/O.
+    ///
+    /// While renewals succeed it stays above about two thirds of the lease; while they
+    /// keep failing (Redis unreachable) it runs down, and the guard is marked lost when
+    /// it reaches zero. A program that must stop its work before anyone else can hold
+    /// the lock watches it: `redis-mutex run` stops its command when this falls to the
+    /// command's kill grace. It knows nothing of losses Redis has not reported yet (a
+    /// force-unlock, a restart without persistence): see [`is_lost`](Self::is_lost).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use redis_mutex::LockClient;
+    /// use std::time::Duration;
+    ///
+    /// let client = LockClient::open("redis://127.0.0.1:6379/")?;
+    /// let guard = client.mutex("nightly-report").lock()?;
+    /// while guard.remaining_lease() > Duration::from_secs(5) && !guard.is_lost() {
+    ///     // ... one more step of the work ...
+    /// #   break;
+    /// }
+    /// # Ok::<(), redis_mutex::Error>(())
+    /// ```
+    pub fn remaining_lease(&self) -> Duration {
+        self.tenure.confirmed_remaining(Stamp::now())
     }
 
     /// Asks Redis whether this guard still owns the lock (one round trip).

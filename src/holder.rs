@@ -16,4 +16,14 @@ pub struct Holder {
     /// Whether someone is waiting for the lock (a thread of the holder's client, or
     /// another client queued for it).
     pub contended: bool,
+    /// The id of the holder's client ([`LockClient::id`](crate::LockClient::id)), or
+    /// `None` when the lock does not say (written by hand, or by another backend).
+    /// Its connections are named `redis-mutex:<id>` in `CLIENT LIST`, which shows
+    /// their addresses.
+    pub client_id: Option<String>,
+    /// The ids of the *other* clients queued for the lock, the longest-waiting first:
+    /// the order in which they will get it. Waiting threads of the holder's own client
+    /// are not listed (the lock reaches them inside that client); `contended` is
+    /// `true` for them too.
+    pub waiting_clients: Vec<String>,
 }

@@ -111,6 +111,12 @@
 //!     .build("rediss://redis.internal:6380/")?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+//! # From the shell
+//!
+//! With the `cli` feature the crate also builds the `redis-mutex` command, which runs a
+//! command while holding a lock (cron jobs, shell scripts): `redis-mutex run NAME --
+//! CMD`, `status NAME`, `unlock --force NAME`; see `redis-mutex --help` and the README.
 //!
 //! See `ARCHITECTURE.md` for the Redis data layout, the Lua scripts and the waiting
 //! protocol.

@@ -92,6 +92,11 @@ fn imports_point_only_down() {
     for file in &files {
         let rel = file.strip_prefix(&src).unwrap();
         let top = rel.iter().next().unwrap().to_string_lossy().trim_end_matches(".rs").to_string();
+        if top == "bin" {
+            // The `redis-mutex` command is a crate of its own over the public API: its
+            // `crate::` paths name its own modules. (The length limit holds for it.)
+            continue;
+        }
         let layer = layer_of_module(&top).unwrap_or_else(|| panic!("{}: module `{top}` has no layer", rel.display()));
         let text = fs::read_to_string(file).unwrap();
         let code: String =

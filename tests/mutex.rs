@@ -222,6 +222,37 @@ fn extend_keeps_the_lock_past_its_original_lease() {
 }
 
 #[test]
+fn holder_names_its_client_and_the_clients_queued_in_order() {
+    let server = RedisServer::start();
+    let (a, b, c) = (open(&server), open(&server), open(&server));
+    let lease = Duration::from_secs(30);
+    let ma = a.mutex_with("queue", MutexOptions::default().lease(lease));
+    let guard = ma.lock().unwrap();
+    let left = guard.remaining_lease();
+    assert!(left <= lease && left > lease - Duration::from_secs(5), "remaining lease {left:?} of {lease:?}");
+    let holder = ma.holder().unwrap().expect("held");
+    assert_eq!((holder.client_id.as_deref(), holder.waiting_clients.len()), (Some(a.id()), 0));
+
+    let waiters: Vec<_> = [b.clone(), c.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let t = thread::spawn(move || drop(client.mutex("queue").lock().unwrap()));
+            wait_until("the client queues", Duration::from_secs(5), || {
+                ma.holder().unwrap().is_some_and(|h| h.waiting_clients.len() == i + 1)
+            });
+            t
+        })
+        .collect();
+    let holder = ma.holder().unwrap().expect("held");
+    assert_eq!(holder.waiting_clients, [b.id(), c.id()], "longest-waiting first");
+    assert!(holder.contended);
+    drop(guard);
+    waiters.into_iter().for_each(|t| t.join().unwrap());
+    assert_nothing_left(&server);
+}
+
+#[test]
 fn is_held_and_is_locked_follow_force_unlock() {
     let server = RedisServer::start();
     let (a, b) = (open(&server), open(&server));

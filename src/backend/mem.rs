@@ -151,6 +151,8 @@ impl Backend for MemBackend {
             token: l.owner.clone(),
             remaining_lease: Some(l.expires - Instant::now()),
             contended: l.waited,
+            client_id: None,
+            waiting_clients: Vec::new(),
         }))
     }
 

@@ -190,6 +190,14 @@ impl Tenure {
         st.retry.is_none() && st.confirmed.elapsed_at(now) < Duration::from_millis(st.confirmed_ms) / 3
     }
 
+    /// At least how long the lease lasts in Redis from `now`: the last request Redis
+    /// confirmed was sent no later than it ran, so Redis keeps the lock at least until
+    /// `confirmed + confirmed_ms`. Zero once that has passed (a suspend counts).
+    pub fn confirmed_remaining(&self, now: Stamp) -> Duration {
+        let st = lock(&self.state);
+        Duration::from_millis(st.confirmed_ms).saturating_sub(st.confirmed.elapsed_at(now))
+    }
+
     /// The lease length renewals ask for.
     pub fn lease_ms(&self) -> u64 {
         lock(&self.state).lease_ms

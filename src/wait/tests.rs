@@ -394,6 +394,26 @@ fn a_suspended_machine_does_not_keep_a_lease_fresh() {
 }
 
 #[test]
+fn the_remaining_lease_runs_down_from_the_last_confirmation_and_counts_a_suspend() {
+    let core = mem_core(MemBackend::default());
+    let h = core.try_lock(&keys(), WANT).unwrap().unwrap();
+    let lease = Duration::from_millis(WANT.lease_ms);
+    let confirmed = Stamp::now();
+    let tenure = Tenure::new(keys(), h.tenure.token.clone(), WANT.lease_ms, confirmed, None, 0);
+    assert_eq!(tenure.confirmed_remaining(plus(confirmed, Duration::from_secs(20))), lease - Duration::from_secs(20));
+    let suspended =
+        Stamp { mono: confirmed.mono + Duration::from_millis(1), wall: confirmed.wall + Duration::from_secs(50) };
+    assert_eq!(tenure.confirmed_remaining(suspended), lease - Duration::from_secs(50));
+    assert_eq!(tenure.confirmed_remaining(plus(confirmed, lease * 2)), Duration::ZERO);
+    // A renewal that failed leaves the count where the last confirmed one put it.
+    let later = plus(confirmed, Duration::from_secs(30));
+    tenure.maybe_applied(later, WANT.lease_ms);
+    assert_eq!(tenure.confirmed_remaining(later), lease - Duration::from_secs(30));
+    tenure.confirmed(later, WANT.lease_ms);
+    assert_eq!(tenure.confirmed_remaining(later), lease);
+}
+
+#[test]
 fn the_watchdog_survives_a_panic_in_a_renewal() {
     let (backend, _, _) = gated(false, 1);
     let core = mem_core(backend);

@@ -1,8 +1,11 @@
-//! A TCP proxy in front of a test server that can lose the server's replies.
+//! A TCP proxy in front of a test server that can lose the server's replies, or
+//! everything.
 //!
-//! Requests always reach the server; while [`FaultProxy::drop_replies`] is on, what the
-//! server answers is read and thrown away. That is the fault a read timeout cannot tell
-//! apart from a slow server: the command ran, the caller never hears of it.
+//! While [`FaultProxy::drop_replies`] is on, requests still reach the server but what
+//! it answers is read and thrown away. That is the fault a read timeout cannot tell
+//! apart from a slow server: the command ran, the caller never hears of it. While
+//! [`FaultProxy::blackhole`] is on, nothing passes either way and no connection is
+//! closed (new ones are accepted and stay silent): a network partition.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,6 +23,7 @@ pub struct FaultProxy {
 
 struct Shared {
     drop_replies: AtomicBool,
+    blackhole: AtomicBool,
     stopping: AtomicBool,
     /// Both ends of every proxied connection, to close them on drop.
     streams: Mutex<Vec<TcpStream>>,
@@ -32,6 +36,7 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             drop_replies: AtomicBool::new(false),
+            blackhole: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         });
@@ -72,10 +77,16 @@ impl FaultProxy {
     pub fn drop_replies(&self, on: bool) {
         self.shared.drop_replies.store(on, Ordering::SeqCst);
     }
+
+    /// While on, what either side sends is read and discarded, and connections stay
+    /// open: requests never reach the server, and clients wait for their timeouts.
+    pub fn blackhole(&self, on: bool) {
+        self.shared.blackhole.store(on, Ordering::SeqCst);
+    }
 }
 
 /// Copies `from` to `to` until either side closes; `replies` marks the server → client
-/// direction, the one `drop_replies` silences.
+/// direction, the one `drop_replies` silences (`blackhole` silences both).
 fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, replies: bool) {
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -83,7 +94,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, replies: bool) 
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if replies && shared.drop_replies.load(Ordering::SeqCst) {
+        if shared.blackhole.load(Ordering::SeqCst) || (replies && shared.drop_replies.load(Ordering::SeqCst)) {
             continue;
         }
         if to.write_all(&buf[..n]).is_err() {

@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::keys::{Channels, LockKeys};
 
-/// The fields `holder` reads: `o`, `w`, `q`, `gt`.
-pub(crate) type HolderFields = (Option<String>, Option<String>, Option<String>, Option<String>);
+/// The fields `holder` reads: `o`, `c`, `w`, `q`, `gt`.
+pub(crate) type HolderFields = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
 
 /// Who releases: what `release.lua` needs besides the lock and the caller's tenure.
 pub(crate) struct Releaser<'a> {
@@ -263,12 +263,12 @@ impl Scripts {
     /// `holder` is two reads in one pipeline, no script.
     pub fn holder(keys: &LockKeys) -> Pipeline {
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("w").arg("q").arg("gt").cmd("PTTL").arg(&keys.key);
+        pipe.cmd("HMGET").arg(&keys.key).arg("o").arg("c").arg("w").arg("q").arg("gt").cmd("PTTL").arg(&keys.key);
         pipe
     }
 
     pub fn holder_reply(fields: HolderFields, pttl: i64) -> Option<Holder> {
-        let (owner, waited, queue, grant_ends) = fields;
+        let (owner, client, waited, queue, grant_ends) = fields;
         let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
         let contended = set(&waited) || set(&queue);
         // A grant to a waiting client ends when PTTL falls to `gt`, sooner than the hash.
@@ -277,6 +277,48 @@ impl Scripts {
         if grant_ends.is_some() && pttl >= 0 && remaining <= 0 {
             return None;
         }
-        owner.filter(|t| !t.is_empty()).map(|token| Holder { token, remaining_lease: millis(remaining), contended })
+        let client_id = client.filter(|c| !c.is_empty());
+        // Entries `<client id>:<span>:<mark>` (queue.lua).
+        let waiting_clients = queue
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|e| e.split(':').next().filter(|id| !id.is_empty()).map(str::to_owned))
+            .collect();
+        owner.filter(|t| !t.is_empty()).map(|token| Holder {
+            token,
+            remaining_lease: millis(remaining),
+            contended,
+            client_id,
+            waiting_clients,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(o: &str, c: &str, w: &str, q: &str, gt: Option<&str>) -> HolderFields {
+        let some = |v: &str| Some(v.to_owned());
+        (some(o), some(c), some(w), some(q), gt.map(str::to_owned))
+    }
+
+    #[test]
+    fn a_holder_names_its_client_and_the_queued_clients_in_order() {
+        let h = Scripts::holder_reply(fields("tok", "c1", "", "c2:9:4 c3:0:1", None), 5000).unwrap();
+        assert_eq!(h.client_id.as_deref(), Some("c1"));
+        assert_eq!(h.waiting_clients, ["c2", "c3"]);
+        assert!(h.contended);
+        assert_eq!(h.remaining_lease, Some(Duration::from_millis(5000)));
+    }
+
+    #[test]
+    fn a_holder_without_queue_or_client_field_has_none() {
+        let h = Scripts::holder_reply((Some("tok".into()), None, Some("1".into()), None, None), -1).unwrap();
+        assert_eq!((h.client_id, h.waiting_clients.len(), h.contended), (None, 0, true), "w alone: own threads");
+        assert_eq!(h.remaining_lease, None, "no expiry");
+        assert!(Scripts::holder_reply(fields("", "c1", "", "c2:0:1", None), 100).is_none(), "free");
+        assert!(Scripts::holder_reply(fields("tok", "c1", "", "", Some("900")), 800).is_none(), "grant ran out");
     }
 }
