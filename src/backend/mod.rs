@@ -11,8 +11,8 @@
 //! - `single/`: one Redis server (TCP, or TLS: `crate::tls` makes its `redis::Client`).
 //! - next to it, as they come: `sentinel` (a master found through Sentinel, followed
 //!   on failover), `cluster` (scripts on each slot's owner, renewals batched per node),
-//!   `redlock` (a quorum of independent masters; it cannot grant, see
-//!   [`Backend::grants`]).
+//!   `redlock` (a quorum of independent masters: each master is a `single` pool with
+//!   scripts of its own; it cannot grant, see [`Backend::grants`]).
 //!
 //! Nothing here imports `crate::wait` or the public API modules: imports point from
 //! `wait` down to `backend`, never back (`tests/layout.rs` checks it).
@@ -171,6 +171,32 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>>;
     /// Deletes the lock whoever holds it and wakes every client's waiters.
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;
+    /// How much of a lease of `lease_ms`, timed from when the request that set it was
+    /// sent, the backend vouches for: all of it on one server (whose clock times it);
+    /// on Redlock, the lease less the allowance for the masters' clocks drifting
+    /// apart. The client counts a lease as confirmed for this long.
+    fn vouched_ms(&self, lease_ms: u64) -> u64;
+    /// The longest lease the deployment accepts (`redlock_max_lease` on Redlock); `None`:
+    /// [`MAX_LEASE`](crate::options::MAX_LEASE), checked by the options.
+    fn max_lease(&self) -> Option<Duration>;
+    /// Why the deployment cannot offer `capability`, or `None` when it can. Checked
+    /// before any I/O, so that what a deployment cannot keep is refused up front
+    /// (`Error::InvalidOption`) rather than weakened.
+    fn refuses(&self, capability: Capability) -> Option<&'static str>;
+}
+
+/// What a deployment may not be able to offer (see [`Backend::refuses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The read-write lock and the semaphore (issue 18) ask for theirs when they come.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Capability {
+    /// `MutexOptions::wait_replicas`: a `WAIT` for replicas of the server that holds
+    /// the lock.
+    WaitReplicas,
+    /// A read-write lock: several readers or one writer.
+    ReadWriteLock,
+    /// A counting semaphore: at most N holders.
+    Semaphore,
 }
 
 /// A lock another client's release granted to this client: it is this client's in
@@ -203,6 +229,14 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     /// Messages may have gone unheard (the subscriber reconnected): every waiting
     /// thread looks again.
     fn wake_all(&self);
+    /// The holder under `token` released `name`, and this client waited for it (a
+    /// backend that does not grant says so this way; Redlock once per master). Wakes
+    /// the first waiting thread, as `wake_first` does; `false` when none waits (or,
+    /// in a sink that tells copies of one release apart, when this one was heard).
+    fn released(&self, name: &str, token: &str) -> bool {
+        let _ = token;
+        self.wake_first(name)
+    }
     /// Whether a thread of this client waits for `name`.
     fn has_waiters(&self, name: &str) -> bool;
     /// Whether release messages are being heard: while not, waiters poll.

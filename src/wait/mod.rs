@@ -15,9 +15,12 @@
 //! `deadline` (`lock` without a deadline cannot end without the lock), `tenure` (lease
 //! state), `watchdog` (renewal thread), `orphans` (acquisitions whose reply was lost),
 //! `tests` (the protocol against the in-memory backend, both a backend that grants
-//! and one that does not).
+//! and one that does not), `limits_tests` (what a backend limits: the lease it
+//! vouches for, the longest lease, what it refuses).
 
 mod deadline;
+#[cfg(test)]
+mod limits_tests;
 mod orphans;
 mod registry;
 mod release;
@@ -37,7 +40,9 @@ pub(crate) use self::registry::Registry;
 use self::registry::{Grant, Leave, WaitHandle, Woken};
 pub(crate) use self::tenure::Tenure;
 use self::watchdog::{Renewer, Watchdog};
-use crate::backend::{Attempt, AttemptArgs, Backend, Granted, HandoffTarget, ReleaseArgs, ReleaseSink, Replicas};
+use crate::backend::{
+    Attempt, AttemptArgs, Backend, Capability, Granted, HandoffTarget, ReleaseArgs, ReleaseSink, Replicas,
+};
 use crate::backoff::{Backoff, jitter};
 use crate::clock::{Stamp, later};
 use crate::error::{Error, Result};
@@ -154,6 +159,33 @@ impl Core {
         self.backend.force_unlock(keys)
     }
 
+    /// Refuses, before any I/O, what the backend cannot keep: a lease longer than it
+    /// accepts (`redlock_max_lease`), `wait_replicas` where there are no replicas to
+    /// wait for (Redlock's masters are independent).
+    pub fn check(&self, want: &Want) -> Result<()> {
+        self.check_lease(want.lease_ms)?;
+        if want.replicas.is_some()
+            && let Some(why) = self.backend.refuses(Capability::WaitReplicas)
+        {
+            return Err(Error::InvalidOption { option: "wait_replicas", reason: why.to_owned() });
+        }
+        Ok(())
+    }
+
+    /// Refuses a lease longer than the backend accepts.
+    pub fn check_lease(&self, lease_ms: u64) -> Result<()> {
+        match self.backend.max_lease() {
+            Some(max) if u128::from(lease_ms) > max.as_millis() => Err(Error::InvalidOption {
+                option: "lease",
+                reason: format!(
+                    "{lease_ms} ms is longer than the client's redlock_max_lease ({max:?}): a master that \
+                     restarted sits out of quorums for that long, which must outlast every lease"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// One attempt, no waiting, no mark on the holder.
     pub fn try_lock(&self, keys: &LockKeys, want: Want) -> Result<Option<Hold>> {
         let token = new_token();
@@ -206,10 +238,9 @@ impl Core {
             // started the lease, so renewals and lost-lease detection err early.
             let t = Tenure::new(keys.clone(), token, want.lease_ms, got.grant.at, fence, got.grant.turn)
                 .acknowledged_by(want.replicas);
-            if let Some(granted) = &got.grant.from_another_client {
-                // Redis gave the grant a short lease, which renewals lengthen.
-                t.confirmed(got.grant.at, granted.lease_ms);
-            }
+            // Redis gave a grant a short lease, which renewals lengthen.
+            let set = got.grant.from_another_client.as_ref().map_or(want.lease_ms, |g| g.lease_ms);
+            t.confirmed(got.grant.at, self.backend.vouched_ms(set));
             let t = Arc::new(t);
             if want.auto_renew {
                 self.watchdog.register(&t);
@@ -267,7 +298,7 @@ impl Core {
         match self.extend_once(keys, &granted, want.lease_ms, want.replicas) {
             Ok(true) => {
                 hold.tenure.set_lease_ms(want.lease_ms);
-                hold.tenure.confirmed(sent, want.lease_ms);
+                hold.tenure.confirmed(sent, self.backend.vouched_ms(want.lease_ms));
                 bump(&self.stats.grants);
                 Ok(Some(hold))
             }

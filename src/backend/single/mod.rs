@@ -3,7 +3,7 @@
 //! subscriber thread in `notifier`.
 
 mod connection;
-mod notifier;
+pub(crate) mod notifier;
 mod replicas;
 mod route;
 pub(crate) use self::connection::{ConnectSettings, Pool, Target};
@@ -63,6 +63,7 @@ impl SingleServer {
             connect_timeout: options.connect_timeout,
             read_timeout: options.read_timeout,
             write_timeout: options.write_timeout,
+            on_connect: None,
         };
         if check {
             connection::check(&settings, shown)?;
@@ -145,22 +146,7 @@ impl Server {
     fn extend_batch(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
         let Some((first, ..)) = items.first() else { return Ok(Vec::new()) };
         let pipe = self.scripts.extend(items);
-        type Replies = Vec<redis::RedisResult<i64>>;
-        let no_script = |r: &Replies| {
-            r.iter().any(|r| {
-                r.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-            })
-        };
-        let run = |c: &mut Connection| {
-            let replies = pipe.query::<Replies>(c)?;
-            if no_script(&replies) {
-                // Extending again is harmless: each item checks its token.
-                self.scripts.load_extend(c)?;
-                return pipe.query::<Replies>(c);
-            }
-            Ok(replies)
-        };
-        let replies = self.route.on_batch(&first.key, run)?;
+        let replies = self.route.on_batch(&first.key, |c: &mut Connection| self.scripts.run_extend(&pipe, c))?;
         Ok(replies
             .into_iter()
             .zip(items)
@@ -184,6 +170,20 @@ impl Server {
 impl Backend for SingleServer {
     fn grants(&self) -> bool {
         true
+    }
+
+    fn vouched_ms(&self, lease_ms: u64) -> u64 {
+        // The server's clock times the lease from when it ran the request, which is
+        // no earlier than it was sent.
+        lease_ms
+    }
+
+    fn max_lease(&self) -> Option<Duration> {
+        None
+    }
+
+    fn refuses(&self, _: super::Capability) -> Option<&'static str> {
+        None
     }
 
     fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
