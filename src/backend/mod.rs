@@ -30,6 +30,7 @@ use crate::tls::TlsOptions;
 pub(crate) mod cluster;
 #[cfg(test)]
 pub(crate) mod mem;
+pub(crate) mod redlock;
 pub(crate) mod sentinel;
 pub(crate) mod single;
 
@@ -257,6 +258,8 @@ pub(crate) enum Deployment<'a> {
     Sentinel { master_name: &'a str, sentinels: &'a [String], master: &'a MasterLogin },
     /// A Redis Cluster, found from any of these nodes.
     Cluster { seeds: &'a [String] },
+    /// Redlock: a lock is held while a majority of these independent masters hold it.
+    Redlock { masters: &'a [String], settings: redlock::Settings },
 }
 
 /// A client for the server at `host:port`, with everything else (credentials,
@@ -329,6 +332,9 @@ pub(crate) fn open(
     stats: Arc<Counters>,
     check: bool,
 ) -> Result<Arc<dyn Backend>> {
+    if let Deployment::Redlock { masters, settings } = deployment {
+        return Ok(Arc::new(redlock::Redlock::open(masters, settings, options, sink, stats, check)?));
+    }
     let (target, shown) = match deployment {
         Deployment::Single { url } => {
             // A TLS client for a `rediss://` URL, with the builder's certificates.
@@ -347,6 +353,7 @@ pub(crate) fn open(
             );
             (single::Target::Cluster(Arc::new(nodes)), shown)
         }
+        Deployment::Redlock { .. } => unreachable!("opened above"),
     };
     Ok(Arc::new(single::SingleServer::open(target, &shown, options, sink, stats, check)?))
 }

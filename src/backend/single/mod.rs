@@ -6,7 +6,7 @@ mod connection;
 pub(crate) mod notifier;
 mod replicas;
 mod route;
-pub(crate) use self::connection::{ConnectSettings, Pool, Target};
+pub(crate) use self::connection::{ConnectSettings, OnConnect, Pool, Target, check as check_server};
 use self::route::Route;
 pub(crate) mod scripts;
 
