@@ -639,3 +639,48 @@ fn what_redlock_cannot_offer_is_refused() {
     assert!(matches!(g.extend(MAX_LEASE * 2), Err(Error::InvalidOption { option: "lease", .. })));
     g.extend(MAX_LEASE / 2).unwrap();
 }
+
+/// The README's ACL line, for the prefix `rl`: Redlock works under it, and needs its
+/// `+info` (a master's uptime): without it connecting fails with an `Auth` error that
+/// points at the ACL.
+#[test]
+fn redlock_works_under_the_readme_acl_and_needs_info() {
+    let masters = Masters::start(3);
+    let version = {
+        let info = masters[0].info("server");
+        let v = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap().trim().to_owned();
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    };
+    let commands = "+ping +select +client|setname +info +evalsha +script|load +subscribe +unsubscribe \
+                    +punsubscribe +hmget +hset +del +pexpire +pttl +time +get +set +publish +type";
+    let mut rules: Vec<&str> = ["on", ">pw", "resetkeys", "~rl:*", "resetchannels", "&rl:*", "-@all"].into();
+    rules.extend(commands.split(' '));
+    if version >= (7, 2) {
+        rules.push("+client|setinfo");
+    }
+    for m in masters.iter() {
+        query::<()>(m, redis::cmd("ACL").arg("SETUSER").arg("locker").arg("reset").arg(&rules));
+    }
+    let urls: Vec<String> = masters.iter().map(|m| format!("redis://locker:pw@127.0.0.1:{}/1", m.port())).collect();
+    let c = builder().build_redlock(&urls).expect("under the ACL");
+    wait_until(Duration::from_secs(10), "the notifiers to subscribe", || c.is_notifier_connected());
+    let m = c.mutex_with("acl", opts().fencing(true));
+    let g = m.try_lock_for(Duration::from_secs(10)).unwrap().expect("locked under the ACL");
+    let waiter = {
+        let m = c.mutex_with("acl", opts().fencing(true));
+        thread::spawn(move || m.lock().map(|g| g.fencing_token()))
+    };
+    wait_until(Duration::from_secs(5), "a waiting thread", || m.waiting_threads() == 1);
+    let first = g.fencing_token();
+    g.unlock().unwrap();
+    assert!(waiter.join().unwrap().unwrap() > first);
+    for m in masters.iter() {
+        let log: Vec<redis::Value> = query(m, redis::cmd("ACL").arg("LOG"));
+        assert!(log.is_empty(), "refused on port {}: {log:?}", m.port());
+        query::<()>(m, redis::cmd("ACL").arg("SETUSER").arg("locker").arg("-info"));
+    }
+    let e = builder().build_redlock(&urls).unwrap_err();
+    assert!(matches!(e, Error::Auth(_)), "{e}");
+    assert!(e.to_string().contains("ACL"), "{e}");
+}
