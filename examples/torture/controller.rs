@@ -459,6 +459,18 @@ impl Controller {
         let named_ns = wall_clock_ns();
         let old = data_server_mut(group, from).ok_or("the old master is not a server the run started")?;
         if !old.is_running() {
+            // Not at once: a Sentinel that has just switched PINGs the new master a
+            // PING period (1 s, as long as down-after here) later, may count it down
+            // before the reply, and right after a kill the other Sentinels' stale
+            // "down" answers make that a failover, which would promote this server
+            // back. With no replica to promote, it comes to nothing.
+            thread::sleep(Duration::from_secs(2));
+            // Empty: a replica keeps the last snapshot its master sent it, which would
+            // come back seconds old.
+            for stale in ["dump.rdb", "appendonlydir"] {
+                let path = old.dir().join(stale);
+                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+            }
             old.try_restart().map_err(|e| e.to_string())?;
         }
         let limit = Instant::now() + FAILOVER_LIMIT;
@@ -484,12 +496,30 @@ impl Controller {
             }
             return Ok(());
         };
-        self.master_seen = Some((to, settled_ns));
         self.events.failovers.push(FailoverEvent { kind, from, to, fault_ns, named_ns, settled_ns });
         self.note(format!(
             "{kind} (master on port {from}): every Sentinel named port {to} after {:.1} s; {outcome}",
             secs(named_ns)
         ));
+        match formed {
+            // The Sentinels failed the new master over again meanwhile: with down-after
+            // as short as their PING period (1 s), a Sentinel that has just switched
+            // can find the new master silent for that long and start another failover
+            // (seen: one second after the switch, promoting the killed master back).
+            Ok(now) if now != to => {
+                self.events.failovers.push(FailoverEvent {
+                    kind: FailoverKind::Unplanned,
+                    from: to,
+                    to: now,
+                    fault_ns: named_ns,
+                    named_ns: settled_ns,
+                    settled_ns,
+                });
+                self.note(format!("unplanned failover (master on port {to}) meanwhile: port {now} is master now"));
+                self.master_seen = Some((now, settled_ns));
+            }
+            _ => self.master_seen = Some((to, settled_ns)),
+        }
         Ok(())
     }
 

@@ -71,10 +71,11 @@
 //! resource is forgotten; guards that outlive it must be marked lost).
 //! On a Sentinel group: `failover` asks a Sentinel for `SENTINEL FAILOVER` (the old
 //! master takes writes until the Sentinels demote it, about 10 s later);
-//! `failover-kill` SIGKILLs the master and starts it again once every Sentinel names
-//! the new one (it comes back empty and is made a replica); each returns when the group
-//! is whole again. `pause` is `CLIENT PAUSE 2000 WRITE` there: pausing the Sentinels'
-//! PINGs too would be a failover.
+//! `failover-kill` SIGKILLs the master and starts it again 2 s after every Sentinel
+//! names the new one (it comes back empty and is made a replica); each returns when
+//! the group is whole again. `pause` is `CLIENT PAUSE 700` there (under the Sentinels'
+//! down-after of 1 s), and `clientkill` spares the Sentinels' connections: either would
+//! otherwise make them fail the master over.
 //!
 //! # The checker
 //!
