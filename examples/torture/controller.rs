@@ -196,7 +196,8 @@ pub enum FailoverKind {
     /// The `failover-kill` fault: SIGKILL of the master.
     Kill,
     /// No fault: the Sentinels failed the master over on their own (it missed their
-    /// PINGs for longer than they wait, e.g. on a starved machine).
+    /// PINGs for longer than they wait: a starved machine, a cut link, a master they
+    /// had just switched to).
     Unplanned,
 }
 
@@ -259,7 +260,9 @@ impl Controller {
         self.events.notes.push(format!("t={:.1}s {what}", self.t0.elapsed().as_secs_f64()));
     }
 
-    fn inject(&mut self, fault: Fault) -> Result<(), String> {
+    /// Injects `fault`; `false` when it could not be (no holder to stop, a failover
+    /// the Sentinels did not carry out, ...).
+    fn inject(&mut self, fault: Fault) -> Result<bool, String> {
         let done = match fault {
             Fault::Kill => self.kill_worker()?,
             Fault::Stop => self.stop_holder(),
@@ -303,7 +306,7 @@ impl Controller {
         if done {
             *self.events.injected.entry(fault).or_default() += 1;
         }
-        Ok(())
+        Ok(done)
     }
 
     fn kill_worker(&mut self) -> Result<bool, String> {
@@ -410,10 +413,10 @@ impl Controller {
     }
 
     /// `SENTINEL FAILOVER`, or (`Kill`) a SIGKILL of the master, which is started again
-    /// once every Sentinel names the new one (a Sentinel that still named it would send
-    /// a client there, and a restarted master says it is one until the Sentinels turn
-    /// it into a replica). Returns once the group is whole again, so that faults stay
-    /// one at a time and the next failover has a replica to promote.
+    /// only after every Sentinel names the new one (a Sentinel that still named it would
+    /// send a client there, and a restarted master says it is one until the Sentinels
+    /// turn it into a replica). Returns once the group is whole again, so that faults
+    /// stay one at a time and the next failover has a replica to promote.
     fn failover(&mut self, kind: FailoverKind) -> Result<bool, String> {
         let Servers::Sentinel { group, .. } = &mut self.servers else {
             return Err("failovers are sentinel-topology faults".into());
@@ -612,7 +615,10 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         }
         let fault = plan.pop().expect("refilled above");
         c.watch_master()?;
-        c.inject(fault)?;
+        if !c.inject(fault)? && !plan.is_empty() {
+            // Again at the end of this round (the next round has every kind anyway).
+            plan.insert(0, fault);
+        }
     }
     thread::sleep(end.saturating_duration_since(Instant::now()));
 
