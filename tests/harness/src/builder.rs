@@ -111,6 +111,14 @@ impl ServerBuilder {
         self.dir.is_some()
     }
 
+    pub(crate) fn given_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    pub(crate) fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub(crate) fn is_sentinel(&self) -> bool {
         matches!(self.role, Role::Sentinel(_))
     }
