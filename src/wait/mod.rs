@@ -159,6 +159,7 @@ impl Core {
         let token = new_token();
         bump(&self.stats.attempts);
         let at = Stamp::now();
+        let epoch = self.registry.server_changes();
         let args = AttemptArgs {
             token: &token,
             lease_ms: want.lease_ms,
@@ -172,7 +173,7 @@ impl Core {
             Ok(Attempt::Acquired { fence }) => {
                 bump(&self.stats.acquisitions);
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
-                let grant = Grant { fence, at, turn: 0, from_another_client: None };
+                let grant = Grant { fence, at, turn: 0, epoch, from_another_client: None };
                 Ok(Some(self.hold(keys, want, token, Got { grant, tenure: None })))
             }
             Ok(Attempt::Held { .. }) => Ok(None),
@@ -209,6 +210,12 @@ impl Core {
             if let Some(granted) = &got.grant.from_another_client {
                 // Redis gave the grant a short lease, which renewals lengthen.
                 t.confirmed(got.grant.at, granted.lease_ms);
+            }
+            if got.grant.epoch != self.registry.server_changes() {
+                // Sent to a server that turned out to be another one (a failover, a
+                // restart) before the answer came: the check of every held lock
+                // missed this one. Renewed at once, and not handed on before.
+                t.recheck(Stamp::now());
             }
             let t = Arc::new(t);
             if want.auto_renew {
@@ -374,6 +381,7 @@ impl Core {
                 waiter.rely_on_first(false);
                 bump(&self.stats.attempts);
                 let sent = Stamp::now();
+                let epoch = self.registry.server_changes();
                 let args = AttemptArgs {
                     token: &token,
                     lease_ms: want.lease_ms,
@@ -387,7 +395,7 @@ impl Core {
                     Ok(Attempt::Acquired { fence }) => {
                         waiter.finish();
                         self.registry.dequeued(&keys.name);
-                        let grant = Grant { fence, at: sent, turn: 0, from_another_client: None };
+                        let grant = Grant { fence, at: sent, turn: 0, epoch, from_another_client: None };
                         let hold = self.hold(keys, want, token.clone(), Got { grant, tenure: None });
                         return done(hold, "attempt", slept);
                     }
