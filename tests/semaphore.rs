@@ -283,3 +283,31 @@ fn idle_waiters_send_nothing_and_a_release_wakes_one_by_notification() {
     assert_eq!(s.wakeups_timeout, 0, "woken by notification only: {s:?}");
     assert_eq!(a.semaphore("quiet", 2).available().unwrap(), 2);
 }
+
+#[test]
+fn grants_to_threads_of_the_releasing_client_cost_no_message() {
+    let server = RedisServer::start();
+    let client = connected(&server);
+    let sem = client.semaphore("local", 1);
+    let held = sem.acquire().unwrap();
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let sem = sem.clone();
+            thread::spawn(move || {
+                let p = sem.acquire().unwrap();
+                thread::sleep(Duration::from_millis(5));
+                p.unlock().unwrap();
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "4 waiters to queue", || queued(&server, "local") == 4);
+    let before = client.stats();
+    held.unlock().unwrap();
+    for w in waiters {
+        w.join().unwrap();
+    }
+    let s = client.stats().since(&before);
+    assert_eq!((s.permit_acquisitions, s.grants, s.attempts), (4, 4, 0), "each granted by a release: {s:?}");
+    assert_eq!(s.messages_received, 0, "woken by the releasing thread, not by a message: {s:?}");
+    assert_eq!(s.wakeups_timeout, 0, "{s:?}");
+}

@@ -34,7 +34,7 @@ pub(crate) mod sentinel;
 pub(crate) mod shared;
 pub(crate) mod single;
 
-pub(crate) use self::shared::{SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
+pub(crate) use self::shared::{LocalGrants, SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
 
 /// What a releaser needs to hand the lock to a waiting thread of its client.
 #[derive(Debug, Clone)]

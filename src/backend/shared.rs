@@ -67,6 +67,18 @@ pub(crate) enum SharedLeave {
     ReleasedGrant,
 }
 
+/// Grants a request made to waiting threads of the caller's own client. They are not
+/// announced on its channel: the caller wakes them itself, so a release inside one
+/// process costs no message (and no hop through the subscriber thread). When the reply
+/// is lost, the caller wakes every thread of the client waiting for the lock, and
+/// each finds out by its next attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LocalGrants {
+    pub tokens: Vec<String>,
+    /// The grants' short lease (`reservation_timeout`).
+    pub lease_ms: u64,
+}
+
 /// Read-write locks and semaphores on a backend that keeps them on one master.
 pub(crate) trait SharedBackend: Send + Sync {
     /// One attempt: acquires if admitted now (no writer, nobody queued ahead, a permit
@@ -77,13 +89,13 @@ pub(crate) trait SharedBackend: Send + Sync {
     /// # Errors
     ///
     /// `Error::PermitsMismatch` when the semaphore is in use with another count.
-    fn attempt(&self, keys: &LockKeys, args: SharedArgs<'_>) -> Result<SharedAttempt>;
+    fn attempt(&self, keys: &LockKeys, args: SharedArgs<'_>) -> Result<(SharedAttempt, LocalGrants)>;
     /// Releases what `token` holds (a reader, the writer, a permit) and grants to the
     /// waiters it lets in; `false` when `token` held nothing (its lease ran out).
-    fn release(&self, keys: &LockKeys, token: &str) -> Result<bool>;
+    fn release(&self, keys: &LockKeys, token: &str) -> Result<(bool, LocalGrants)>;
     /// The waiter `token` gives up: out of the queue, and a grant made to it meanwhile
     /// is released (passed on).
-    fn leave(&self, keys: &LockKeys, token: &str) -> Result<SharedLeave>;
+    fn leave(&self, keys: &LockKeys, token: &str) -> Result<(SharedLeave, LocalGrants)>;
     /// Whether `token` holds the lock now (its lease not run out).
     fn holds(&self, keys: &LockKeys, token: &str) -> Result<bool>;
     /// A semaphore's free permits now (`permits` minus the permits held).

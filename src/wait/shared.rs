@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::deadline::{Deadline, Forever};
-use super::registry::Woken;
+use super::orphans::Orphans;
+use super::registry::{Registry, Woken};
 use super::{Core, Hold, Tenure, may_have_run, new_token};
-use crate::backend::{Backend, SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
+use crate::backend::{Backend, LocalGrants, SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
 use crate::backoff::Backoff;
 use crate::clock::{Stamp, later};
 use crate::error::{Error, Result};
@@ -39,6 +40,35 @@ pub(crate) struct SharedWant {
 /// The backend's read-write locks and semaphores, or why it has none.
 pub(super) fn shared_of(backend: &dyn Backend) -> Result<&dyn SharedBackend> {
     backend.shared().map_err(|reason| Error::Unsupported { what: "read-write locks and semaphores", reason })
+}
+
+/// Hands out what a request granted to threads of this client (not announced on its
+/// channel, see `LocalGrants`), and after a failed request that may have run, wakes
+/// every thread of the client waiting for the lock, so that each finds out by its next
+/// attempt. A grant to a token no thread waits under any more (its thread gave up and
+/// could not leave the queue) is released as an orphan.
+pub(super) fn hand_out<T>(
+    registry: &Registry,
+    orphans: &Orphans,
+    keys: &LockKeys,
+    outcome: Result<(T, LocalGrants)>,
+) -> Result<T> {
+    match outcome {
+        Ok((value, grants)) => {
+            for token in grants.tokens {
+                if !registry.tickets().grant(&token, grants.lease_ms) {
+                    orphans.add(keys, &token, grants.lease_ms);
+                }
+            }
+            Ok(value)
+        }
+        Err(e) => {
+            if may_have_run(&e) {
+                registry.tickets().wake_key(&keys.key);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Whether `tenure` (a reader, writer or permit) still holds its lock in Redis.
@@ -80,11 +110,12 @@ impl Core {
         let token = new_token();
         bump(&self.stats.attempts);
         let sent = Stamp::now();
-        match backend.attempt(keys, self.shared_args(&token, want, false, None)) {
+        let attempt = backend.attempt(keys, self.shared_args(&token, want, false, None));
+        match hand_out(&self.registry, &self.orphans, keys, attempt) {
             Ok(SharedAttempt::Acquired) => {
                 self.count_shared(keys, want, false);
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
-                Ok(Some(self.shared_hold(keys, want, token, sent, None)))
+                Ok(Some(self.shared_hold(keys, want, token, sent)))
             }
             Ok(SharedAttempt::Waiting { .. }) => Ok(None),
             Err(e) => {
@@ -129,35 +160,27 @@ impl Core {
     }
 
     /// The guard's hold: a tenure of its own, timed from `sent` (no later than Redis
-    /// set the lease), renewed by the watchdog with `auto_renew`; `grant_ms` when a
-    /// release granted it with that short lease.
-    fn shared_hold(
-        &self,
-        keys: &LockKeys,
-        want: SharedWant,
-        token: String,
-        sent: Stamp,
-        grant_ms: Option<u64>,
-    ) -> Hold {
-        let t = Tenure::new(keys.clone(), token, want.lease_ms, sent, None, 0);
-        if let Some(ms) = grant_ms {
-            t.confirmed(sent, ms);
-        }
-        let t = Arc::new(t);
-        if want.auto_renew {
-            self.watchdog.register(&t);
-        } else {
-            self.watchdog.watch(&t);
-        }
+    /// set the lease), renewed by the watchdog with `auto_renew`.
+    fn shared_hold(&self, keys: &LockKeys, want: SharedWant, token: String, sent: Stamp) -> Hold {
+        let t = Arc::new(Tenure::new(keys.clone(), token, want.lease_ms, sent, None, 0));
+        self.start_renewing(&t, want);
         Hold { tenure: t, fence: None }
+    }
+
+    fn start_renewing(&self, tenure: &Arc<Tenure>, want: SharedWant) {
+        if want.auto_renew {
+            self.watchdog.register(tenure);
+        } else {
+            self.watchdog.watch(tenure);
+        }
     }
 
     /// Takes a grant this waiter was told of. It was made after `sent` (the waiter's
     /// last attempt that found the lock taken: an attempt after the grant would have
-    /// found it holding), so its short lease is timed from there, erring early. Fresh
-    /// (a third of it left) and renewed by the watchdog: returned at once. Otherwise
-    /// Redis first extends it to the lease the waiter wants (one round trip); `None`
-    /// when it ran out meanwhile.
+    /// found it holding), so its short lease (`grant_ms`) is timed from there, erring
+    /// early. Fresh (a third of it left) and renewed by the watchdog: returned at once.
+    /// Otherwise Redis first extends it to the lease the waiter wants (one round trip;
+    /// the watchdog starts renewing it only then); `None` when it ran out meanwhile.
     fn take_shared_grant(
         &self,
         keys: &LockKeys,
@@ -166,28 +189,18 @@ impl Core {
         sent: Stamp,
         grant_ms: u64,
     ) -> Result<Option<Hold>> {
-        let hold = self.shared_hold(keys, want, token.to_owned(), sent, Some(grant_ms));
-        if want.auto_renew && hold.tenure.is_fresh(Stamp::now()) {
-            bump(&self.stats.grants);
-            return Ok(Some(hold));
+        let tenure = Arc::new(Tenure::new(keys.clone(), token.to_owned(), want.lease_ms, sent, None, 0));
+        tenure.confirmed(sent, grant_ms);
+        if !(want.auto_renew && tenure.is_fresh(Stamp::now())) {
+            let at = Stamp::now();
+            if !self.extend_once(keys, token, want.lease_ms, None)? {
+                return Ok(None);
+            }
+            tenure.confirmed(at, want.lease_ms);
         }
-        let at = Stamp::now();
-        match self.extend_once(keys, token, want.lease_ms, None) {
-            Ok(true) => {
-                hold.tenure.set_lease_ms(want.lease_ms);
-                hold.tenure.confirmed(at, want.lease_ms);
-                bump(&self.stats.grants);
-                Ok(Some(hold))
-            }
-            Ok(false) => {
-                self.watchdog.deregister(&hold.tenure);
-                Ok(None)
-            }
-            Err(e) => {
-                self.watchdog.deregister(&hold.tenure);
-                Err(e)
-            }
-        }
+        self.start_renewing(&tenure, want);
+        bump(&self.stats.grants);
+        Ok(Some(Hold { tenure, fence: None }))
     }
 
     /// The wait behind `acquire_shared` and `acquire_shared_until`.
@@ -227,9 +240,10 @@ impl Core {
             }
             bump(&self.stats.attempts);
             let sent = Stamp::now();
-            let failure = match backend.attempt(keys, self.shared_args(&token, want, true, deadline.at())) {
+            let attempt = backend.attempt(keys, self.shared_args(&token, want, true, deadline.at()));
+            let failure = match hand_out(&self.registry, &self.orphans, keys, attempt) {
                 Ok(SharedAttempt::Acquired) => {
-                    let hold = self.shared_hold(keys, want, token.clone(), sent, None);
+                    let hold = self.shared_hold(keys, want, token.clone(), sent);
                     return done(hold, "attempt", slept);
                 }
                 Ok(SharedAttempt::Waiting { remaining }) => {
@@ -268,7 +282,7 @@ impl Core {
     /// acquisition whose reply was lost, is released). When that fails, the token is
     /// released as an orphan by the watchdog; its queue entry ends by itself.
     fn leave_shared(&self, backend: &dyn SharedBackend, keys: &LockKeys, token: &str, lease_ms: u64) {
-        match backend.leave(keys, token) {
+        match hand_out(&self.registry, &self.orphans, keys, backend.leave(keys, token)) {
             Ok(SharedLeave::ReleasedGrant) => log::debug!("redis-mutex: passed on a grant of {} on leaving", keys.key),
             Ok(SharedLeave::Left | SharedLeave::Gone) => {}
             Err(e) => {
@@ -291,7 +305,8 @@ impl Core {
         if tenure.is_lost() {
             return Err(lost());
         }
-        match shared_of(&*self.backend)?.release(&tenure.keys, &tenure.token) {
+        let released = shared_of(&*self.backend)?.release(&tenure.keys, &tenure.token);
+        match hand_out(&self.registry, &self.orphans, &tenure.keys, released) {
             Ok(true) => {
                 bump(&self.stats.releases);
                 log::debug!("redis-mutex: released {}", tenure.keys.key);

@@ -12,7 +12,8 @@ use super::tests::mem_core;
 use super::*;
 use crate::backend::mem::MemBackend;
 use crate::backend::{
-    Attempt, AttemptArgs, ReleaseArgs, Released, Renewal, SharedArgs, SharedAttempt, SharedBackend, SharedLeave,
+    Attempt, AttemptArgs, LocalGrants, ReleaseArgs, Released, Renewal, SharedArgs, SharedAttempt, SharedBackend,
+    SharedLeave,
 };
 use crate::holder::Holder;
 use crate::keys::Kind;
@@ -43,33 +44,40 @@ impl Fake {
 }
 
 impl SharedBackend for Fake {
-    fn attempt(&self, _: &LockKeys, a: SharedArgs<'_>) -> Result<SharedAttempt> {
+    fn attempt(&self, _: &LockKeys, a: SharedArgs<'_>) -> Result<(SharedAttempt, LocalGrants)> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         if self.holds(a.token) || self.free.swap(false, Ordering::SeqCst) {
             self.holders.lock().unwrap().push(a.token.to_owned());
-            return Ok(SharedAttempt::Acquired);
+            return Ok((SharedAttempt::Acquired, LocalGrants::default()));
         }
         let mut q = self.queued.lock().unwrap();
         if a.will_wait && !q.iter().any(|t| t == a.token) {
             q.push(a.token.to_owned());
         }
-        Ok(SharedAttempt::Waiting { remaining: Some(Duration::from_secs(60)) })
+        Ok((SharedAttempt::Waiting { remaining: Some(Duration::from_secs(60)) }, LocalGrants::default()))
     }
-    fn release(&self, _: &LockKeys, token: &str) -> Result<bool> {
+    /// A release grants the permit to the first queued waiter (of this client: the
+    /// fake has one client), and tells the caller.
+    fn release(&self, _: &LockKeys, token: &str) -> Result<(bool, LocalGrants)> {
         let mut h = self.holders.lock().unwrap();
         let before = h.len();
         h.retain(|t| t != token);
-        Ok(h.len() < before)
+        let released = h.len() < before;
+        drop(h);
+        let tokens =
+            if released && !self.queued.lock().unwrap().is_empty() { vec![self.grant_first()] } else { vec![] };
+        Ok((released, LocalGrants { tokens, lease_ms: 3_000 }))
     }
-    fn leave(&self, keys: &LockKeys, token: &str) -> Result<SharedLeave> {
+    fn leave(&self, keys: &LockKeys, token: &str) -> Result<(SharedLeave, LocalGrants)> {
         self.leaves.fetch_add(1, Ordering::SeqCst);
-        if self.release(keys, token)? {
-            return Ok(SharedLeave::ReleasedGrant);
+        let (released, grants) = self.release(keys, token)?;
+        if released {
+            return Ok((SharedLeave::ReleasedGrant, grants));
         }
         let mut q = self.queued.lock().unwrap();
         let before = q.len();
         q.retain(|t| t != token);
-        Ok(if q.len() < before { SharedLeave::Left } else { SharedLeave::Gone })
+        Ok((if q.len() < before { SharedLeave::Left } else { SharedLeave::Gone }, LocalGrants::default()))
     }
     fn holds(&self, _: &LockKeys, token: &str) -> Result<bool> {
         Ok(Fake::holds(self, token))
@@ -196,6 +204,19 @@ fn a_grant_that_ran_out_before_it_was_taken_is_waited_past() {
     assert_eq!(hold.tenure.token, token);
     assert_eq!((fake.extends.load(Ordering::SeqCst), fake.attempts.load(Ordering::SeqCst)), (1, 2));
     assert_eq!(core.stats().grants, 0);
+}
+
+#[test]
+fn a_release_wakes_the_thread_of_its_own_client_it_granted_the_lock_to() {
+    let (core, fake, t) = waiting(PERMIT);
+    // Another thread of the client holds the permit and releases it: the release
+    // grants it to the waiter, which is woken by the releasing thread (no message).
+    fake.holders.lock().unwrap().push("held".into());
+    let holder = Arc::new(Tenure::new(sem_keys(), "held".into(), 60_000, crate::clock::Stamp::now(), None, 0));
+    core.release_shared(&holder).unwrap();
+    let hold = t.join().unwrap().unwrap();
+    assert_eq!(fake.holders.lock().unwrap().as_slice(), [hold.tenure.token.clone()]);
+    assert_eq!((core.stats().grants, fake.attempts.load(Ordering::SeqCst)), (1, 1));
 }
 
 #[test]

@@ -64,6 +64,14 @@ impl Tickets {
         true
     }
 
+    /// Wakes every thread waiting for the lock `key` (a reply that may have granted
+    /// some of them the lock was lost): each attempts, and finds out.
+    pub fn wake_key(&self, key: &str) {
+        for t in lock(&self.map).values().filter(|t| &*t.name == key) {
+            let _ = t.tx.try_send(());
+        }
+    }
+
     pub fn contains(&self, token: &str) -> bool {
         lock(&self.map).contains_key(token)
     }

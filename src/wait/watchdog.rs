@@ -327,7 +327,8 @@ fn release_orphans(r: &Renewer) -> Option<Instant> {
             replicas: None,
         };
         let released = if orphan.keys.is_shared() {
-            super::shared::shared_of(&*r.backend).and_then(|b| b.release(&orphan.keys, &orphan.token))
+            let released = super::shared::shared_of(&*r.backend).and_then(|b| b.release(&orphan.keys, &orphan.token));
+            super::shared::hand_out(&r.registry, &r.orphans, &orphan.keys, released)
         } else {
             r.backend.release(&orphan.keys, args).map(|outcome| outcome != Released::NotOwner)
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::SingleServer;
-use crate::backend::{SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
+use crate::backend::{LocalGrants, SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
 
@@ -48,6 +48,19 @@ fn ints(v: &Value, operation: &'static str) -> Result<Vec<i64>> {
     items.iter().map(|i| if let Value::Int(n) = i { Ok(*n) } else { Err(unexpected(operation, v)) }).collect()
 }
 
+/// A reply `{int..., token...}`: its first `head` integers, and the tokens after them
+/// (grants to the caller's own client).
+fn with_grants(v: &Value, head: usize, operation: &'static str) -> Result<(Vec<i64>, Vec<String>)> {
+    let Value::Array(items) = v else { return Err(unexpected(operation, v)) };
+    let (ints, tokens) = items.split_at(head.min(items.len()));
+    let ints = ints.iter().map(|i| if let Value::Int(n) = i { Ok(*n) } else { Err(unexpected(operation, v)) });
+    let tokens = tokens.iter().map(|t| match t {
+        Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| unexpected(operation, v)),
+        _ => Err(unexpected(operation, v)),
+    });
+    Ok((ints.collect::<Result<_>>()?, tokens.collect::<Result<_>>()?))
+}
+
 /// The permit count `n` stored in Redis, as a `u32` (anything else is not ours).
 fn count(n: i64, v: &Value) -> Result<u32> {
     u32::try_from(n).map_err(|_| unexpected("semaphore", v))
@@ -76,7 +89,7 @@ impl SingleServer {
 }
 
 impl SharedBackend for SingleServer {
-    fn attempt(&self, keys: &LockKeys, a: SharedArgs<'_>) -> Result<SharedAttempt> {
+    fn attempt(&self, keys: &LockKeys, a: SharedArgs<'_>) -> Result<(SharedAttempt, LocalGrants)> {
         let (grant_ms, channels) = self.grant_args();
         let side = if a.side == Side::Exclusive { "w" } else { "r" };
         let will_wait = if a.will_wait { "1" } else { "0" };
@@ -84,9 +97,13 @@ impl SharedBackend for SingleServer {
             inv.arg(a.token).arg(a.lease_ms).arg(side).arg(a.permits).arg(&self.server.client_id);
             inv.arg(will_wait).arg(a.entry_ms).arg(grant_ms).arg(channels).arg(&*keys.name);
         })?;
-        match ints(&v, "acquire")?.as_slice() {
-            [1, _] => Ok(SharedAttempt::Acquired),
-            [0, ms] => Ok(SharedAttempt::Waiting { remaining: u64::try_from(*ms).ok().map(Duration::from_millis) }),
+        let (head, tokens) = with_grants(&v, 2, "acquire")?;
+        let grants = LocalGrants { tokens, lease_ms: grant_ms };
+        match head.as_slice() {
+            [1, _] => Ok((SharedAttempt::Acquired, grants)),
+            [0, ms] => {
+                Ok((SharedAttempt::Waiting { remaining: u64::try_from(*ms).ok().map(Duration::from_millis) }, grants))
+            }
             [-1, n] => {
                 Err(Error::PermitsMismatch { key: keys.key.clone(), permits: a.permits, in_use: count(*n, &v)? })
             }
@@ -94,28 +111,31 @@ impl SharedBackend for SingleServer {
         }
     }
 
-    fn release(&self, keys: &LockKeys, token: &str) -> Result<bool> {
+    fn release(&self, keys: &LockKeys, token: &str) -> Result<(bool, LocalGrants)> {
         let (grant_ms, channels) = self.grant_args();
         let v = self.run_shared(keys, &self.server.shared.release, None, |inv| {
-            inv.arg(token).arg(grant_ms).arg(channels).arg(&*keys.name);
+            inv.arg(token).arg(grant_ms).arg(channels).arg(&*keys.name).arg(&self.server.client_id);
         })?;
-        match v {
-            Value::Int(n) => Ok(n == 1),
+        let (head, tokens) = with_grants(&v, 1, "release")?;
+        match head.as_slice() {
+            [n @ (0 | 1)] => Ok((*n == 1, LocalGrants { tokens, lease_ms: grant_ms })),
             _ => Err(unexpected("release", &v)),
         }
     }
 
-    fn leave(&self, keys: &LockKeys, token: &str) -> Result<SharedLeave> {
+    fn leave(&self, keys: &LockKeys, token: &str) -> Result<(SharedLeave, LocalGrants)> {
         let (grant_ms, channels) = self.grant_args();
         let v = self.run_shared(keys, &self.server.shared.leave, None, |inv| {
-            inv.arg(token).arg(grant_ms).arg(channels).arg(&*keys.name);
+            inv.arg(token).arg(grant_ms).arg(channels).arg(&*keys.name).arg(&self.server.client_id);
         })?;
-        match v {
-            Value::Int(0) => Ok(SharedLeave::Gone),
-            Value::Int(1) => Ok(SharedLeave::Left),
-            Value::Int(2) => Ok(SharedLeave::ReleasedGrant),
-            _ => Err(unexpected("leave", &v)),
-        }
+        let (head, tokens) = with_grants(&v, 1, "leave")?;
+        let outcome = match head.as_slice() {
+            [0] => SharedLeave::Gone,
+            [1] => SharedLeave::Left,
+            [2] => SharedLeave::ReleasedGrant,
+            _ => return Err(unexpected("leave", &v)),
+        };
+        Ok((outcome, LocalGrants { tokens, lease_ms: grant_ms }))
     }
 
     fn holds(&self, keys: &LockKeys, token: &str) -> Result<bool> {

@@ -109,16 +109,20 @@ end
 -- while a writer holds; a writer at the head once no reader holds (it alone); else
 -- every reader up to the next writer, at most as many as permits are free. Each grant
 -- has a short lease (`grant_ms`), which its waiter's renewal lengthens. Their clients
--- are told on their channels ('^<token>,<token>... <name>'; not `self_token`, the
--- caller, whose reply tells it), and the first waiter left in the queue is told to
--- look again when those grants would run out untaken ('~<ms> <token> <name>'): a
--- grantee that crashed costs the queue one `grant_ms`. Nothing is published when
--- nobody is granted.
-local function grant_heads(st, grant_ms, channels, name, self_token)
+-- are told on their channels ('^<token>,<token>... <name>'), except the caller's own
+-- (`self_client`): its grants are in `st.local_grants` for the script's reply, and the
+-- caller wakes those threads itself (not `self_token`, the caller, whose reply tells
+-- it). The first waiter left in the queue is told to look again when those grants
+-- would run out untaken ('~<ms> <token> <name>'), when one of them went to another
+-- client than its own: a grantee that crashed costs the queue one `grant_ms` (a
+-- grantee of its own client crashes with it). Nothing is published when nobody is
+-- granted.
+local function grant_heads(st, grant_ms, channels, name, self_token, self_client)
+  st.local_grants = st.local_grants or {}
   if st.writer then return end
   local free = math.huge
   if st.n > 0 then free = st.n - st.held end
-  local to_client, clients = {}, {}
+  local to_client, clients, grantees = {}, {}, {}
   local granted = false
   local ends = st.now + grant_ms
   while #st.queue > 0 do
@@ -135,7 +139,10 @@ local function grant_heads(st, grant_ms, channels, name, self_token)
     end
     drop_entry(st, 1)
     granted = true
-    if t ~= self_token then
+    grantees[e.client] = true
+    if e.client == self_client then
+      if t ~= self_token then st.local_grants[#st.local_grants + 1] = t end
+    else
       if not to_client[e.client] then
         to_client[e.client] = {}
         clients[#clients + 1] = e.client
@@ -150,8 +157,21 @@ local function grant_heads(st, grant_ms, channels, name, self_token)
   end
   local nxt = st.queue[1]
   if granted and nxt and nxt ~= self_token then
-    redis.call('PUBLISH', channels .. st.entries[nxt].client, '~' .. grant_ms .. ' ' .. nxt .. ' ' .. name)
+    local client = st.entries[nxt].client
+    local elsewhere = false
+    for c, _ in pairs(grantees) do
+      if c ~= client then elsewhere = true end
+    end
+    if elsewhere then
+      redis.call('PUBLISH', channels .. client, '~' .. grant_ms .. ' ' .. nxt .. ' ' .. name)
+    end
   end
+end
+
+-- `head` followed by the tokens granted to the caller's own client (see grant_heads).
+local function reply(st, head)
+  for _, t in ipairs(st.local_grants or {}) do head[#head + 1] = t end
+  return head
 end
 
 -- Writes back what changed, and sets both keys to live until the last lease or queue

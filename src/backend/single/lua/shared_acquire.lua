@@ -5,9 +5,10 @@
 -- caller's client id, ARGV[6] '1' = queue the caller if it is not admitted, ARGV[7] how
 -- long its queue entry lasts without another attempt (ms), ARGV[8] grant ms, ARGV[9]
 -- the clients' channel prefix (`<prefix>:<db>:c:`), ARGV[10] the lock's name
--- Returns {1, 0} the caller holds it (lease ARGV[2] from now), {0, ms} not admitted:
--- a lease or a grant ends by itself within ms (-1: none does), {-1, n} the semaphore
--- is in use with n permits, not ARGV[4] (nothing is written).
+-- Returns {1, 0, ...} the caller holds it (lease ARGV[2] from now), {0, ms, ...} not
+-- admitted: a lease or a grant ends by itself within ms (-1: none does), {-1, n} the
+-- semaphore is in use with n permits, not ARGV[4] (nothing is written). After the
+-- first two: the tokens of the caller's client this attempt granted the lock to.
 local now = now_ms()
 local st = load_state(now)
 local token, lease, kind, permits = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
@@ -19,7 +20,7 @@ if permits > 0 and st.n ~= permits then
   st.n = permits; n_changed = true
 end
 -- Room freed by a lease that ran out is announced by nobody: grant it now.
-grant_heads(st, tonumber(ARGV[8]), ARGV[9], ARGV[10], token)
+grant_heads(st, tonumber(ARGV[8]), ARGV[9], ARGV[10], token, ARGV[5])
 if holds(st, token) then
   -- Granted just now or before, or a retried attempt whose first try acquired: the
   -- lease runs from now.
@@ -31,7 +32,7 @@ if holds(st, token) then
   local i = queue_index(st, token)
   if i then drop_entry(st, i) end
   save_state(st, n_changed)
-  return {1, 0}
+  return reply(st, {1, 0})
 end
 if not st.entries[token] and #st.queue == 0 and not st.writer then
   local admitted
@@ -44,7 +45,7 @@ if not st.entries[token] and #st.queue == 0 and not st.writer then
       st.held = st.held + 1
     end
     save_state(st, n_changed)
-    return {1, 0}
+    return reply(st, {1, 0})
   end
 end
 if ARGV[6] == '1' then
@@ -60,4 +61,4 @@ local wait = -1
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if first[2] then wait = tonumber(first[2]) - now end
 if st.writer and (wait < 0 or st.writer_end - now < wait) then wait = st.writer_end - now end
-return {0, wait}
+return reply(st, {0, wait})

@@ -2,8 +2,9 @@
 -- released (passed on).
 -- KEYS[1] holders, KEYS[2] state (see shared.lua)
 -- ARGV[1] token, ARGV[2] grant ms, ARGV[3] the clients' channel prefix, ARGV[4] the
--- lock's name
--- Returns 2 a grant was released, 1 left the queue, 0 was not queued.
+-- lock's name, ARGV[5] the caller's client id
+-- Returns {2, ...} a grant was released, {1, ...} left the queue, {0} was not queued;
+-- after the first: the tokens of the caller's client this granted the lock to.
 local st = load_state(now_ms())
 local outcome = 0
 if release_token(st, ARGV[1]) then
@@ -16,6 +17,6 @@ else
   end
 end
 -- The head may have been what kept the waiters behind it out.
-if outcome > 0 then grant_heads(st, tonumber(ARGV[2]), ARGV[3], ARGV[4], '') end
+if outcome > 0 then grant_heads(st, tonumber(ARGV[2]), ARGV[3], ARGV[4], '', ARGV[5]) end
 save_state(st, false)
-return outcome
+return reply(st, {outcome})
