@@ -215,7 +215,7 @@ fn a_release_wakes_the_thread_of_its_own_client_it_granted_the_lock_to() {
     let holder = Arc::new(Tenure::new(sem_keys(), "held".into(), 60_000, crate::clock::Stamp::now(), None, 0));
     core.release_shared(&holder).unwrap();
     let hold = t.join().unwrap().unwrap();
-    assert_eq!(fake.holders.lock().unwrap().as_slice(), [hold.tenure.token.clone()]);
+    assert_eq!(*fake.holders.lock().unwrap(), vec![hold.tenure.token.clone()]);
     assert_eq!((core.stats().grants, fake.attempts.load(Ordering::SeqCst)), (1, 1));
 }
 
