@@ -1,7 +1,8 @@
 //! Proves the semaphore: never more holders than permits across processes (2
 //! processes × 8 threads, interval overlap count); a permit held by a process killed
 //! with SIGKILL comes back within its lease and a renewal period; a forgotten permit
-//! without auto-renewal comes back after its lease; permits go to waiters in FIFO
+//! without auto-renewal comes back after its lease; a waiter killed at the head of the
+//! queue costs the others about the reservation timeout; permits go to waiters in FIFO
 //! order across clients; a release wakes one waiter, by notification; idle waiters
 //! send nothing; clients that disagree on the count get a clear error.
 //!
@@ -40,6 +41,7 @@ fn child_entry() {
     match role.as_str() {
         "permit-intervals" => child_permit_intervals(&url),
         "permit-hold" => child_permit_hold(&url),
+        "permit-queue" => child_permit_queue(&url),
         other => panic!("unknown child role {other:?}"),
     }
 }
@@ -85,6 +87,22 @@ fn child_permit_hold(url: &str) {
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     drop(permit);
 }
+
+/// Waits for the only permit of `QUEUED_SEM` (queueing in Redis) until killed, or
+/// until its stdin closes.
+fn child_permit_queue(url: &str) {
+    let client = LockClient::open(url).unwrap();
+    wait_until(Duration::from_secs(10), "the notifier to subscribe", || client.is_notifier_connected());
+    thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    say("CHILD-QUEUEING");
+    let p = client.semaphore(QUEUED_SEM, 1).acquire().unwrap();
+    say(&format!("CHILD-HOLDS {}", p.token()));
+}
+
+const QUEUED_SEM: &str = "queued-sem";
 
 // ---- the parent side ----
 
@@ -310,4 +328,38 @@ fn grants_to_threads_of_the_releasing_client_cost_no_message() {
     assert_eq!((s.permit_acquisitions, s.grants, s.attempts), (4, 4, 0), "each granted by a release: {s:?}");
     assert_eq!(s.messages_received, 0, "woken by the releasing thread, not by a message: {s:?}");
     assert_eq!(s.wakeups_timeout, 0, "{s:?}");
+}
+
+#[test]
+fn a_killed_waiter_at_the_head_costs_the_queue_about_the_reservation_timeout() {
+    let server = RedisServer::start();
+    let reservation = Duration::from_millis(500);
+    let client = connected_with(&server, LockClient::builder().reservation_timeout(reservation));
+    let sem = client.semaphore(QUEUED_SEM, 1);
+    let held = sem.acquire().unwrap();
+    let mut child = ChildProcess::spawn("permit-queue", &server.url());
+    child.expect_line("CHILD-QUEUEING", Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "the child to queue", || queued(&server, QUEUED_SEM) == 1);
+    let (tx, rx) = mpsc::channel();
+    let waiter = {
+        let sem = sem.clone();
+        thread::spawn(move || {
+            let p = sem.acquire().unwrap();
+            tx.send(Instant::now()).unwrap();
+            p.unlock().unwrap();
+        })
+    };
+    wait_until(Duration::from_secs(10), "the waiter to queue behind it", || queued(&server, QUEUED_SEM) == 2);
+    child.signal("-KILL");
+    child.wait(Duration::from_secs(10));
+    // The release grants the permit to the dead child, and tells the waiter behind it
+    // to look again when that grant would run out untaken.
+    let released = Instant::now();
+    held.unlock().unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("the waiter got the permit");
+    let after = got.duration_since(released);
+    println!("the waiter behind a killed one got the permit {after:?} after the release");
+    assert!(after >= reservation, "not before the dead child's grant ran out: {after:?}");
+    assert!(after < reservation * 3, "about a reservation timeout, not a lease (30 s): {after:?}");
+    waiter.join().unwrap();
 }
