@@ -169,6 +169,16 @@ fn readers_share_and_a_writer_excludes_everyone() {
     assert_eq!((s.read_acquisitions, s.write_acquisitions, s.permit_acquisitions), (1, 2, 1));
 }
 
+/// The guards may be handed to another thread (the API promises `Send`).
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<redis_mutex::RwLockReadGuard>();
+    send::<redis_mutex::RwLockWriteGuard>();
+    send::<redis_mutex::SemaphorePermit>();
+    send::<redis_mutex::RwLock>();
+    send::<redis_mutex::Semaphore>();
+};
+
 #[test]
 fn options_a_read_write_lock_cannot_honour_are_refused_before_any_io() {
     let client = LockClient::builder().build_unchecked("redis://127.0.0.1:1/").unwrap();
