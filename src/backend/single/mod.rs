@@ -90,6 +90,15 @@ impl SingleServer {
         });
         let (stop, stopped) = crossbeam_channel::bounded(0);
         if let Target::Sentinel(master) = &settings.target {
+            // Every held lock is checked the moment this client learns the master
+            // moved, not when the notifier subscribes there (its next tick, up to a
+            // quarter second later, and a reconnect): the old master may still grant
+            // locks after the new one was promoted, and until the check, tenures taken
+            // there were handed on in memory as fresh (found by the torture run's
+            // Sentinel topology: 4 threads of one process took a lock in memory after
+            // another process had it on the new master).
+            let sink = sink.clone();
+            master.on_move(move || sink.server_changed());
             sentinel::spawn_watcher(master.clone(), options.ping_interval, stopped.clone())
                 .map_err(|e| Error::spawn("redis-mutex-sentinel", e))?;
         }

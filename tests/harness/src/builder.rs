@@ -111,6 +111,19 @@ impl ServerBuilder {
         self.dir.is_some()
     }
 
+    pub(crate) fn given_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    pub(crate) fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The certificates given with [`tls_with`](Self::tls_with).
+    pub(crate) fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls_files.as_ref()
+    }
+
     pub(crate) fn is_sentinel(&self) -> bool {
         matches!(self.role, Role::Sentinel(_))
     }
