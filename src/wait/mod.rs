@@ -14,6 +14,8 @@
 //! Modules: `registry` (waiters), `release` (the release decision, extend),
 //! `deadline` (`lock` without a deadline cannot end without the lock), `tenure` (lease
 //! state), `watchdog` (renewal thread), `orphans` (acquisitions whose reply was lost),
+//! `shared` and `tickets` (read-write locks and semaphores: their wait loop, and their
+//! waiters by token),
 //! `tests` (the protocol against the in-memory backend, both a backend that grants
 //! and one that does not).
 
@@ -23,9 +25,13 @@ mod registry;
 mod release;
 #[cfg(test)]
 mod replicas_tests;
+mod shared;
+#[cfg(test)]
+mod shared_tests;
 mod tenure;
 #[cfg(test)]
 mod tests;
+mod tickets;
 mod watchdog;
 
 use std::sync::Arc;
@@ -35,8 +41,10 @@ use self::deadline::{Deadline, Forever};
 use self::orphans::Orphans;
 pub(crate) use self::registry::Registry;
 use self::registry::{Grant, Leave, WaitHandle, Woken};
+pub(crate) use self::shared::SharedWant;
 pub(crate) use self::tenure::Tenure;
 use self::watchdog::{Renewer, Watchdog};
+pub(crate) use crate::backend::Side;
 use crate::backend::{Attempt, AttemptArgs, Backend, Granted, HandoffTarget, ReleaseArgs, ReleaseSink, Replicas};
 use crate::backoff::{Backoff, jitter};
 use crate::clock::{Stamp, later};

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::tenure::Tenure;
+use super::tickets::Tickets;
 use crate::backend::{Granted, HandoffTarget, ReleaseSink};
 use crate::clock::Stamp;
 use crate::sync::lock;
@@ -121,6 +122,8 @@ pub(crate) struct Registry {
     server_changes: AtomicU64,
     /// Wakes the watchdog (set once it runs).
     on_server_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The waiting threads of read-write locks and semaphores, by token.
+    tickets: Arc<Tickets>,
 }
 
 impl ReleaseSink for Registry {
@@ -171,6 +174,18 @@ impl ReleaseSink for Registry {
         if let Some(wake) = self.on_server_change.get() {
             wake();
         }
+    }
+
+    fn granted_ticket(&self, token: &str, lease_ms: u64) -> bool {
+        self.tickets.grant(token, lease_ms)
+    }
+
+    fn wake_ticket(&self, token: &str) -> bool {
+        self.tickets.wake(token)
+    }
+
+    fn has_ticket(&self, token: &str) -> bool {
+        self.tickets.contains(token)
     }
 }
 
@@ -225,10 +240,15 @@ impl Registry {
         self.listening.load(Ordering::Acquire)
     }
 
+    /// The waiting threads of read-write locks and semaphores.
+    pub fn tickets(&self) -> &Arc<Tickets> {
+        &self.tickets
+    }
+
     /// Wakes every waiter once (after the notifier reconnects: messages may be lost).
     pub fn wake_all(&self) -> usize {
         let queues = lock(&self.queues);
-        let mut n = 0;
+        let mut n = self.tickets.wake_all();
         for w in queues.values().flatten() {
             let _ = w.tx.try_send(());
             n += 1;

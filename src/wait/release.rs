@@ -236,7 +236,11 @@ impl Core {
 
     /// Asks Redis whether `tenure`'s token still owns the lock; marks it lost if not.
     pub fn is_held(&self, tenure: &Tenure) -> Result<bool> {
-        let held = self.backend.holder(&tenure.keys)?.is_some_and(|h| h.token == tenure.token);
+        let held = if tenure.keys.is_shared() {
+            super::shared::still_holds(&*self.backend, tenure)?
+        } else {
+            self.backend.holder(&tenure.keys)?.is_some_and(|h| h.token == tenure.token)
+        };
         if !held {
             tenure.mark_lost(&self.stats, &self.registry, "Redis no longer lists this guard as the owner");
         }
