@@ -25,6 +25,8 @@ mod registry;
 mod release;
 #[cfg(test)]
 mod replicas_tests;
+#[cfg(test)]
+mod server_change_tests;
 mod shared;
 #[cfg(test)]
 mod shared_tests;
