@@ -5,7 +5,8 @@
 //! their restarts (recovery); validity accounting while a master is paused (`SIGSTOP`,
 //! `CLIENT PAUSE`); fencing across majorities that take turns, lost counters and a
 //! restarted master; a restarted master sitting out of quorums; idle waiters that send
-//! nothing but keep-alives; and the options Redlock refuses.
+//! nothing but keep-alives; and what Redlock refuses (`wait_replicas`, longer leases,
+//! read-write locks and semaphores).
 
 mod support;
 
@@ -635,6 +636,10 @@ fn what_redlock_cannot_offer_is_refused() {
     };
     refused(opts().wait_replicas(1, Duration::from_millis(100)), "wait_replicas");
     refused(MutexOptions::default(), "lease");
+    let e = c.rw_lock_with("rw", opts()).read().unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    let e = c.semaphore_with("sem", 2, opts()).acquire().unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     let g = c.mutex_with("x", opts()).lock().unwrap();
     assert!(matches!(g.extend(MAX_LEASE * 2), Err(Error::InvalidOption { option: "lease", .. })));
     g.extend(MAX_LEASE / 2).unwrap();

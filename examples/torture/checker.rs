@@ -8,15 +8,32 @@
 //! spans one (acquired before the kill, ended after) is "tainted": it holds a lock the
 //! new server never granted, so its writes count as possibly stale and its refused
 //! write is no violation.
+//!
+//! **Failover windows** (`--topology sentinel`): from a failover fault until the group
+//! is whole again (every Sentinel names the new master, the old one replicates it), two
+//! servers may act as master: the old one still takes writes after `SENTINEL FAILOVER`
+//! until the Sentinels demote it, and a client that has not heard of the switch still
+//! locks there. Replication is asynchronous, so a lock the old master granted may be
+//! missing on the new one (after a `kill -9`, its last writes). Either way two holders
+//! can overlap, and the crate's promise is that one of them is *told*: the holder whose
+//! lock the surviving master lacks. By grant order (fencing tokens, which follow the
+//! one clock every server here shares) that may be the *second* holder (granted by the
+//! old master after the new one granted the first), so inside a window an overlap, a
+//! duplicate token or a refused write is allowed when a holder granted in the window
+//! was told it lost the lock, first or second. Outside windows, and on the single
+//! topology (no windows), the rules are those above. Nothing else is relaxed: fencing
+//! tokens must rise across failovers (each new master's `max(counter, TIME)` follows
+//! the clock even when its counter is stale), and the counters and the fenced resource
+//! live on a server no fault touches, so they are checked over the whole run.
 
 use std::collections::HashMap;
 
 use super::config::Config;
-use super::controller::{Events, RestartEvent, Snapshot};
-use super::record::{Rec, Recovery, SetState, Unlock, WriteState};
+use super::controller::{Events, FailoverEvent, RestartEvent, Snapshot};
+use super::record::{Rec, SetState, Unlock, WriteState};
 use super::report::{
     DUPLICATE_TOKEN, FENCING_ORDER, LOST_UPDATE, OVERLAP, REFUSED_WHILE_HELD, RELEASED_AFTER_WIPE, Report,
-    STALE_ACCEPTED, Survivors,
+    STALE_ACCEPTED, TOKEN_MARGIN_US,
 };
 
 fn ms(ns: u64) -> f64 {
@@ -71,22 +88,43 @@ impl<'a> Epochs<'a> {
     }
 }
 
+/// The failovers of a run, in which two servers may have granted the same lock.
+struct Windows<'a> {
+    failovers: &'a [FailoverEvent],
+}
+
+impl Windows<'_> {
+    /// `lock()` was waiting at some point of a failover window: asked before the group
+    /// was whole again (a demoted master grants nothing after that), returned after the
+    /// fault. Only such a holder may have been granted by a master on its way out.
+    fn granted_in(&self, r: &Rec) -> bool {
+        self.failovers.iter().any(|f| r.asked < f.settled_ns && r.start > f.fault_ns)
+    }
+
+    /// A holder granted in a failover window that was told it lost the lock: what
+    /// excuses the other side of a clash with it.
+    fn excuses(&self, r: &Rec) -> bool {
+        r.lost() && self.granted_in(r)
+    }
+}
+
 /// Checks the records of a run against the faults that were injected: every kind of
 /// violation is counted (0 included), the first ones described.
 pub fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) -> Report {
     let mut report = Report::new(cfg, records, events);
     let epochs = Epochs::new(events);
+    let windows = Windows { failovers: &events.failovers };
     report.epochs = epochs.wipes.len() + 1;
     count_survivors(&mut report, records, events);
     released_after_wipe(&mut report, records, &epochs);
     for k in 0..cfg.locks {
         let mut mine: Vec<&Rec> = records.iter().filter(|r| r.lock == k).collect();
         mine.sort_by_key(|r| r.start);
-        overlaps(&mut report, &mine, &epochs);
-        fencing_order(&mut report, &mine, &epochs);
-        duplicate_tokens(&mut report, &mine);
+        overlaps(&mut report, &mine, &epochs, &windows);
+        fencing_order(&mut report, &mine, &epochs, &windows);
+        duplicate_tokens(&mut report, &mine, &windows);
         stale_writes_accepted(&mut report, &mine, &epochs);
-        refused_while_held(&mut report, &mine, &epochs);
+        refused_while_held(&mut report, &mine, &epochs, &windows);
     }
     lost_updates(&mut report, cfg, records, &epochs, last);
     report
@@ -97,21 +135,9 @@ fn count_survivors(report: &mut Report, records: &[Rec], events: &Events) {
     for (persistent, survivors) in [(false, &mut report.survivors_restart), (true, &mut report.survivors_restart_aof)] {
         for r in records {
             if events.restarts.iter().any(|e| e.persistent == persistent && r.start < e.kill_ns && r.end > e.up_ns) {
-                tally(survivors, r);
+                survivors.add(r);
             }
         }
-    }
-}
-
-fn tally(survivors: &mut Survivors, r: &Rec) {
-    survivors.total += 1;
-    match (r.recovery, r.lost_at_end, r.unlock) {
-        (Recovery::WatchdogLost, ..) | (Recovery::None, true, _) => survivors.watchdog += 1,
-        (Recovery::NotHeld, ..) => survivors.is_held += 1,
-        (Recovery::Unconfirmed, ..) => survivors.unconfirmed += 1,
-        (_, _, Unlock::Lost) => survivors.at_release += 1,
-        (_, _, Unlock::Ok) => survivors.kept += 1,
-        (_, _, Unlock::Error) => survivors.unconfirmed += 1,
     }
 }
 
@@ -135,8 +161,9 @@ fn released_after_wipe(report: &mut Report, records: &[Rec], epochs: &Epochs<'_>
 /// token, not the start timestamps (a worker stopped between Redis granting it the lock
 /// and `lock()` returning starts *after* holders that came later). A later holder that
 /// overlaps a first one that kept its lock broke exclusion, even if it lost its own
-/// lease afterwards. `mine`: one lock's records, by start.
-fn overlaps(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
+/// lease afterwards, except when it was granted in a failover window and told (see the
+/// module's docs). `mine`: one lock's records, by start.
+fn overlaps(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>, windows: &Windows<'_>) {
     for (i, a) in mine.iter().enumerate() {
         for b in &mine[i + 1..] {
             if b.start >= a.end {
@@ -146,6 +173,8 @@ fn overlaps(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
                 if (epochs.at(b.start), b.token) < (epochs.at(a.start), a.token) { (b, a) } else { (a, b) };
             if first.lost() {
                 report.overlaps_after_loss += 1;
+            } else if windows.excuses(second) {
+                report.overlaps_in_failover += 1;
             } else {
                 report.violation(
                     OVERLAP,
@@ -157,9 +186,10 @@ fn overlaps(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
 }
 
 /// **Fencing order**: per lock, over the whole run (every epoch, so across restarts
-/// without persistence too), the tokens of holders that kept their lock, ordered by
-/// start, rise strictly. Also records how much they rose across each such restart.
-fn fencing_order(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
+/// without persistence and failovers too), the tokens of holders that kept their lock,
+/// ordered by start, rise strictly. Also records how much they rose across each such
+/// restart and failover.
+fn fencing_order(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>, windows: &Windows<'_>) {
     let kept: Vec<&Rec> = mine.iter().copied().filter(|r| !r.lost()).collect();
     for w in kept.windows(2) {
         if w[1].token <= w[0].token {
@@ -178,14 +208,28 @@ fn fencing_order(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
             report.rises_across_wipes.push(a.token as i128 - b.token as i128);
         }
     }
+    for f in windows.failovers {
+        let before = kept.iter().rfind(|r| r.start < f.fault_ns);
+        // The first block taken after the fault (tokens follow the server clock in µs).
+        let after = kept.iter().find(|r| r.token > f.fault_ns / 1000 + TOKEN_MARGIN_US);
+        if let (Some(b), Some(a)) = (before, after) {
+            report.rises_across_failovers.push(a.token as i128 - b.token as i128);
+        }
+    }
 }
 
-/// **Duplicate token**: no token of a lock is issued twice, lost holders' included.
-fn duplicate_tokens(report: &mut Report, mine: &[&Rec]) {
+/// **Duplicate token**: no token of a lock is issued twice, lost holders' included,
+/// except by two masters in a failover window (one clock, so the same microsecond
+/// gives the same token) when one holder was granted there and told.
+fn duplicate_tokens(report: &mut Report, mine: &[&Rec], windows: &Windows<'_>) {
     let mut seen: HashMap<u64, &Rec> = HashMap::new();
     for r in mine {
         if let Some(prev) = seen.insert(r.token, r) {
-            report.violation(DUPLICATE_TOKEN, format!("{} and {}", describe(prev), describe(r)));
+            if windows.excuses(prev) || windows.excuses(r) {
+                report.clashes_in_failover += 1;
+            } else {
+                report.violation(DUPLICATE_TOKEN, format!("{} and {}", describe(prev), describe(r)));
+            }
         }
     }
 }
@@ -221,9 +265,14 @@ fn stale_writes_accepted(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>
 }
 
 /// **Refused while held**: the resource refused the write of an untainted holder that
-/// kept its lock (a higher token existed while it held the lock).
-fn refused_while_held(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>) {
+/// kept its lock (a higher token existed while it held the lock), unless that token's
+/// holder was granted in a failover window and told it lost the lock.
+fn refused_while_held(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>, windows: &Windows<'_>) {
     for r in mine.iter().filter(|r| r.write == WriteState::Refused && !r.lost() && !epochs.tainted(r)) {
+        if mine.iter().any(|t| t.token == r.wr_top && windows.excuses(t)) {
+            report.clashes_in_failover += 1;
+            continue;
+        }
         report.violation(
             REFUSED_WHILE_HELD,
             format!("{} was refused (resource had seen token {})", describe(r), r.wr_top),
@@ -287,7 +336,9 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    use super::super::config::{Fault, WorkerCommand};
+    use super::super::config::{Fault, Topology, WorkerCommand};
+    use super::super::controller::FailoverKind;
+    use super::super::record::Recovery;
     use super::*;
 
     fn config() -> Config {
@@ -301,6 +352,7 @@ mod tests {
             lease: Duration::from_secs(2),
             worker: WorkerCommand { program: PathBuf::new(), args: Vec::new() },
             no_exclusion: false,
+            topology: Topology::Single,
         }
     }
 
@@ -327,6 +379,7 @@ mod tests {
             recovery: Recovery::None,
             lost_at_end: false,
             unlock: Unlock::Ok,
+            released: start + 110,
         }
     }
 
@@ -360,5 +413,50 @@ mod tests {
         let report = history([1, 2]);
         assert_eq!(report.violations[FENCING_ORDER], 1, "the drop from 3 to 1:\n{report}");
         assert_eq!(report.violations[DUPLICATE_TOKEN], 2, "tokens 1 and 2 handed out twice:\n{report}");
+    }
+
+    /// Two holders of lock 0 at once: the first (token 1, [5_000, 5_100]) kept its
+    /// lock; the second (token 2, asked at 5_040, [5_050, 5_150]) was told it lost it
+    /// when `second_told`; a failover window from `window.0` to `window.1`.
+    fn clash(second_told: bool, window: Option<(u64, u64)>) -> Report {
+        let mut second = section(2, 5_050);
+        if second_told {
+            second.unlock = Unlock::Lost;
+        }
+        let failovers = window.map(|(fault_ns, settled_ns)| FailoverEvent {
+            kind: FailoverKind::Graceful,
+            from: 1,
+            to: 2,
+            fault_ns,
+            named_ns: fault_ns + 1,
+            settled_ns,
+        });
+        let events = Events { failovers: failovers.into_iter().collect(), ..Events::default() };
+        let mut cfg = config();
+        cfg.topology = Topology::Sentinel;
+        cfg.faults = vec![Fault::Failover];
+        check(&cfg, &[section(1, 5_000), second], &events, &Snapshot { sent_ns: 9_000, values: vec![Some(2)] })
+    }
+
+    #[test]
+    fn a_holder_granted_in_a_failover_window_and_told_excuses_the_overlap() {
+        let report = clash(true, Some((4_000, 6_000)));
+        assert_eq!(report.violation_count(), 0, "{report}");
+        assert_eq!(report.overlaps_in_failover, 1, "{report}");
+    }
+
+    #[test]
+    fn an_overlap_is_a_violation_outside_a_failover_window_or_when_nobody_was_told() {
+        for (second_told, window) in [
+            (true, None),
+            // The second holder's lock() returned before the fault: granted before it.
+            (true, Some((5_060, 6_000))),
+            // It asked after the group was whole again.
+            (true, Some((4_000, 5_030))),
+            (false, Some((4_000, 6_000))),
+        ] {
+            let report = clash(second_told, window);
+            assert_eq!(report.violations[OVERLAP], 1, "told {second_told}, window {window:?}:\n{report}");
+        }
     }
 }

@@ -25,11 +25,16 @@ pub enum Fault {
     Restart,
     /// Redis killed and restarted from its AOF (`appendfsync always`).
     RestartAof,
+    /// `SENTINEL FAILOVER`: the replica is promoted while the old master still runs.
+    Failover,
+    /// The master SIGKILLed; the Sentinels promote the replica, and the old master,
+    /// started again, becomes its replica.
+    FailoverKill,
 }
 
 impl Fault {
     /// Every kind.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 9] = [
         Fault::Kill,
         Fault::Stop,
         Fault::ClientKillNormal,
@@ -37,6 +42,8 @@ impl Fault {
         Fault::Pause,
         Fault::Restart,
         Fault::RestartAof,
+        Fault::Failover,
+        Fault::FailoverKill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,13 +55,33 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::Restart => "restart",
             Fault::RestartAof => "restart-aof",
+            Fault::Failover => "failover",
+            Fault::FailoverKill => "failover-kill",
         }
     }
 
-    /// Parses `all`, `none` or a comma-separated list (`clientkill` means both kinds).
-    pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
+    /// Whether the kind applies to `topology`. A restart of a Sentinel group's master
+    /// is a failover (`failover-kill`) once it is down longer than the Sentinels wait,
+    /// and a race with them when it is not; failovers need Sentinels.
+    pub fn applies_to(self, topology: Topology) -> bool {
+        match self {
+            Fault::Restart | Fault::RestartAof => topology == Topology::Single,
+            Fault::Failover | Fault::FailoverKill => topology == Topology::Sentinel,
+            _ => true,
+        }
+    }
+
+    /// Every kind that applies to `topology`: what `--faults all` means.
+    pub fn all(topology: Topology) -> Vec<Fault> {
+        Fault::ALL.into_iter().filter(|f| f.applies_to(topology)).collect()
+    }
+
+    /// Parses `all` (every kind that applies to `topology`), `none` or a
+    /// comma-separated list (`clientkill` means both kinds); a kind that does not apply
+    /// to `topology` is an error.
+    pub fn parse_list(s: &str, topology: Topology) -> Result<Vec<Fault>, String> {
         match s {
-            "all" => return Ok(Fault::ALL.to_vec()),
+            "all" => return Ok(Fault::all(topology)),
             "none" | "" => return Ok(Vec::new()),
             _ => {}
         }
@@ -69,6 +96,14 @@ impl Fault {
         }
         out.sort();
         out.dedup();
+        if let Some(f) = out.iter().find(|f| !f.applies_to(topology)) {
+            return Err(match f {
+                Fault::Failover | Fault::FailoverKill => format!("the {f} fault needs --topology sentinel"),
+                _ => format!(
+                    "the {f} fault is for --topology single: on a Sentinel group a killed master is failover-kill"
+                ),
+            });
+        }
         Ok(out)
     }
 }
@@ -76,6 +111,26 @@ impl Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// What the workers lock on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Topology {
+    /// One `redis-server`, which also holds the counters and the fenced resource.
+    #[default]
+    Single,
+    /// A master, a replica and three Sentinels; the counters and the fenced resource on
+    /// a server of their own, outside the failovers.
+    Sentinel,
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Topology::Single => "single",
+            Topology::Sentinel => "sentinel",
+        })
     }
 }
 
@@ -99,7 +154,10 @@ pub struct Config {
     pub secs: u64,
     /// Lock names the threads pick from.
     pub locks: usize,
-    /// Faults to inject (each at least once when the run is long enough).
+    /// What the workers lock on.
+    pub topology: Topology,
+    /// Faults to inject (each at least once when the run is long enough); each must
+    /// apply to `topology`.
     pub faults: Vec<Fault>,
     /// Seed of every random choice (workers derive theirs from it).
     pub seed: u64,
@@ -118,7 +176,8 @@ pub struct Config {
     name = "torture",
     about = "Worker processes fight over a few locks while faults are injected; a checker looks for any \
              sign that mutual exclusion broke. Exit status 0: no violation.",
-    after_help = "A 10-minute soak: --procs 4 --threads 4 --secs 600 --locks 3 --faults all"
+    after_help = "A 10-minute soak: --procs 4 --threads 4 --secs 600 --locks 3 --faults all \
+                  [--topology sentinel]"
 )]
 pub struct Args {
     /// Worker processes alive at any time.
@@ -133,9 +192,14 @@ pub struct Args {
     /// Lock names the threads pick from.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     locks: u64,
-    /// Faults to inject: all, none, or a list of kill,stop,clientkill,pause,restart,restart-aof.
-    #[arg(long, default_value = "all", value_parser = parse_faults)]
-    faults: Faults,
+    /// What the workers lock on: one server, or a master, a replica and three Sentinels.
+    #[arg(long, value_enum, default_value_t = Topology::Single)]
+    topology: Topology,
+    /// Faults to inject: all (every kind that applies to the topology), none, or a list
+    /// of kill,stop,clientkill,pause and restart,restart-aof (single) or
+    /// failover,failover-kill (sentinel).
+    #[arg(long, default_value = "all")]
+    faults: String,
     /// Seed of every random choice [default: the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -147,14 +211,6 @@ pub struct Args {
     no_exclusion: bool,
 }
 
-/// What `--faults` says.
-#[derive(Clone)]
-struct Faults(Vec<Fault>);
-
-fn parse_faults(s: &str) -> Result<Faults, String> {
-    Fault::parse_list(s).map(Faults)
-}
-
 impl Args {
     /// The run these arguments describe; workers are this program with `--worker`.
     pub fn into_config(self) -> Result<Config, String> {
@@ -164,7 +220,8 @@ impl Args {
             threads: self.threads as usize,
             secs: self.secs,
             locks: self.locks as usize,
-            faults: self.faults.0,
+            topology: self.topology,
+            faults: Fault::parse_list(&self.faults, self.topology).map_err(|e| format!("--faults: {e}"))?,
             seed: self.seed.unwrap_or_else(wall_clock_ns),
             lease: Duration::from_millis(self.lease_ms),
             worker: WorkerCommand { program, args: vec!["--worker".into()] },

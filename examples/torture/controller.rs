@@ -2,19 +2,20 @@
 //! records collected for the checker.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_mutex_harness::{RedisServer, XorShift, wall_clock_ns};
+use redis_mutex_harness::{RedisServer, SentinelGroup, XorShift, wall_clock_ns};
 
 use super::checker::check;
-use super::config::{Config, Fault};
+use super::config::{Config, Fault, Topology};
 use super::fleet::Fleet;
 use super::record::{self, Rec, Summary, Totals};
 use super::report::{Report, WorkerOutcome};
-use super::worker::{counter_key, lock_key};
+use super::worker::{LockTarget, counter_key, lock_key};
 
 /// When set, the run's directory (records, worker stderr, server log) is kept; it is
 /// kept anyway when the run fails.
@@ -23,10 +24,139 @@ pub const KEEP_ENV: &str = "TORTURE_KEEP_DIR";
 /// injected while Redis may be away).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The name the Sentinels monitor the master under (`--topology sentinel`).
+const MASTER_NAME: &str = "torture";
+/// How long a failover gets to complete (the new master named by every Sentinel, the
+/// old one a replica of it in sync): Sentinel turns a demoted master that still says
+/// it is one into a replica only after about 10 s.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+
 /// Each lock's counter (`None`: absent).
 fn counters(server: &RedisServer, locks: usize) -> Result<Vec<Option<i64>>, String> {
     let mut con = server.try_admin_conn(ADMIN_TIMEOUT).map_err(|e| e.to_string())?;
     (0..locks).map(|k| redis::cmd("GET").arg(counter_key(k)).query(&mut con).map_err(|e| e.to_string())).collect()
+}
+
+/// `CLIENT KILL TYPE kind` (this connection spared), or with `sentinels_spared` each
+/// such connection but the Sentinels' (named `sentinel-...`): a Sentinel whose link
+/// to the master is cut counts the time since the master's last answer, and with
+/// down-after as short as its PING period (1 s) that fails the master over at once.
+fn kill_clients(con: &mut redis::Connection, kind: &str, sentinels_spared: bool) -> redis::RedisResult<i64> {
+    if !sentinels_spared {
+        // SKIPME (default yes) spares this admin connection.
+        return redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind).query(con);
+    }
+    let me: i64 = redis::cmd("CLIENT").arg("ID").query(con)?;
+    let list: String = redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg(kind).query(con)?;
+    let mut killed = 0;
+    for line in list.lines() {
+        let field = |name: &str| line.split(' ').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+        let Some(id) = field("id").and_then(|id| id.parse::<i64>().ok()) else { continue };
+        if id != me && !field("name").is_some_and(|n| n.starts_with("sentinel-")) {
+            killed += redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query::<i64>(con)?;
+        }
+    }
+    Ok(killed)
+}
+
+/// The servers of a run.
+enum Servers {
+    /// One server: the locks, the counters and the fenced resource.
+    Single(RedisServer),
+    /// The locks on a Sentinel group's master; the counters and the fenced resource on
+    /// `data`, which no fault touches. The protected resource is not the lock service
+    /// (as in production): the checks on it stay whole across failovers, where a copy
+    /// on the master would lose its last writes to asynchronous replication, and a
+    /// worker would have to follow the master for its data too.
+    Sentinel { group: Box<SentinelGroup>, data: RedisServer },
+}
+
+impl Servers {
+    /// Starts the servers of `topology` in `dir`, where they keep their logs.
+    fn start(topology: Topology, dir: &Path) -> Result<Servers, String> {
+        match topology {
+            // AOF, `appendfsync always`: what restart-aof restarts from.
+            Topology::Single => RedisServer::builder()
+                .dir(dir)
+                .args(&["--appendonly", "yes", "--appendfsync", "always"])
+                .try_start()
+                .map(Servers::Single)
+                .map_err(|e| e.to_string()),
+            Topology::Sentinel => {
+                let data_dir = dir.join("data");
+                fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+                let data = RedisServer::builder().dir(data_dir).try_start().map_err(|e| e.to_string())?;
+                // Without persistence: a killed master's data matters only until the
+                // Sentinels make it a replica of the new one, which resyncs it. (The
+                // harness panics, with the logs, when the group does not form.)
+                let group = SentinelGroup::start_with(MASTER_NAME, 1, 3, &RedisServer::builder().dir(dir));
+                Ok(Servers::Sentinel { group: Box::new(group), data })
+            }
+        }
+    }
+
+    /// The server the locks are on now (`None`: no Sentinel names one that the group
+    /// started).
+    fn locks(&self) -> Option<&RedisServer> {
+        match self {
+            Servers::Single(server) => Some(server),
+            Servers::Sentinel { group, .. } => group.current_master(),
+        }
+    }
+
+    /// The server of the counters and the fenced resource.
+    fn data(&self) -> &RedisServer {
+        match self {
+            Servers::Single(server) | Servers::Sentinel { data: server, .. } => server,
+        }
+    }
+
+    fn target(&self) -> LockTarget {
+        match self {
+            Servers::Single(server) => LockTarget::Url(server.url()),
+            Servers::Sentinel { group, .. } => {
+                LockTarget::Sentinel { master: MASTER_NAME.into(), sentinels: group.sentinel_urls() }
+            }
+        }
+    }
+
+    /// The last lines of every server's log, for a failed run.
+    fn log_tail(&self, lines: usize) -> String {
+        match self {
+            Servers::Single(server) => server.log_tail(lines),
+            Servers::Sentinel { group, data } => std::iter::once(group.master())
+                .chain(group.replicas())
+                .chain(group.sentinels())
+                .chain([data])
+                .map(|s| format!("---- port {} ----\n{}", s.port(), s.log_tail(lines / 2)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// What each Sentinel of `group` names as master.
+fn named_by_each(group: &SentinelGroup) -> Vec<Result<u16, String>> {
+    let ask = |s: &RedisServer| {
+        let mut con = s.try_admin_conn(ADMIN_TIMEOUT)?;
+        redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(MASTER_NAME).query::<(String, u16)>(&mut con)
+    };
+    group.sentinels().iter().map(|s| ask(s).map(|(_, port)| port).map_err(|e| e.to_string())).collect()
+}
+
+/// The port every Sentinel of `group` names as master, when they agree.
+fn named_by_all(group: &SentinelGroup) -> Option<u16> {
+    let each = named_by_each(group);
+    let first = each.first()?.clone().ok()?;
+    each.iter().all(|p| p.as_ref() == Ok(&first)).then_some(first)
+}
+
+/// The master or replica of `group` on `port`.
+fn data_server_mut(group: &mut SentinelGroup, port: u16) -> Option<&mut RedisServer> {
+    if group.master().port() == port {
+        return Some(group.master_mut());
+    }
+    group.replicas_mut().iter_mut().find(|r| r.port() == port)
 }
 
 /// A worker stopped with SIGSTOP while it held a lock.
@@ -58,22 +188,71 @@ pub struct RestartEvent {
     pub before: Option<Snapshot>,
 }
 
+/// What started a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverKind {
+    /// The `failover` fault: `SENTINEL FAILOVER`.
+    Graceful,
+    /// The `failover-kill` fault: SIGKILL of the master.
+    Kill,
+    /// No fault: the Sentinels failed the master over on their own (it missed their
+    /// PINGs for longer than they wait: a starved machine, a cut link, a master they
+    /// had just switched to).
+    Unplanned,
+}
+
+impl FailoverKind {
+    pub const ALL: [FailoverKind; 3] = [FailoverKind::Graceful, FailoverKind::Kill, FailoverKind::Unplanned];
+}
+
+impl fmt::Display for FailoverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailoverKind::Graceful => "failover",
+            FailoverKind::Kill => "failover-kill",
+            FailoverKind::Unplanned => "unplanned failover",
+        })
+    }
+}
+
+/// A failover of the Sentinel group's master.
+#[derive(Debug, Clone)]
+pub struct FailoverEvent {
+    pub kind: FailoverKind,
+    /// The old master's port and the new one's.
+    pub from: u16,
+    pub to: u16,
+    /// Just before the fault; for an unplanned failover, the last time the controller
+    /// saw the Sentinels name the old master.
+    pub fault_ns: u64,
+    /// Every Sentinel named the new master.
+    pub named_ns: u64,
+    /// The group was whole again: the old master a replica of the new one, in sync.
+    /// Until then two servers may take writes as master (the old one for a while after
+    /// `SENTINEL FAILOVER`).
+    pub settled_ns: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Events {
     pub injected: BTreeMap<Fault, u32>,
     pub stops: Vec<StopEvent>,
     pub restarts: Vec<RestartEvent>,
+    pub failovers: Vec<FailoverEvent>,
     pub notes: Vec<String>,
 }
 
 struct Controller {
     cfg: Config,
-    server: RedisServer,
+    servers: Servers,
     fleet: Fleet,
     rng: XorShift,
     events: Events,
     end: Instant,
     t0: Instant,
+    /// On a Sentinel group: the master the Sentinels named when the controller last
+    /// looked, and when.
+    master_seen: Option<(u16, u64)>,
 }
 
 impl Controller {
@@ -81,17 +260,19 @@ impl Controller {
         self.events.notes.push(format!("t={:.1}s {what}", self.t0.elapsed().as_secs_f64()));
     }
 
-    fn inject(&mut self, fault: Fault) -> Result<(), String> {
+    /// Injects `fault`; `false` when it could not be (no holder to stop, a failover
+    /// the Sentinels did not carry out, ...).
+    fn inject(&mut self, fault: Fault) -> Result<bool, String> {
         let done = match fault {
             Fault::Kill => self.kill_worker()?,
             Fault::Stop => self.stop_holder(),
             Fault::ClientKillNormal | Fault::ClientKillPubsub => {
                 let kind = if fault == Fault::ClientKillNormal { "normal" } else { "pubsub" };
-                // SKIPME (default yes) spares this admin connection.
+                let sentinels_spared = self.cfg.topology == Topology::Sentinel;
                 let killed = self
-                    .server
+                    .lock_server()?
                     .try_admin_conn(ADMIN_TIMEOUT)
-                    .and_then(|mut c| redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind).query::<i64>(&mut c));
+                    .and_then(|mut c| kill_clients(&mut c, kind, sentinels_spared));
                 match killed {
                     Ok(n) => {
                         self.note(format!("CLIENT KILL TYPE {kind}: {n} connections"));
@@ -104,21 +285,28 @@ impl Controller {
                 }
             }
             Fault::Pause => {
+                // On a Sentinel group, shorter than the Sentinels wait (1 s): a master
+                // that answers no PING for longer is failed over, which the failover
+                // faults are for. (`WRITE` mode is no way around it: a Sentinel's PING
+                // waits behind its paused `PUBLISH` on the same connection.)
+                let ms = if self.cfg.topology == Topology::Sentinel { 700 } else { 2000 };
                 let ok = self
-                    .server
+                    .lock_server()?
                     .try_admin_conn(ADMIN_TIMEOUT)
-                    .and_then(|mut c| redis::cmd("CLIENT").arg("PAUSE").arg(2000).query::<()>(&mut c))
+                    .and_then(|mut c| redis::cmd("CLIENT").arg("PAUSE").arg(ms).query::<()>(&mut c))
                     .is_ok();
-                self.note(format!("CLIENT PAUSE 2000 (ok: {ok})"));
-                thread::sleep(Duration::from_millis(2100));
+                self.note(format!("CLIENT PAUSE {ms} (ok: {ok})"));
+                thread::sleep(Duration::from_millis(ms + 100));
                 ok
             }
             Fault::Restart | Fault::RestartAof => self.restart(fault == Fault::RestartAof)?,
+            Fault::Failover => self.failover(FailoverKind::Graceful)?,
+            Fault::FailoverKill => self.failover(FailoverKind::Kill)?,
         };
         if done {
             *self.events.injected.entry(fault).or_default() += 1;
         }
-        Ok(())
+        Ok(done)
     }
 
     fn kill_worker(&mut self) -> Result<bool, String> {
@@ -171,9 +359,14 @@ impl Controller {
         false
     }
 
+    /// The server the locks are on now.
+    fn lock_server(&self) -> Result<&RedisServer, String> {
+        self.servers.locks().ok_or_else(|| "no Sentinel names a master the run started".to_string())
+    }
+
     /// The client id in lock `k`'s hash (`c`), if someone holds it.
     fn lock_client(&self, k: usize) -> Option<String> {
-        let mut con = self.server.try_admin_conn(ADMIN_TIMEOUT).ok()?;
+        let mut con = self.servers.locks()?.try_admin_conn(ADMIN_TIMEOUT).ok()?;
         redis::cmd("HGET").arg(lock_key(k)).arg("c").query::<Option<String>>(&mut con).ok().flatten()
     }
 
@@ -196,17 +389,20 @@ impl Controller {
             None
         } else {
             let sent_ns = wall_clock_ns();
-            Some(Snapshot { sent_ns, values: counters(&self.server, self.cfg.locks)? })
+            Some(Snapshot { sent_ns, values: counters(self.servers.data(), self.cfg.locks)? })
         };
-        self.server.stop();
+        let Servers::Single(server) = &mut self.servers else {
+            return Err("restarts are single-topology faults".into());
+        };
+        server.stop();
         let kill_ns = wall_clock_ns();
         if !persistent {
             // The same server without its data: a restart without persistence.
-            let _ = fs::remove_dir_all(self.server.dir().join("appendonlydir"));
+            let _ = fs::remove_dir_all(server.dir().join("appendonlydir"));
         }
         thread::sleep(Duration::from_millis(700));
         let spawn_ns = wall_clock_ns();
-        self.server.try_restart().map_err(|e| e.to_string())?;
+        server.try_restart().map_err(|e| e.to_string())?;
         let up_ns = wall_clock_ns();
         self.events.restarts.push(RestartEvent { persistent, kill_ns, spawn_ns, up_ns, before });
         let how = if persistent { "from its AOF" } else { "without its data" };
@@ -214,6 +410,141 @@ impl Controller {
         // Let the consequences (lost leases, reconnects) play out before the next fault.
         thread::sleep(self.cfg.lease);
         Ok(true)
+    }
+
+    /// `SENTINEL FAILOVER`, or (`Kill`) a SIGKILL of the master, which is started again
+    /// only after every Sentinel names the new one (a Sentinel that still named it would
+    /// send a client there, and a restarted master says it is one until the Sentinels
+    /// turn it into a replica). Returns once the group is whole again, so that faults
+    /// stay one at a time and the next failover has a replica to promote.
+    fn failover(&mut self, kind: FailoverKind) -> Result<bool, String> {
+        let Servers::Sentinel { group, .. } = &mut self.servers else {
+            return Err("failovers are sentinel-topology faults".into());
+        };
+        let from = match group.formed() {
+            Ok(port) => port,
+            Err(e) => {
+                self.note(format!("no {kind}: the group is not whole ({e})"));
+                return Ok(false);
+            }
+        };
+        let fault_ns = wall_clock_ns();
+        if kind == FailoverKind::Kill {
+            data_server_mut(group, from).ok_or("the master is not a server the run started")?.stop();
+        } else {
+            let asked = group.sentinels()[0]
+                .try_admin_conn(ADMIN_TIMEOUT)
+                .and_then(|mut c| redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER_NAME).query::<()>(&mut c));
+            if let Err(e) = asked {
+                self.note(format!("SENTINEL FAILOVER refused: {e}"));
+                return Ok(false);
+            }
+        }
+        self.follow_failover(kind, from, fault_ns)?;
+        Ok(true)
+    }
+
+    /// Waits until every Sentinel names a master other than `from` (starting `from`
+    /// again if it was killed), then until the group is whole again, and records the
+    /// failover. A failover that does not happen (`SENTINEL FAILOVER` aborted, say) is
+    /// noted; a killed master is started again all the same (its locks forgotten: a
+    /// restart without persistence, which the checker's first-holder rule covers).
+    fn follow_failover(&mut self, kind: FailoverKind, from: u16, fault_ns: u64) -> Result<(), String> {
+        let Servers::Sentinel { group, .. } = &mut self.servers else { unreachable!("a Sentinel group failed over") };
+        // A graceful failover names the new master within about a second, or never.
+        let limit =
+            Instant::now() + if kind == FailoverKind::Graceful { Duration::from_secs(20) } else { FAILOVER_LIMIT };
+        let mut named = None;
+        while named.is_none() && Instant::now() < limit {
+            named = named_by_all(group).filter(|p| *p != from);
+            thread::sleep(Duration::from_millis(10));
+        }
+        let named_ns = wall_clock_ns();
+        let old = data_server_mut(group, from).ok_or("the old master is not a server the run started")?;
+        if !old.is_running() {
+            // Not at once: a Sentinel that has just switched PINGs the new master a
+            // PING period (1 s, as long as down-after here) later, may count it down
+            // before the reply, and right after a kill the other Sentinels' stale
+            // "down" answers make that a failover, which would promote this server
+            // back. With no replica to promote, it comes to nothing.
+            thread::sleep(Duration::from_secs(2));
+            // Empty: a replica keeps the last snapshot its master sent it, which would
+            // come back seconds old.
+            for stale in ["dump.rdb", "appendonlydir"] {
+                let path = old.dir().join(stale);
+                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+            }
+            old.try_restart().map_err(|e| e.to_string())?;
+        }
+        let limit = Instant::now() + FAILOVER_LIMIT;
+        let mut formed = group.formed();
+        while formed.is_err() && Instant::now() < limit {
+            thread::sleep(Duration::from_millis(20));
+            formed = group.formed();
+        }
+        let settled_ns = wall_clock_ns();
+        let secs = |ns: u64| (ns - fault_ns) as f64 / 1e9;
+        let outcome = match &formed {
+            Ok(_) => format!("whole again after {:.1} s", secs(settled_ns)),
+            Err(e) => format!("NOT whole after {:.1} s: {e}", secs(settled_ns)),
+        };
+        let Some(to) = named else {
+            self.master_seen = formed.ok().map(|port| (port, settled_ns));
+            let each = named_by_each(group);
+            self.note(format!(
+                "{kind} (master on port {from}): no other master named (the Sentinels: {each:?}); {outcome}"
+            ));
+            if kind == FailoverKind::Kill {
+                self.events.failovers.push(FailoverEvent { kind, from, to: from, fault_ns, named_ns, settled_ns });
+            }
+            return Ok(());
+        };
+        self.events.failovers.push(FailoverEvent { kind, from, to, fault_ns, named_ns, settled_ns });
+        self.note(format!(
+            "{kind} (master on port {from}): every Sentinel named port {to} after {:.1} s; {outcome}",
+            secs(named_ns)
+        ));
+        match formed {
+            // The Sentinels failed the new master over again meanwhile: with down-after
+            // as short as their PING period (1 s), a Sentinel that has just switched
+            // can find the new master silent for that long and start another failover
+            // (seen: one second after the switch, promoting the killed master back).
+            Ok(now) if now != to => {
+                self.events.failovers.push(FailoverEvent {
+                    kind: FailoverKind::Unplanned,
+                    from: to,
+                    to: now,
+                    fault_ns: named_ns,
+                    named_ns: settled_ns,
+                    settled_ns,
+                });
+                self.note(format!("unplanned failover (master on port {to}) meanwhile: port {now} is master now"));
+                self.master_seen = Some((now, settled_ns));
+            }
+            _ => self.master_seen = Some((to, settled_ns)),
+        }
+        Ok(())
+    }
+
+    /// On a Sentinel group: a master the Sentinels no longer name since the controller
+    /// last looked was failed over without a fault. It is recorded as a failover (its
+    /// window from that last look on) and waited out like one.
+    fn watch_master(&mut self) -> Result<(), String> {
+        let (Servers::Sentinel { group, .. }, Some((seen, seen_ns))) = (&self.servers, self.master_seen) else {
+            return Ok(());
+        };
+        // The Sentinels disagree (or one does not answer) while a failover goes on.
+        let limit = Instant::now() + FAILOVER_LIMIT;
+        let mut named = named_by_all(group);
+        while named.is_none() && Instant::now() < limit {
+            thread::sleep(Duration::from_millis(10));
+            named = named_by_all(group);
+        }
+        if named == Some(seen) {
+            self.master_seen = Some((seen, wall_clock_ns()));
+            return Ok(());
+        }
+        self.follow_failover(FailoverKind::Unplanned, seen, seen_ns)
     }
 }
 
@@ -234,23 +565,33 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let dir = if shm.is_dir() { builder.tempdir_in(shm) } else { builder.tempdir() }
         .or_else(|_| builder.tempdir())
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let server = RedisServer::builder()
-        .dir(dir.path())
-        .args(&["--appendonly", "yes", "--appendfsync", "always"])
-        .try_start()
-        .map_err(|e| e.to_string())?;
+    if let Some(f) = cfg.faults.iter().find(|f| !f.applies_to(cfg.topology)) {
+        return Err(format!("the {f} fault does not apply to --topology {}", cfg.topology));
+    }
+    let servers = Servers::start(cfg.topology, dir.path())?;
     let end_ns = wall_clock_ns() + cfg.secs * 1_000_000_000;
     let end = Instant::now() + Duration::from_secs(cfg.secs);
-    let fleet = Fleet { cfg: cfg.clone(), dir: dir.path().to_owned(), url: server.url(), end_ns, procs: Vec::new() };
+    let fleet = Fleet {
+        cfg: cfg.clone(),
+        dir: dir.path().to_owned(),
+        target: servers.target(),
+        data_url: servers.data().url(),
+        end_ns,
+        procs: Vec::new(),
+    };
     let mut c = Controller {
         cfg: cfg.clone(),
-        server,
+        servers,
         fleet,
         rng: XorShift::new(cfg.seed),
         events: Events::default(),
         end,
         t0: started,
+        master_seen: None,
     };
+    if let Servers::Sentinel { group, .. } = &c.servers {
+        c.master_seen = Some((group.master().port(), wall_clock_ns()));
+    }
     for _ in 0..cfg.procs {
         c.fleet.spawn()?;
     }
@@ -273,13 +614,18 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
             }
         }
         let fault = plan.pop().expect("refilled above");
-        c.inject(fault)?;
+        c.watch_master()?;
+        if !c.inject(fault)? && !plan.is_empty() {
+            // Again at the end of this round (the next round has every kind anyway).
+            plan.insert(0, fault);
+        }
     }
     thread::sleep(end.saturating_duration_since(Instant::now()));
 
     // Threads stop taking locks at the end; one in recovery may need up to 4 leases.
     c.fleet.wait_all(Instant::now() + cfg.lease * 4 + Duration::from_secs(10));
-    let last = Snapshot { sent_ns: wall_clock_ns(), values: counters(&c.server, cfg.locks)? };
+    c.watch_master()?;
+    let last = Snapshot { sent_ns: wall_clock_ns(), values: counters(c.servers.data(), cfg.locks)? };
 
     let mut workers = WorkerOutcome::default();
     let mut records = Vec::new();
@@ -325,7 +671,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     report.workers = workers;
     report.elapsed = started.elapsed();
     if !report.is_ok() && !cfg.no_exclusion {
-        report.server_log_tail = c.server.log_tail(30);
+        report.server_log_tail = c.servers.log_tail(30);
     }
     drop(c);
     // A self-test fails on purpose: nothing to look into.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::config::Config;
 use super::record;
-use super::worker::{WORKER_ENV, WorkerSpec};
+use super::worker::{LockTarget, WORKER_ENV, WorkerSpec};
 
 pub struct Proc {
     pub idx: usize,
@@ -24,7 +24,8 @@ pub struct Proc {
 pub struct Fleet {
     pub cfg: Config,
     pub dir: PathBuf,
-    pub url: String,
+    pub target: LockTarget,
+    pub data_url: String,
     pub end_ns: u64,
     pub procs: Vec<Proc>,
 }
@@ -36,7 +37,8 @@ impl Fleet {
         let err = self.dir.join(format!("worker-{idx}.stderr"));
         let spec = WorkerSpec {
             idx,
-            url: self.url.clone(),
+            target: self.target.clone(),
+            data_url: self.data_url.clone(),
             threads: self.cfg.threads,
             locks: self.cfg.locks,
             lease_ms: self.cfg.lease.as_millis() as u64,

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --example torture -- --procs 3 --threads 3 --secs 60 --locks 2 \
-//!     [--faults all|none|kill,stop,clientkill,pause,restart,restart-aof] [--seed N] [--lease-ms 2000]
+//!     [--topology single|sentinel] [--faults all|none|kill,stop,clientkill,pause,restart,restart-aof]
+//!     [--seed N] [--lease-ms 2000]
 //! ```
 //!
 //! It starts its own `redis-server` (AOF on, `appendfsync always`; the test harness's
@@ -24,6 +25,19 @@
 //!
 //! or through the test harness (same program, run in-process by `tests/torture.rs`):
 //! `TORTURE_SECS=600 cargo test --release --test torture -- --nocapture`.
+//!
+//! # Topologies
+//!
+//! `--topology single` (the default) is the one server above, which also holds the
+//! counters and the fenced resource. `--topology sentinel` starts a Sentinel group (a
+//! master, a replica, three Sentinels; down after 1 s) in subdirectories of the run's
+//! directory, and a plain server (`data/`) for the counters and the fenced resource, out
+//! of the faults' reach, as a protected resource is in production: workers lock through
+//! `build_sentinel`, and the controller reads each lock from whichever server the
+//! Sentinels name as master now. Its faults are those below that apply (`all` means
+//! them): `failover`, `failover-kill` and `kill`, `stop`, `clientkill`, `pause` (on the
+//! current master; the restarts are single-topology faults: a master down longer than the
+//! Sentinels wait is `failover-kill`, and one back sooner races them).
 //!
 //! # Where things are
 //!
@@ -55,6 +69,13 @@
 //! from its AOF (locks and fence counters survive); `restart` does the same after
 //! deleting the AOF, i.e. a restart without persistence (every lock, fence counter and
 //! resource is forgotten; guards that outlive it must be marked lost).
+//! On a Sentinel group: `failover` asks a Sentinel for `SENTINEL FAILOVER` (the old
+//! master takes writes until the Sentinels demote it, about 10 s later);
+//! `failover-kill` SIGKILLs the master and starts it again 2 s after every Sentinel
+//! names the new one (it comes back empty and is made a replica); each returns when
+//! the group is whole again. `pause` is `CLIENT PAUSE 700` there (under the Sentinels'
+//! down-after of 1 s), and `clientkill` spares the Sentinels' connections: either would
+//! otherwise make them fail the master over.
 //!
 //! # The checker
 //!
@@ -63,6 +84,12 @@
 //! Fencing tokens must rise across restarts without persistence too (the fence counter
 //! is lost, but the next one follows the server clock); the fenced resource and the
 //! counter, which live in the same Redis, are wiped by such a restart and are checked
+//! per epoch between such restarts. Across a failover (from the fault until the group
+//! is whole again) two holders may overlap only when one that was granted meanwhile was
+//! told it lost the lock; tokens must rise all the same, and the counters and the
+//! resource, outside the group, are checked over the whole run. The report gives, per
+//! failover, when the Sentinels named the new master, when acquisitions resumed, the
+//! longest pause, and how many guards were told they lost their lock.
 
 mod checker;
 mod config;
@@ -73,8 +100,9 @@ mod report;
 mod worker;
 
 // What `tests/torture.rs` runs in-process.
-pub use config::{Config, Fault, WorkerCommand};
+pub use config::{Config, Fault, Topology, WorkerCommand};
 pub use controller::run;
+pub use report::Report;
 pub use worker::{WORKER_ENV, worker_entry};
 
 use clap::Parser;

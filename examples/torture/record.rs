@@ -98,6 +98,8 @@ pub struct Rec {
     /// `is_lost()` just before `unlock`.
     pub lost_at_end: bool,
     pub unlock: Unlock,
+    /// `unlock` returned.
+    pub released: u64,
 }
 
 impl Rec {

@@ -5,9 +5,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::config::{Config, Fault};
-use super::controller::Events;
-use super::record::{Rec, Totals, WriteState};
+use super::config::{Config, Fault, Topology};
+use super::controller::{Events, FailoverEvent, FailoverKind};
+use super::record::{Rec, Recovery, Totals, Unlock, WriteState};
 
 /// How the worker processes fared.
 #[derive(Debug, Default, Clone)]
@@ -50,6 +50,124 @@ pub struct Survivors {
     pub kept: usize,
 }
 
+impl Survivors {
+    /// Counts `r`, by how it learned its fate.
+    pub fn add(&mut self, r: &Rec) {
+        self.total += 1;
+        match (r.recovery, r.lost_at_end, r.unlock) {
+            (Recovery::WatchdogLost, ..) | (Recovery::None, true, _) => self.watchdog += 1,
+            (Recovery::NotHeld, ..) => self.is_held += 1,
+            (Recovery::Unconfirmed, ..) => self.unconfirmed += 1,
+            (_, _, Unlock::Lost) => self.at_release += 1,
+            (_, _, Unlock::Ok) => self.kept += 1,
+            (_, _, Unlock::Error) => self.unconfirmed += 1,
+        }
+    }
+}
+
+impl Survivors {
+    fn merge(&mut self, o: &Survivors) {
+        self.total += o.total;
+        self.watchdog += o.watchdog;
+        self.is_held += o.is_held;
+        self.at_release += o.at_release;
+        self.unconfirmed += o.unconfirmed;
+        self.kept += o.kept;
+    }
+}
+
+impl fmt::Display for Survivors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> marked lost by the watchdog {}, by is_held {}, at release {}, unconfirmed {}, kept {}",
+            self.total, self.watchdog, self.is_held, self.at_release, self.unconfirmed, self.kept
+        )
+    }
+}
+
+/// Fencing blocks are `max(counter, server clock in µs) + span` (`fence.lua`): a token
+/// more than this above the clock at a moment was taken after it.
+pub const TOKEN_MARGIN_US: u64 = 100;
+
+/// What one failover did to the workers.
+#[derive(Debug, Clone)]
+pub struct FailoverFigures {
+    pub kind: FailoverKind,
+    /// The old master's port and the new one's.
+    pub from: u16,
+    pub to: u16,
+    /// From the fault until every Sentinel named the new master.
+    pub named: Duration,
+    /// From the fault until the group was whole again (the old master a replica).
+    pub settled: Duration,
+    /// From the fault until the first `lock()` that returned a fencing block taken
+    /// after it (tokens follow the server clock): the first acquisition through Redis
+    /// after the fault, not an in-process handoff of an older tenure.
+    pub first_acquisition: Option<Duration>,
+    /// The longest time in which no `lock()` returned, from the fault until the first
+    /// acquisition after the group was whole again.
+    pub longest_pause: Duration,
+    /// Critical sections granted in the window (asked before the group was whole,
+    /// returned after the fault), and how many of those were told they lost the lock.
+    pub granted: usize,
+    pub granted_lost: usize,
+    /// Guards held across the switch: acquired before the fault, released after every
+    /// Sentinel named the new master.
+    pub across: Survivors,
+}
+
+impl FailoverFigures {
+    fn new(f: &FailoverEvent, records: &[Rec]) -> FailoverFigures {
+        let since = |ns: u64| Duration::from_nanos(ns.saturating_sub(f.fault_ns));
+        let first_acquisition =
+            records.iter().filter(|r| r.token > f.fault_ns / 1000 + TOKEN_MARGIN_US).map(|r| r.start).min().map(since);
+        let mut starts: Vec<u64> = records.iter().map(|r| r.start).filter(|s| *s > f.fault_ns).collect();
+        starts.sort_unstable();
+        let until = starts.partition_point(|s| *s <= f.settled_ns);
+        let points = std::iter::once(f.fault_ns).chain(starts.iter().take(until + 1).copied());
+        let longest_pause =
+            points.clone().zip(points.skip(1)).map(|(a, b)| Duration::from_nanos(b - a)).max().unwrap_or_default();
+        let granted: Vec<&Rec> = records.iter().filter(|r| r.asked < f.settled_ns && r.start > f.fault_ns).collect();
+        let mut across = Survivors::default();
+        for r in records.iter().filter(|r| r.start < f.fault_ns && r.released > f.named_ns) {
+            across.add(r);
+        }
+        FailoverFigures {
+            kind: f.kind,
+            from: f.from,
+            to: f.to,
+            named: since(f.named_ns),
+            settled: since(f.settled_ns),
+            first_acquisition,
+            longest_pause,
+            granted: granted.len(),
+            granted_lost: granted.iter().filter(|r| r.lost()).count(),
+            across,
+        }
+    }
+}
+
+impl fmt::Display for FailoverFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let first = self.first_acquisition.map_or("none".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+        write!(
+            f,
+            "{} {} -> {}: named by every Sentinel {:.2} s, whole again {:.1} s, first acquisition through Redis {first}, \
+             longest pause {:.2} s; granted meanwhile {} (told lost {}); held across the switch {}",
+            self.kind,
+            self.from,
+            self.to,
+            self.named.as_secs_f64(),
+            self.settled.as_secs_f64(),
+            self.longest_pause.as_secs_f64(),
+            self.granted,
+            self.granted_lost,
+            self.across
+        )
+    }
+}
+
 /// The outcome of a run.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
@@ -72,6 +190,13 @@ pub struct Report {
     /// Overlapping critical sections where the earlier holder had lost its lease
     /// (allowed: that is what leases and fencing are for).
     pub overlaps_after_loss: usize,
+    /// Overlapping critical sections where the earlier holder kept its lock and the
+    /// later one, granted in a failover window, was told it lost it (allowed).
+    pub overlaps_in_failover: usize,
+    /// Duplicate tokens and refused writes excused the same way.
+    pub clashes_in_failover: usize,
+    /// Per failover, in order.
+    pub failovers: Vec<FailoverFigures>,
     /// Fenced writes the resource refused (stale tokens).
     pub stale_writes_refused: usize,
     /// Fenced writes by holders whose guard already said `is_lost()`.
@@ -84,10 +209,15 @@ pub struct Report {
     /// Per lock and restart without persistence: the first token after it (of a holder
     /// that kept its lock) less the last one before it. Must be positive.
     pub rises_across_wipes: Vec<i128>,
+    /// Per lock and failover: the first token of a block taken after it (of a holder
+    /// that kept its lock) less the last token before it. Must be positive.
+    pub rises_across_failovers: Vec<i128>,
     /// Guards alive across a restart without persistence.
     pub survivors_restart: Survivors,
     /// Guards alive across a restart from the AOF.
     pub survivors_restart_aof: Survivors,
+    /// What the workers lock on.
+    pub topology: Topology,
     /// Per epoch and lock: (counter, increments by holders that kept the lock, allowance).
     pub counters: Vec<Vec<(i64, usize, usize)>>,
     /// The worker processes.
@@ -108,13 +238,16 @@ impl Report {
     /// violation at 0.
     pub fn new(cfg: &Config, records: &[Rec], events: &Events) -> Report {
         let mut report = Report {
+            topology: cfg.topology,
+            failovers: events.failovers.iter().map(|f| FailoverFigures::new(f, records)).collect(),
             acquisitions: records.len(),
             faults: events.injected.clone(),
             notes: events.notes.clone(),
             stops: events.stops.len(),
             config: format!(
-                "{}{} procs x {} threads, {} s, {} locks, lease {:?}, seed {}, faults: {}",
+                "{}topology {}, {} procs x {} threads, {} s, {} locks, lease {:?}, seed {}, faults: {}",
                 if cfg.no_exclusion { "CHECKER SELF-TEST (no exclusion between processes), " } else { "" },
+                cfg.topology,
                 cfg.procs,
                 cfg.threads,
                 cfg.secs,
@@ -171,6 +304,51 @@ impl Report {
         self.faults.get(&kind).copied().unwrap_or(0)
     }
 
+    /// The failover lines: per kind a summary, then each failover.
+    fn fmt_failovers(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for kind in FailoverKind::ALL {
+            let mine: Vec<&FailoverFigures> = self.failovers.iter().filter(|x| x.kind == kind).collect();
+            if mine.is_empty() && kind == FailoverKind::Unplanned {
+                continue;
+            }
+            let max =
+                |d: fn(&FailoverFigures) -> Duration| mine.iter().map(|x| d(x)).max().unwrap_or_default().as_secs_f64();
+            let mut across = Survivors::default();
+            for x in &mine {
+                across.merge(&x.across);
+            }
+            writeln!(
+                f,
+                "{}: {} -> at most: named by every Sentinel {:.2} s, whole again {:.1} s, first acquisition through \
+                 Redis {:.2} s (none after {}), longest pause {:.2} s; granted meanwhile {} (told lost {}); held \
+                 across the switch {across}",
+                match kind {
+                    FailoverKind::Graceful => "failover (SENTINEL FAILOVER)",
+                    FailoverKind::Kill => "failover-kill (SIGKILL of the master)",
+                    FailoverKind::Unplanned => "UNPLANNED failover (by the Sentinels, no fault)",
+                },
+                mine.len(),
+                max(|x| x.named),
+                max(|x| x.settled),
+                max(|x| x.first_acquisition.unwrap_or_default()),
+                mine.iter().filter(|x| x.first_acquisition.is_none()).count(),
+                max(|x| x.longest_pause),
+                mine.iter().map(|x| x.granted).sum::<usize>(),
+                mine.iter().map(|x| x.granted_lost).sum::<usize>(),
+            )?;
+        }
+        writeln!(
+            f,
+            "overlaps excused in failover windows (the later holder granted there and told): {}; duplicate tokens \
+             or refused writes excused so: {}",
+            self.overlaps_in_failover, self.clashes_in_failover
+        )?;
+        for x in &self.failovers {
+            writeln!(f, "  {x}")?;
+        }
+        Ok(())
+    }
+
     pub fn violation(&mut self, kind: &'static str, what: String) {
         *self.violations.entry(kind).or_default() += 1;
         if self.examples.len() < 20 {
@@ -203,7 +381,8 @@ impl fmt::Display for Report {
             w.totals.cs_errors,
             w.totals.unlock_errors
         )?;
-        let faults: Vec<String> = Fault::ALL.iter().map(|k| format!("{k} {}", self.injected(*k))).collect();
+        let faults: Vec<String> =
+            Fault::all(self.topology).iter().map(|k| format!("{k} {}", self.injected(*k))).collect();
         writeln!(f, "faults injected: {}", faults.join(", "))?;
         writeln!(
             f,
@@ -218,29 +397,37 @@ impl fmt::Display for Report {
             self.stale_writes_refused,
             self.writes_after_is_lost
         )?;
-        for (name, s) in
-            [("restart (no persistence)", &self.survivors_restart), ("restart-aof", &self.survivors_restart_aof)]
-        {
-            writeln!(
-                f,
-                "guards alive across {name}: {} -> marked lost by the watchdog {}, by is_held {}, at release {}, \
-                 unconfirmed {}, kept {}",
-                s.total, s.watchdog, s.is_held, s.at_release, s.unconfirmed, s.kept
-            )?;
-        }
-        let rises = match (self.rises_across_wipes.iter().min(), self.rises_across_wipes.iter().max()) {
-            (Some(lo), Some(hi)) => {
-                format!("{} first tokens after one checked, rise {lo}..{hi}", self.rises_across_wipes.len())
+        if self.topology == Topology::Single {
+            for (name, s) in
+                [("restart (no persistence)", &self.survivors_restart), ("restart-aof", &self.survivors_restart_aof)]
+            {
+                writeln!(f, "guards alive across {name}: {s}")?;
             }
+        } else {
+            self.fmt_failovers(f)?;
+        }
+        let rises = |rises: &[i128]| match (rises.iter().min(), rises.iter().max()) {
+            (Some(lo), Some(hi)) => format!("{} first tokens after one checked, rise {lo}..{hi}", rises.len()),
             _ => "no token on both sides of one".into(),
         };
-        writeln!(
-            f,
-            "fencing order checked across {} epoch(s) (restarts without persistence lose the fence counter; \
-             tokens must rise all the same: {rises}); the fenced resource and the counter, wiped by such a \
-             restart, within each",
-            self.epochs
-        )?;
+        match self.topology {
+            Topology::Single => writeln!(
+                f,
+                "fencing order checked across {} epoch(s) (restarts without persistence lose the fence counter; \
+                 tokens must rise all the same: {}); the fenced resource and the counter, wiped by such a \
+                 restart, within each",
+                self.epochs,
+                rises(&self.rises_across_wipes)
+            )?,
+            Topology::Sentinel => writeln!(
+                f,
+                "fencing order checked over the whole run, across {} failover(s) (a new master's fence counter \
+                 may be stale; tokens must rise all the same: {}); the fenced resource and the counters, on a \
+                 server no fault touches, over the whole run",
+                self.failovers.len(),
+                rises(&self.rises_across_failovers)
+            )?,
+        }
         for (e, row) in self.counters.iter().enumerate() {
             let cells: Vec<String> = row
                 .iter()

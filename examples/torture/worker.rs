@@ -18,6 +18,8 @@ pub const WORKER_ENV: &str = "REDIS_MUTEX_TORTURE_WORKER";
 pub const KEY_PREFIX: &str = "torture";
 /// Separates the fields of [`WORKER_ENV`].
 const SEP: char = '\u{1f}';
+/// Separates the parts of a [`LockTarget`] inside its field.
+const PART: char = '\u{1e}';
 
 /// The fenced resource: accepts a write only if its token is at least the highest token
 /// it accepted before (equal: the same holder retrying). Returns {1, previous highest}
@@ -47,10 +49,65 @@ fn resource_key(k: usize) -> String {
     format!("torture-data:{{lock-{k}}}:resource")
 }
 
+/// Where a worker's client finds the locks.
+#[derive(Debug, Clone)]
+pub enum LockTarget {
+    /// One server.
+    Url(String),
+    /// The master the Sentinels at `sentinels` monitor as `master`.
+    Sentinel { master: String, sentinels: Vec<String> },
+}
+
+impl LockTarget {
+    fn encode(&self) -> String {
+        let parts: Vec<&str> = match self {
+            LockTarget::Url(url) => vec!["url", url],
+            LockTarget::Sentinel { master, sentinels } => {
+                ["sentinel", master.as_str()].into_iter().chain(sentinels.iter().map(String::as_str)).collect()
+            }
+        };
+        parts.join(&PART.to_string())
+    }
+
+    fn decode(s: &str) -> Result<LockTarget, String> {
+        let parts: Vec<&str> = s.split(PART).collect();
+        match parts.as_slice() {
+            ["url", url] => Ok(LockTarget::Url((*url).to_owned())),
+            ["sentinel", master, sentinels @ ..] if !sentinels.is_empty() => Ok(LockTarget::Sentinel {
+                master: (*master).to_owned(),
+                sentinels: sentinels.iter().map(|u| (*u).to_owned()).collect(),
+            }),
+            _ => Err(format!("malformed lock target in {WORKER_ENV}")),
+        }
+    }
+
+    /// A client for the locks. A Sentinel client is built checked (it must find the
+    /// master), and retried until `end`: a replacement worker may start while the
+    /// master is down.
+    fn client(&self, end: Instant) -> Result<LockClient, String> {
+        let builder = LockClient::builder().key_prefix(KEY_PREFIX);
+        match self {
+            LockTarget::Url(url) => builder.build_unchecked(url),
+            LockTarget::Sentinel { master, sentinels } => loop {
+                match builder.clone().build_sentinel(master, sentinels) {
+                    Err(e) if Instant::now() < end => {
+                        eprintln!("[{}] no master yet: {e}", wall_clock_ns());
+                        thread::sleep(Duration::from_millis(200));
+                    }
+                    built => break built,
+                }
+            },
+        }
+        .map_err(|e| format!("cannot build the client: {e}"))
+    }
+}
+
 #[derive(Clone)]
 pub struct WorkerSpec {
     pub idx: usize,
-    pub url: String,
+    pub target: LockTarget,
+    /// The server of the counters and the fenced resource.
+    pub data_url: String,
     pub threads: usize,
     pub locks: usize,
     pub lease_ms: u64,
@@ -64,7 +121,8 @@ impl WorkerSpec {
     pub fn encode(&self) -> String {
         [
             self.idx.to_string(),
-            self.url.clone(),
+            self.target.encode(),
+            self.data_url.clone(),
             self.threads.to_string(),
             self.locks.to_string(),
             self.lease_ms.to_string(),
@@ -78,13 +136,14 @@ impl WorkerSpec {
 
     fn decode(s: &str) -> Result<WorkerSpec, String> {
         let f: Vec<&str> = s.split(SEP).collect();
-        let [idx, url, threads, locks, lease_ms, end_ns, seed, no_exclusion, out] = f.as_slice() else {
+        let [idx, target, data_url, threads, locks, lease_ms, end_ns, seed, no_exclusion, out] = f.as_slice() else {
             return Err(format!("malformed {WORKER_ENV}"));
         };
         let n = |v: &str| v.parse::<u64>().map_err(|e| format!("malformed {WORKER_ENV}: {e}"));
         Ok(WorkerSpec {
             idx: n(idx)? as usize,
-            url: (*url).to_owned(),
+            target: LockTarget::decode(target)?,
+            data_url: (*data_url).to_owned(),
             threads: n(threads)? as usize,
             locks: n(locks)? as usize,
             lease_ms: n(lease_ms)?,
@@ -147,15 +206,12 @@ impl ThreadCtx {
 }
 
 fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
-    // Unchecked: a replacement worker may start while Redis is briefly away.
-    let client = LockClient::builder()
-        .key_prefix(KEY_PREFIX)
-        .build_unchecked(&spec.url)
-        .map_err(|e| format!("cannot build the client: {e}"))?;
+    let until_end = Duration::from_nanos(spec.end_ns.saturating_sub(wall_clock_ns()));
+    // Unchecked on one server: a replacement worker may start while Redis is briefly away.
+    let client = spec.target.client(Instant::now() + until_end)?;
     let lease = Duration::from_millis(spec.lease_ms);
     let options = MutexOptions::default().lease(lease).auto_renew(true).fencing(true);
     let out = File::create(&spec.out).map_err(|e| format!("cannot create {}: {e}", spec.out.display()))?;
-    let until_end = Duration::from_nanos(spec.end_ns.saturating_sub(wall_clock_ns()));
     let ctx = Arc::new(Ctx {
         mutexes: (0..spec.locks)
             .map(|k| {
@@ -164,7 +220,7 @@ fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
                 client.mutex_with(&name, options.clone())
             })
             .collect(),
-        redis: redis::Client::open(spec.url.as_str()).map_err(|e| e.to_string())?,
+        redis: redis::Client::open(spec.data_url.as_str()).map_err(|e| e.to_string())?,
         fenced: redis::Script::new(FENCED_WRITE),
         lease,
         end: Instant::now() + until_end,
@@ -339,6 +395,7 @@ fn critical_section(ctx: &Ctx, tc: &mut ThreadCtx, k: usize, guard: MutexGuard, 
         recovery: Recovery::None,
         lost_at_end: false,
         unlock: Unlock::Ok,
+        released: 0,
     };
     let counter = counter_key(k);
 
@@ -385,5 +442,6 @@ fn critical_section(ctx: &Ctx, tc: &mut ThreadCtx, k: usize, guard: MutexGuard, 
             Unlock::Error
         }
     };
+    rec.released = wall_clock_ns();
     rec
 }

@@ -32,7 +32,10 @@ pub(crate) mod cluster;
 pub(crate) mod mem;
 pub(crate) mod redlock;
 pub(crate) mod sentinel;
+pub(crate) mod shared;
 pub(crate) mod single;
+
+pub(crate) use self::shared::{LocalGrants, SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
 
 /// What a releaser needs to hand the lock to a waiting thread of its client.
 #[derive(Debug, Clone)]
@@ -137,7 +140,8 @@ pub(crate) enum Released {
     Unacknowledged,
 }
 
-/// One renewal of a batch: the lock, its owner token, the lease to set.
+/// One renewal of a batch: the lock, its owner token, the lease to set. The keys'
+/// `kind` says which primitive, so which script renews it.
 pub(crate) type Renewal<'a> = (&'a LockKeys, &'a str, u64);
 
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -175,29 +179,43 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// How much of a lease of `lease_ms`, timed from when the request that set it was
     /// sent, the backend vouches for: all of it on one server (whose clock times it);
     /// on Redlock, the lease less the allowance for the masters' clocks drifting
-    /// apart. The client counts a lease as confirmed for this long.
-    fn vouched_ms(&self, lease_ms: u64) -> u64;
+    /// apart. The client counts a lease as confirmed for this long. The default: all.
+    fn vouched_ms(&self, lease_ms: u64) -> u64 {
+        // The server's clock times the lease from when it ran the request, which is
+        // no earlier than it was sent.
+        lease_ms
+    }
     /// The longest lease the deployment accepts (`redlock_max_lease` on Redlock); `None`:
-    /// [`MAX_LEASE`](crate::options::MAX_LEASE), checked by the options.
-    fn max_lease(&self) -> Option<Duration>;
+    /// [`MAX_LEASE`](crate::options::MAX_LEASE), checked by the options (the default).
+    fn max_lease(&self) -> Option<Duration> {
+        None
+    }
     /// Why the deployment cannot offer `capability`, or `None` when it can. Checked
     /// before any I/O, so that what a deployment cannot keep is refused up front
-    /// (`Error::InvalidOption`) rather than weakened.
-    fn refuses(&self, capability: Capability) -> Option<&'static str>;
+    /// (`Error::InvalidOption`) rather than weakened. (Read-write locks and semaphores
+    /// are refused through [`shared`](Self::shared).) The default: none.
+    fn refuses(&self, capability: Capability) -> Option<&'static str> {
+        let _ = capability;
+        None
+    }
+    /// Read-write locks and semaphores, on a backend that can bound them: one master
+    /// holds all of a lock's state (one server, TLS, Sentinel, Cluster). `Err` says
+    /// why not; the default, for a backend that does not override it: a quorum of
+    /// independent masters (Redlock) cannot bound a semaphore (with 2 permits and 5
+    /// masters, three holders can each own a different majority), nor keep a writer
+    /// out of every majority readers hold.
+    fn shared(&self) -> std::result::Result<&dyn SharedBackend, &'static str> {
+        Err("a quorum of independent masters cannot bound them (with 2 permits and 5 masters, three holders \
+             can each own a different majority); use a single server, Sentinel or Cluster")
+    }
 }
 
 /// What a deployment may not be able to offer (see [`Backend::refuses`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// The read-write lock and the semaphore (issue 18) ask for theirs when they come.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) enum Capability {
     /// `MutexOptions::wait_replicas`: a `WAIT` for replicas of the server that holds
     /// the lock.
     WaitReplicas,
-    /// A read-write lock: several readers or one writer.
-    ReadWriteLock,
-    /// A counting semaphore: at most N holders.
-    Semaphore,
 }
 
 /// A lock another client's release granted to this client: it is this client's in
@@ -247,6 +265,26 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     /// this client holds is checked at once, and none is handed on in memory until
     /// Redis confirmed it again.
     fn server_changed(&self);
+    /// A release (or an attempt) granted a read-write lock or semaphore to this
+    /// client's waiting thread whose token is `token`: it holds it now, for `lease_ms`
+    /// until it extends it. `false` when no thread waits under that token (it left, and
+    /// its leaving released the grant, or it acquired by an attempt of its own).
+    fn granted_ticket(&self, token: &str, lease_ms: u64) -> bool {
+        let _ = (token, lease_ms);
+        false
+    }
+    /// The waiting thread `token` (read-write lock or semaphore) looks again now.
+    /// `false` when none waits under that token.
+    fn wake_ticket(&self, token: &str) -> bool {
+        let _ = token;
+        false
+    }
+    /// Whether a thread of this client waits under `token` (read-write lock or
+    /// semaphore).
+    fn has_ticket(&self, token: &str) -> bool {
+        let _ = token;
+        false
+    }
 }
 
 /// Where the locks live.

@@ -11,8 +11,8 @@
 //! new master (where it finds a new `run_id`, so every held lock is checked, see
 //! `ReleaseSink::server_changed`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -54,6 +54,8 @@ pub(crate) struct Master {
     current: std::sync::Mutex<Current>,
     /// Bumped whenever the master's address changes.
     generation: AtomicU64,
+    /// Called whenever the master's address changes (see [`on_move`](Self::on_move)).
+    on_move: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -129,7 +131,15 @@ impl Master {
             read_timeout,
             current: std::sync::Mutex::default(),
             generation: AtomicU64::new(0),
+            on_move: OnceLock::new(),
         }
+    }
+
+    /// From now on, `f` runs whenever the master moves to another address (a new
+    /// generation), in the thread that learned it (the `+switch-master` listener, or an
+    /// operation that looked the master up again). Set once; later calls are ignored.
+    pub fn on_move(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_move.set(Box::new(f));
     }
 
     /// The name the Sentinels monitor the master under.
@@ -180,11 +190,16 @@ impl Master {
     /// pooled connections).
     fn set(&self, addr: (String, u16)) -> (redis::Client, u64) {
         let client = self.client_for(&addr);
-        let mut current = lock(&self.current);
-        let moved = current.last.as_ref().is_some_and(|last| *last != addr);
-        current.last = Some(addr.clone());
-        current.master = Some((addr, client.clone()));
-        let generation = if moved { self.generation.fetch_add(1, Ordering::AcqRel) + 1 } else { self.generation() };
+        let (moved, generation) = {
+            let mut current = lock(&self.current);
+            let moved = current.last.as_ref().is_some_and(|last| *last != addr);
+            current.last = Some(addr.clone());
+            current.master = Some((addr, client.clone()));
+            (moved, if moved { self.generation.fetch_add(1, Ordering::AcqRel) + 1 } else { self.generation() })
+        };
+        if moved && let Some(f) = self.on_move.get() {
+            f();
+        }
         (client, generation)
     }
 
@@ -365,5 +380,28 @@ mod tests {
         for bad in ["", "mymaster", "mymaster 1 2 3 x"] {
             assert_eq!(parse_switch(bad, "mymaster"), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_master_that_moves_is_announced_once_per_move() {
+        use redis::IntoConnectionInfo;
+        let template = "redis://127.0.0.1/".into_connection_info().unwrap();
+        let master = Master::new("m".into(), Vec::new(), template, Duration::from_secs(1), Duration::from_secs(1));
+        let moves = Arc::new(AtomicU64::new(0));
+        let counted = moves.clone();
+        master.on_move(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let addr = |port| ("127.0.0.1".to_owned(), port);
+        master.switch_to(addr(1)); // the first address known: no move
+        master.switch_to(addr(1));
+        assert_eq!((moves.load(Ordering::Relaxed), master.generation()), (0, 0));
+        master.switch_to(addr(2));
+        master.switch_to(addr(2));
+        assert_eq!((moves.load(Ordering::Relaxed), master.generation()), (1, 1));
+        master.suspect(1);
+        master.set(addr(2)); // found again where it was: the same generation
+        master.set(addr(1));
+        assert_eq!((moves.load(Ordering::Relaxed), master.generation()), (2, 2));
     }
 }

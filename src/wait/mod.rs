@@ -11,13 +11,17 @@
 //! deletes it. The [`Tenure`] is the client's hold on the lock in Redis; the watchdog
 //! renews it.
 //!
-//! Modules: `registry` (waiters), `release` (the release decision, extend),
+//! Modules: `registry` (waiters), `release` (the release decision, extend), `check`
+//! (what the backend refuses, before any I/O),
 //! `deadline` (`lock` without a deadline cannot end without the lock), `tenure` (lease
 //! state), `watchdog` (renewal thread), `orphans` (acquisitions whose reply was lost),
+//! `shared` and `tickets` (read-write locks and semaphores: their wait loop, and their
+//! waiters by token),
 //! `tests` (the protocol against the in-memory backend, both a backend that grants
 //! and one that does not), `limits_tests` (what a backend limits: the lease it
 //! vouches for, the longest lease, what it refuses).
 
+mod check;
 mod deadline;
 #[cfg(test)]
 mod limits_tests;
@@ -26,9 +30,15 @@ mod registry;
 mod release;
 #[cfg(test)]
 mod replicas_tests;
+#[cfg(test)]
+mod server_change_tests;
+mod shared;
+#[cfg(test)]
+mod shared_tests;
 mod tenure;
 #[cfg(test)]
 mod tests;
+mod tickets;
 mod watchdog;
 
 use std::sync::Arc;
@@ -38,11 +48,11 @@ use self::deadline::{Deadline, Forever};
 use self::orphans::Orphans;
 pub(crate) use self::registry::Registry;
 use self::registry::{Grant, Leave, WaitHandle, Woken};
+pub(crate) use self::shared::SharedWant;
 pub(crate) use self::tenure::Tenure;
 use self::watchdog::{Renewer, Watchdog};
-use crate::backend::{
-    Attempt, AttemptArgs, Backend, Capability, Granted, HandoffTarget, ReleaseArgs, ReleaseSink, Replicas,
-};
+pub(crate) use crate::backend::Side;
+use crate::backend::{Attempt, AttemptArgs, Backend, Granted, HandoffTarget, ReleaseArgs, ReleaseSink, Replicas};
 use crate::backoff::{Backoff, jitter};
 use crate::clock::{Stamp, later};
 use crate::error::{Error, Result};
@@ -159,38 +169,12 @@ impl Core {
         self.backend.force_unlock(keys)
     }
 
-    /// Refuses, before any I/O, what the backend cannot keep: a lease longer than it
-    /// accepts (`redlock_max_lease`), `wait_replicas` where there are no replicas to
-    /// wait for (Redlock's masters are independent).
-    pub fn check(&self, want: &Want) -> Result<()> {
-        self.check_lease(want.lease_ms)?;
-        if want.replicas.is_some()
-            && let Some(why) = self.backend.refuses(Capability::WaitReplicas)
-        {
-            return Err(Error::InvalidOption { option: "wait_replicas", reason: why.to_owned() });
-        }
-        Ok(())
-    }
-
-    /// Refuses a lease longer than the backend accepts.
-    pub fn check_lease(&self, lease_ms: u64) -> Result<()> {
-        match self.backend.max_lease() {
-            Some(max) if u128::from(lease_ms) > max.as_millis() => Err(Error::InvalidOption {
-                option: "lease",
-                reason: format!(
-                    "{lease_ms} ms is longer than the client's redlock_max_lease ({max:?}): a master that \
-                     restarted sits out of quorums for that long, which must outlast every lease"
-                ),
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// One attempt, no waiting, no mark on the holder.
     pub fn try_lock(&self, keys: &LockKeys, want: Want) -> Result<Option<Hold>> {
         let token = new_token();
         bump(&self.stats.attempts);
         let at = Stamp::now();
+        let epoch = self.registry.server_changes();
         let args = AttemptArgs {
             token: &token,
             lease_ms: want.lease_ms,
@@ -204,7 +188,7 @@ impl Core {
             Ok(Attempt::Acquired { fence }) => {
                 bump(&self.stats.acquisitions);
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
-                let grant = Grant { fence, at, turn: 0, from_another_client: None };
+                let grant = Grant { fence, at, turn: 0, epoch, from_another_client: None };
                 Ok(Some(self.hold(keys, want, token, Got { grant, tenure: None })))
             }
             Ok(Attempt::Held { .. }) => Ok(None),
@@ -241,6 +225,12 @@ impl Core {
             // Redis gave a grant a short lease, which renewals lengthen.
             let set = got.grant.from_another_client.as_ref().map_or(want.lease_ms, |g| g.lease_ms);
             t.confirmed(got.grant.at, self.backend.vouched_ms(set));
+            if got.grant.epoch != self.registry.server_changes() {
+                // Sent to a server that turned out to be another one (a failover, a
+                // restart) before the answer came: the check of every held lock
+                // missed this one. Renewed at once, and not handed on before.
+                t.recheck(Stamp::now());
+            }
             let t = Arc::new(t);
             if want.auto_renew {
                 self.watchdog.register(&t);
@@ -405,6 +395,7 @@ impl Core {
                 waiter.rely_on_first(false);
                 bump(&self.stats.attempts);
                 let sent = Stamp::now();
+                let epoch = self.registry.server_changes();
                 let args = AttemptArgs {
                     token: &token,
                     lease_ms: want.lease_ms,
@@ -418,7 +409,7 @@ impl Core {
                     Ok(Attempt::Acquired { fence }) => {
                         waiter.finish();
                         self.registry.dequeued(&keys.name);
-                        let grant = Grant { fence, at: sent, turn: 0, from_another_client: None };
+                        let grant = Grant { fence, at: sent, turn: 0, epoch, from_another_client: None };
                         let hold = self.hold(keys, want, token.clone(), Got { grant, tenure: None });
                         return done(hold, "attempt", slept);
                     }

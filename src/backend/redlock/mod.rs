@@ -344,18 +344,12 @@ impl Backend for Redlock {
     }
 
     fn refuses(&self, capability: Capability) -> Option<&'static str> {
-        Some(match capability {
-            Capability::WaitReplicas => REPLICAS,
-            Capability::ReadWriteLock => {
-                "not on Redlock: readers counted on one majority and a writer on another cannot see each other \
-                 (a quorum bounds one holder, not a mix)"
-            }
-            Capability::Semaphore => {
-                "not on Redlock: a quorum cannot bound the holders of N permits (with 2 permits and 5 masters, \
-                 three holders can each own a different majority)"
-            }
-        })
+        match capability {
+            Capability::WaitReplicas => Some(REPLICAS),
+        }
     }
+    // `shared` is left to the default: read-write locks and semaphores are refused
+    // (`Error::Unsupported`), a quorum cannot bound them.
 }
 
 const REPLICAS: &str = "not on Redlock: its masters are independent servers with no replicas to wait for; the \

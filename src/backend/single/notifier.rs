@@ -64,6 +64,13 @@ enum Message<'a> {
     /// master where this client waited says so, hence the token, by which the copies
     /// are told apart from another release).
     Released { name: &'a str, token: &'a str },
+    /// `^<token>,<token>... <name>`: a release (or an attempt) granted the read-write
+    /// lock or semaphore `name` to this client's waiting threads with these tokens.
+    Admitted { name: &'a str, tokens: &'a str },
+    /// `~<ms> <token> <name>`: grants were made to the waiters ahead of the waiting
+    /// thread `token`; if nothing more is heard, it looks again after `ms` (a grantee
+    /// may never come).
+    Recheck { name: &'a str, token: &'a str, after: Duration },
 }
 
 impl<'a> Message<'a> {
@@ -87,6 +94,15 @@ impl<'a> Message<'a> {
             "-" => {
                 let (token, name) = rest.split_once(' ')?;
                 Some(Message::Released { name, token })
+            }
+            "^" => {
+                let (tokens, name) = rest.split_once(' ')?;
+                Some(Message::Admitted { name, tokens })
+            }
+            "~" => {
+                let (ms, rest) = rest.split_once(' ')?;
+                let (token, name) = rest.split_once(' ')?;
+                Some(Message::Recheck { name, token, after: Duration::from_millis(ms.parse().ok()?) })
             }
             _ => None,
         }
@@ -229,6 +245,8 @@ fn listen(
     // joining the queue never takes its grant, and nothing announces that. Under
     // contention each grant re-arms the check, so it only fires after a quiet spell.
     let mut checks: HashMap<String, Instant> = HashMap::new();
+    // The same for the waiting threads of read-write locks and semaphores, by token.
+    let mut ticket_checks: HashMap<String, Instant> = HashMap::new();
     loop {
         if stopped(shutdown) {
             return None;
@@ -246,6 +264,19 @@ fn listen(
                 }
                 let woke = shared.sink.wake_first(name);
                 log::debug!("redis-mutex: nothing heard of {name} since the grant ahead; waiter looks again: {woke}");
+                false
+            });
+        }
+        if !ticket_checks.is_empty() {
+            let now = Instant::now();
+            ticket_checks.retain(|token, due| {
+                if *due > now {
+                    return true;
+                }
+                let woke = shared.sink.wake_ticket(token);
+                log::debug!(
+                    "redis-mutex: nothing heard for waiter {token} since the grants ahead; looks again: {woke}"
+                );
                 false
             });
         }
@@ -280,6 +311,22 @@ fn listen(
                     Some(Message::Released { name, token }) => {
                         let woke = shared.sink.released(name, token);
                         log::trace!("redis-mutex: {name} released; woke a waiter: {woke}");
+                    }
+                    Some(Message::Admitted { name, tokens }) => {
+                        for token in tokens.split(',') {
+                            ticket_checks.remove(token);
+                            // No such waiter: it left (and its leaving released the
+                            // grant) or acquired by its own attempt.
+                            let taken = shared.sink.granted_ticket(token, cfg.grant_ms);
+                            log::trace!("redis-mutex: {name} granted to waiter {token} of this client: {taken}");
+                        }
+                    }
+                    Some(Message::Recheck { name, token, after }) => {
+                        if shared.sink.has_ticket(token) {
+                            let wait = after.saturating_add(TICK).saturating_add(jitter(after / 4));
+                            ticket_checks.insert(token.to_owned(), later(Instant::now(), wait));
+                            log::trace!("redis-mutex: waiter {token} looks again at {name} unless granted first");
+                        }
                     }
                     None => log::debug!("redis-mutex: ignored a message the notifier does not know: {payload:?}"),
                 }
@@ -402,7 +449,24 @@ mod message_tests {
         );
         assert_eq!(Message::parse("*é x"), Some(Message::Forced { name: "é x" }));
         assert_eq!(Message::parse("-tok job 7"), Some(Message::Released { name: "job 7", token: "tok" }));
-        for bad in ["", ">x", "!tok", "!tok x 1 0 job", "!tok 1 job", "!tok 1 2 x job", "@x job", "@1000", "-tok"] {
+        assert_eq!(Message::parse("^a,b job 7"), Some(Message::Admitted { name: "job 7", tokens: "a,b" }));
+        assert_eq!(
+            Message::parse("~1000 tok job 7"),
+            Some(Message::Recheck { name: "job 7", token: "tok", after: Duration::from_millis(1000) })
+        );
+        for bad in [
+            "",
+            ">x",
+            "!tok",
+            "!tok x 1 0 job",
+            "!tok 1 job",
+            "!tok 1 2 x job",
+            "@x job",
+            "@1000",
+            "^a",
+            "~x t j",
+            "-tok",
+        ] {
             assert_eq!(Message::parse(bad), None, "{bad:?}");
         }
     }

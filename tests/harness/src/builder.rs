@@ -9,6 +9,7 @@ use tempfile::TempDir;
 
 use crate::launch::Launch;
 use crate::server::{LOG_TAIL_LINES, RedisServer};
+use crate::tls::TlsFiles;
 use crate::{ports, tls};
 
 /// How many free ports `start` tries before giving up.
@@ -28,6 +29,8 @@ pub struct ServerBuilder {
     args: Vec<String>,
     dir: Option<PathBuf>,
     tls: Option<ClientCerts>,
+    /// Certificates to serve TLS with, shared with other servers (else made anew).
+    tls_files: Option<TlsFiles>,
     role: Role,
 }
 
@@ -90,6 +93,15 @@ impl ServerBuilder {
         self
     }
 
+    /// [`tls`](Self::tls), with these certificates instead of new ones: servers that
+    /// must trust each other (a master, its replicas with `--tls-replication yes`, the
+    /// Sentinels watching them) share one CA ([`TlsFiles::generate`]).
+    pub fn tls_with(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(ClientCerts::NotAsked);
+        self.tls_files = Some(files);
+        self
+    }
+
     pub(crate) fn role(mut self, role: Role) -> Self {
         self.role = role;
         self
@@ -97,6 +109,19 @@ impl ServerBuilder {
 
     pub(crate) fn has_dir(&self) -> bool {
         self.dir.is_some()
+    }
+
+    pub(crate) fn given_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    pub(crate) fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The certificates given with [`tls_with`](Self::tls_with).
+    pub(crate) fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls_files.as_ref()
     }
 
     pub(crate) fn is_sentinel(&self) -> bool {
@@ -148,9 +173,10 @@ impl ServerBuilder {
             let path = dir.path().join("sentinel.conf");
             fs::write(&path, config).map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))?;
         }
-        let tls = match self.tls {
-            Some(_) => Some(tls::generate(dir.path()).map_err(StartError)?),
-            None => None,
+        let tls = match (self.tls, &self.tls_files) {
+            (Some(_), Some(files)) => Some(files.clone()),
+            (Some(_), None) => Some(tls::generate(dir.path()).map_err(StartError)?),
+            (None, _) => None,
         };
         let mut server = RedisServer {
             child: None,

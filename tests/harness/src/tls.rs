@@ -53,6 +53,16 @@ pub struct TlsFiles {
     pub client_key: PathBuf,
 }
 
+impl TlsFiles {
+    /// A CA, a server certificate (`127.0.0.1`, `localhost`) and a client certificate
+    /// in `dir`, made by `openssl`, for servers that share them
+    /// ([`ServerBuilder::tls_with`](crate::ServerBuilder::tls_with)). The error says
+    /// what failed (or how to install `openssl`).
+    pub fn generate(dir: &Path) -> Result<TlsFiles, String> {
+        generate(dir)
+    }
+}
+
 /// Makes a CA, a server and a client certificate in `dir`.
 pub(crate) fn generate(dir: &Path) -> Result<TlsFiles, String> {
     let file = |name: &str| dir.join(name);

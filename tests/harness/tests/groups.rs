@@ -1,8 +1,11 @@
 //! Proves the launchers of server groups bring them up: independent masters, a master
-//! whose replicas acknowledge its writes, a Sentinel group that names its master, a
-//! cluster in state `ok`.
+//! whose replicas acknowledge its writes, a Sentinel group that names its master (and,
+//! started from a builder, keeps its files and tells when it is whole again after a
+//! failover), a cluster in state `ok`.
 
-use redis_mutex_harness::{Cluster, Masters, Replicated, SentinelGroup};
+use std::time::{Duration, Instant};
+
+use redis_mutex_harness::{Cluster, Masters, RedisServer, Replicated, SentinelGroup};
 
 fn ping(con: &mut redis::Connection) -> String {
     redis::cmd("PING").query(con).unwrap()
@@ -60,6 +63,37 @@ fn a_sentinel_group_names_its_master() {
     assert_eq!(group.master_addr(), Some(("127.0.0.1".to_owned(), group.master().port())));
     let info = group.replicas()[0].info("replication");
     assert!(info.contains(&format!("master_port:{}", group.master().port())), "{info}");
+}
+
+#[test]
+fn a_sentinel_group_from_a_builder_keeps_its_files_and_is_whole_again_after_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let builder = RedisServer::builder().dir(dir.path()).args(&["--appendonly", "yes"]);
+    let group = SentinelGroup::start_with("harness-master", 1, 3, &builder);
+    for server in ["master", "replica-1", "sentinel-1", "sentinel-2", "sentinel-3"] {
+        assert!(dir.path().join(server).join("redis.log").is_file(), "{server} logs in its subdirectory");
+    }
+    assert!(group.replicas()[0].info("persistence").contains("aof_enabled:1"), "the builder's arguments");
+    let old = group.master().port();
+    assert_eq!(group.formed(), Ok(old));
+    assert_eq!(group.current_master().map(RedisServer::port), Some(old));
+
+    redis::cmd("SENTINEL").arg("FAILOVER").arg("harness-master").query::<()>(&mut group.sentinels()[0].conn()).unwrap();
+    // The Sentinels name the replica within a second or so, but the old master is made
+    // its replica only about 10 s later: until then the group is not whole.
+    let t = Instant::now();
+    let new = loop {
+        match group.formed() {
+            Ok(port) if port != old => break port,
+            _ if t.elapsed() > Duration::from_secs(60) => panic!("not whole again: {:?}", group.formed()),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert_eq!(new, group.replicas()[0].port());
+    assert_eq!(group.current_master().map(RedisServer::port), Some(new));
+    assert!(group.master().info("replication").contains(&format!("master_port:{new}")));
+    drop(group);
+    assert!(dir.path().join("master").join("redis.log").is_file(), "a given directory stays");
 }
 
 #[test]
