@@ -689,3 +689,37 @@ fn redlock_works_under_the_readme_acl_and_needs_info() {
     assert!(matches!(e, Error::Auth(_)), "{e}");
     assert!(e.to_string().contains("ACL"), "{e}");
 }
+
+/// The acquire and release scripts of one master, run by hand: a late request of an
+/// earlier round of the same call (same token) does not take the vote of a later
+/// round, whose key the earlier round's take-back must then leave alone.
+#[test]
+fn a_late_request_of_an_earlier_round_leaves_a_later_rounds_vote_alone() {
+    let server = RedisServer::start();
+    let mut con = server.admin_conn();
+    let acquire = redis::Script::new(concat!(
+        include_str!("../src/backend/single/lua/queue.lua"),
+        include_str!("../src/backend/single/lua/fence.lua"),
+        include_str!("../src/backend/redlock/lua/acquire.lua")
+    ));
+    let release = redis::Script::new(concat!(
+        include_str!("../src/backend/single/lua/queue.lua"),
+        include_str!("../src/backend/redlock/lua/release.lua")
+    ));
+    let (key, fence) = ("rl:{late}", "rl:{late}:fence");
+    let attempt = |con: &mut redis::Connection, round: u64| -> redis::Value {
+        acquire.key(key).key(fence).arg("tok").arg(10_000).arg(0).arg("me").arg("1").arg(round).invoke(con).unwrap()
+    };
+    let granted = |v: &redis::Value| matches!(v, redis::Value::Array(a) if a.first() == Some(&redis::Value::Int(1)));
+    assert!(granted(&attempt(&mut con, 2)), "round 2 votes");
+    assert!(!granted(&attempt(&mut con, 1)), "round 1, late: not its vote");
+    let took_back: i64 = release.key(key).arg("tok").arg("me").arg("1").arg("").arg("late").invoke(&mut con).unwrap();
+    assert_eq!(took_back, 0, "round 1's take-back leaves round 2's vote");
+    let owner: Option<String> = redis::cmd("HGET").arg(key).arg("o").query(&mut con).unwrap();
+    assert_eq!(owner.as_deref(), Some("tok"));
+    // An earlier round's vote is re-taken by a later round, which its take-back then
+    // leaves alone too.
+    assert!(granted(&attempt(&mut con, 3)));
+    let took_back: i64 = release.key(key).arg("tok").arg("me").arg("2").arg("").arg("late").invoke(&mut con).unwrap();
+    assert_eq!(took_back, 0);
+}

@@ -9,11 +9,13 @@
 -- {0, ms, owner}: `owner` holds it here for ms more (-1: no expiry).
 -- One HMGET reads everything; on a key of another type it raises WRONGTYPE and the
 -- key is left untouched.
-local held = redis.call('HMGET', KEYS[1], 'o', 'c', 'q', 'w')
-if unset(held[1]) or held[1] == ARGV[1] then
+local held = redis.call('HMGET', KEYS[1], 'o', 'c', 'q', 'w', 'r')
+if unset(held[1]) or (held[1] == ARGV[1] and tonumber(held[5] or '0') <= tonumber(ARGV[6])) then
   -- Free, or the caller's from an earlier round of the same call whose release has
   -- not arrived yet: this round's vote now (that release checks the round), with
-  -- fencing tokens of its own.
+  -- fencing tokens of its own. Never a later round's: a late request of an earlier
+  -- round would take the vote back from the round that counted it (`r` would name
+  -- the earlier round, whose release then deletes it); it is answered as held.
   local fence = 0
   local fields = {'o', ARGV[1], 'c', ARGV[4], 'r', ARGV[6]}
   local span = tonumber(ARGV[3])
