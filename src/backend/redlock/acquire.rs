@@ -29,10 +29,12 @@ fn may_be_ours(reply: &Result<Vote>) -> bool {
 }
 
 /// Takes back this round's vote on one master (round-checked: a later round of the
-/// same call that holds the vote now keeps it), telling nobody.
-fn take_back(pool: &Pool, lua: &RedlockScripts, keys: &LockKeys, a: &AcquireArgs) {
+/// same call that holds the vote now keeps it), telling the clients that queued on it
+/// (`tell`: that master's channel prefix): a client that saw this round's votes as a
+/// majority sleeps until a release wakes it.
+fn take_back(pool: &Pool, lua: &RedlockScripts, keys: &LockKeys, a: &AcquireArgs, tell: &str) {
     let released =
-        pool.with_conn(Some(&keys.key), None, |c| lua.release(c, keys, &a.token, &a.client_id, Some(a.round), ""));
+        pool.with_conn(Some(&keys.key), None, |c| lua.release(c, keys, &a.token, &a.client_id, Some(a.round), tell));
     if let Err(e) = released {
         // It then ends with its lease.
         log::debug!("redis-mutex: could not take back a Redlock vote on {}: {e}", keys.key);
@@ -62,8 +64,10 @@ pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Resu
         will_wait: a.will_wait,
         round: r.rounds.fetch_add(1, Ordering::Relaxed) + 1,
     });
-    let (replies, late) = round::run_ballot(&r.masters, &r.counting(), timeout, r.quorum, |i, tx| {
+    let granted = |v: &Vote| matches!(v, Vote::Granted { .. });
+    let (replies, late) = round::run_ballot(&r.masters, &r.counting(), timeout, r.quorum, granted, |i, tx| {
         let (ballot, args, keys, lua) = (ballot.clone(), args.clone(), keys.clone(), r.lua.clone());
+        let tell = r.channels[i].clients.clone();
         Box::new(move |pool: &Pool| {
             if !ballot.counting() {
                 // Decided while this waited for a worker: not worth sending.
@@ -72,11 +76,14 @@ pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Resu
             let vote = pool
                 .with_conn(Some(&keys.key), Some(deadline), |c| lua.acquire(c, &keys, &args))
                 .and_then(|v| RedlockScripts::vote(&v));
-            // A vote for a round that won is kept: one more master holds the lock.
-            if let Some((Phase::Lost, vote)) = ballot.deliver(&tx, i, vote)
-                && may_be_ours(&vote)
-            {
-                take_back(pool, &lua, &keys, &args);
+            // A vote for a round that won is kept (one more master holds the lock),
+            // unless the lock was released meanwhile.
+            match ballot.deliver(&tx, i, vote) {
+                Some((Phase::Lost, vote)) if may_be_ours(&vote) => {
+                    take_back(pool, &lua, &keys, &args, if ballot.loud() { &tell } else { "" });
+                }
+                Some((Phase::Released, vote)) if may_be_ours(&vote) => take_back(pool, &lua, &keys, &args, &tell),
+                _ => {}
             }
         })
     });
@@ -84,7 +91,11 @@ pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Resu
     let lost = match count {
         Count::Won { voters } => match won(r, keys, a, &voters, started) {
             Ok(fence) => {
-                ballot.close(Phase::Won);
+                ballot.close(Phase::Won, false);
+                if replies.iter().any(Option::is_none) {
+                    // Votes still to come: the release must reach them (see `Phase::Released`).
+                    r.unsettled(a.token, ballot);
+                }
                 return Ok(Attempt::Acquired { fence });
             }
             Err(lost) => lost,
@@ -93,13 +104,20 @@ pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Resu
         Count::Split => Ok(Attempt::Held { remaining: Some(look_again(started, a.token)) }),
         Count::Failed(e) => Err(e),
     };
-    ballot.close(Phase::Lost);
+    // Votes that may have made a majority (ours, or unanswered) are taken back loudly:
+    // a client that saw them as a holder's sleeps until told. Those of a split are not:
+    // the clients it met are looking again soon anyway, and waking them would only
+    // make the attempts meet again.
+    let silent = replies.iter().filter(|r| r.is_none()).count();
+    let loud = ours.len() + silent >= r.quorum;
+    ballot.close(Phase::Lost, loud);
     ours.extend(round::late(&late).into_iter().filter(|(_, vote)| may_be_ours(vote)).map(|(i, _)| i));
     for i in ours {
+        let tell = if loud { r.channels[i].clients.clone() } else { String::new() };
         let (lua, keys, args) = (r.lua.clone(), keys.clone(), args.clone());
         // Not waited for: a later round of this call re-takes a vote still here
         // under its own round, which this release then leaves alone.
-        r.masters[i].submit(Box::new(move |pool: &Pool| take_back(pool, &lua, &keys, &args)));
+        r.masters[i].submit(Box::new(move |pool: &Pool| take_back(pool, &lua, &keys, &args, &tell)));
     }
     let owners: Vec<&str> = replies
         .iter()
@@ -128,7 +146,7 @@ fn won(
         // The voter that gave the maximum has its counter at the top already.
         let behind: Vec<usize> = voters.iter().filter(|(_, f)| *f < fence).map(|(i, _)| *i).collect();
         let (lua, keys2) = (r.lua.clone(), keys.clone());
-        let raised = r.on_some(&behind, move |_, c| lua.raise_fence(c, &keys2, top), Some(&keys.key));
+        let raised = r.on_some(&behind, move |_, c| lua.raise_fence(c, &keys2, top), Some(&keys.key), |_| true);
         let at_top = voters.len() - behind.len() + raised.iter().filter(|r| matches!(r, Some(Ok(())))).count();
         if at_top < r.quorum {
             log::debug!("redis-mutex: {}: too few fence counters raised ({at_top}); taking the votes back", keys.key);
@@ -189,6 +207,9 @@ pub(super) fn extend(r: &Redlock, items: &[Renewal<'_>]) -> Result<Vec<Result<bo
     let pipe = Arc::new(r.scripts.extend(items));
     let keys: Arc<Vec<String>> = Arc::new(items.iter().map(|(k, ..)| k.key.clone()).collect());
     let scripts = r.scripts.clone();
+    // A master where every lease was extended settles; one where any was not leaves
+    // the round waiting for the others.
+    let all_extended = |each: &Vec<Result<bool>>| each.iter().all(|e| matches!(e, Ok(true)));
     let replies = r.on_all(
         move |_, c| {
             let each = scripts.run_extend(&pipe, c)?;
@@ -199,6 +220,7 @@ pub(super) fn extend(r: &Redlock, items: &[Renewal<'_>]) -> Result<Vec<Result<bo
                 .collect::<Vec<Result<bool>>>())
         },
         None,
+        all_extended,
     );
     let counts = r.counting();
     let took = started.elapsed_at(Stamp::now());

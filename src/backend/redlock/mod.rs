@@ -76,6 +76,9 @@ pub(crate) struct Redlock {
     /// Locks this client released while other clients waited, and until when its own
     /// waiters give way to them (see [`Redlock::give_way`]).
     giving_way: StdMutex<HashMap<Arc<str>, Instant>>,
+    /// Won rounds with votes still to come, by owner token: their release tells the
+    /// late votes' jobs (`round::Phase::Released`).
+    unsettled: StdMutex<HashMap<String, Arc<round::Ballot>>>,
     /// Dropping it stops the notifiers.
     _stop: Sender<()>,
 }
@@ -161,6 +164,7 @@ impl Redlock {
             settings,
             rounds: AtomicU64::new(0),
             giving_way: StdMutex::default(),
+            unsettled: StdMutex::default(),
             _stop: stop,
         })
     }
@@ -177,18 +181,21 @@ impl Redlock {
         &self,
         op: impl Fn(usize, &mut redis::Connection) -> redis::RedisResult<T> + Send + Sync + 'static,
         key: Option<&str>,
+        settles: impl Fn(&T) -> bool,
     ) -> round::Replies<T> {
         let all: Vec<usize> = (0..self.masters.len()).collect();
-        self.on_some(&all, op, key)
+        self.on_some(&all, op, key, settles)
     }
 
     /// [`on_all`](Self::on_all) on the masters `which` (indexes), the replies in
-    /// that order; `op` is given each master's index.
+    /// that order; `op` is given each master's index. `settles`: which replies can make
+    /// up the quorum (see `round::run`).
     fn on_some<T: Send + 'static>(
         &self,
         which: &[usize],
         op: impl Fn(usize, &mut redis::Connection) -> redis::RedisResult<T> + Send + Sync + 'static,
         key: Option<&str>,
+        settles: impl Fn(&T) -> bool,
     ) -> round::Replies<T> {
         let op = Arc::new(op);
         let key: Option<Arc<str>> = key.map(Into::into);
@@ -197,7 +204,7 @@ impl Redlock {
         let counting = self.counting();
         let count: Vec<bool> = which.iter().map(|&i| counting[i]).collect();
         let quorum = self.quorum.min(which.len());
-        round::run(&masters, &count, self.settings.master_timeout, quorum, |k, tx: Reply<T>| {
+        round::run(&masters, &count, self.settings.master_timeout, quorum, settles, |k, tx: Reply<T>| {
             let (op, key, i) = (op.clone(), key.clone(), which[k]);
             Box::new(move |pool: &Pool| {
                 let r = pool.with_conn(key.as_deref(), Some(deadline), |c| op(i, c));
@@ -236,6 +243,17 @@ impl Redlock {
         giving_way.insert(name.clone(), later(now, wait.min(Duration::from_millis(50))));
     }
 
+    /// `token`'s round won with votes still to come: its release must reach them.
+    fn unsettled(&self, token: &str, ballot: Arc<round::Ballot>) {
+        let mut unsettled = lock(&self.unsettled);
+        if unsettled.len() >= 4096 {
+            // Tenures that ended without a release (lost); their late votes, if any,
+            // end with their lease.
+            unsettled.clear();
+        }
+        unsettled.insert(token.to_owned(), ballot);
+    }
+
     /// How much longer this client's waiters give way on `name`, if they do.
     fn giving_way(&self, name: &str) -> Option<Duration> {
         let until = *lock(&self.giving_way).get(name)?;
@@ -248,7 +266,8 @@ impl Redlock {
     fn release_all(&self, keys: &LockKeys, token: &str) -> round::Replies<Option<u32>> {
         let (lua, keys2, token, me) = (self.lua.clone(), keys.clone(), token.to_owned(), self.client_id.clone());
         let prefixes: Vec<String> = self.channels.iter().map(|c| c.clients.clone()).collect();
-        self.on_all(move |i, c| lua.release(c, &keys2, &token, &me, None, &prefixes[i]), Some(&keys.key))
+        let released = |told: &Option<u32>| told.is_some();
+        self.on_all(move |i, c| lua.release(c, &keys2, &token, &me, None, &prefixes[i]), Some(&keys.key), released)
     }
 }
 
@@ -285,6 +304,9 @@ impl Backend for Redlock {
     }
 
     fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {
+        if let Some(ballot) = lock(&self.unsettled).remove(a.token) {
+            ballot.released();
+        }
         let started = Instant::now();
         let replies = self.release_all(keys, a.token);
         if replies.iter().any(|r| matches!(r, Some(Ok(Some(told))) if *told > 0)) {
@@ -296,7 +318,7 @@ impl Backend for Redlock {
 
     fn leave(&self, keys: &LockKeys) -> Result<()> {
         let (scripts, keys2, me) = (self.scripts.clone(), keys.clone(), self.client_id.clone());
-        let replies = self.on_all(move |_, c| scripts.leave(&keys2, &me).invoke::<i64>(c), Some(&keys.key));
+        let replies = self.on_all(move |_, c| scripts.leave(&keys2, &me).invoke::<i64>(c), Some(&keys.key), |_| true);
         match replies.into_iter().flatten().find_map(|r| r.err()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -319,6 +341,7 @@ impl Backend for Redlock {
                 Ok(Scripts::holder_reply(fields, pttl))
             },
             Some(&keys.key),
+            |_| true,
         );
         tally::holder(&replies, &self.counting(), self.quorum)
     }
@@ -326,8 +349,11 @@ impl Backend for Redlock {
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
         let (scripts, keys2) = (self.scripts.clone(), keys.clone());
         let channels = self.channels.clone();
-        let replies =
-            self.on_all(move |i, c| scripts.force_unlock(&keys2, &channels[i]).invoke::<i64>(c), Some(&keys.key));
+        let replies = self.on_all(
+            move |i, c| scripts.force_unlock(&keys2, &channels[i]).invoke::<i64>(c),
+            Some(&keys.key),
+            |_| true,
+        );
         if replies.iter().any(|r| matches!(r, Some(Ok(1)))) {
             return Ok(true);
         }

@@ -6,7 +6,7 @@
 //!
 //! A reply that comes after the caller has stopped listening is the job's to deal
 //! with: an acquisition's job releases a vote that came too late for a round that
-//! failed ([`Ballot`]).
+//! failed, or for one whose lock was released meanwhile ([`Ballot`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,15 +26,17 @@ pub(super) type Reply<T> = Sender<(usize, Result<T>)>;
 
 /// Sends `make(i, reply)` to every master `i` and collects the replies until each
 /// master answered, `timeout` passed, or a grace period after `quorum` of the masters
-/// that `count` answered without an error.
+/// that `count` answered with a reply that `settles` (one that can make up the
+/// quorum the caller looks for: a vote, a release; not "not here").
 pub(super) fn run<T: Send + 'static>(
     masters: &[Arc<Master>],
     count: &[bool],
     timeout: Duration,
     quorum: usize,
+    settles: impl Fn(&T) -> bool,
     make: impl Fn(usize, Reply<T>) -> Job,
 ) -> Replies<T> {
-    run_ballot(masters, count, timeout, quorum, make).0
+    run_ballot(masters, count, timeout, quorum, settles, make).0
 }
 
 fn collect<T>(
@@ -43,6 +45,7 @@ fn collect<T>(
     started: Instant,
     deadline: Instant,
     quorum: usize,
+    settles: &dyn Fn(&T) -> bool,
 ) -> Replies<T> {
     let n = count.len();
     let mut replies: Replies<T> = (0..n).map(|_| None).collect();
@@ -51,12 +54,13 @@ fn collect<T>(
     while answered < n {
         match rx.recv_deadline(until) {
             Ok((i, r)) => {
-                let ok = r.is_ok() && count[i];
+                let ok = r.as_ref().is_ok_and(settles) && count[i];
                 if replies[i].replace(r).is_none() {
                     answered += 1;
                     succeeded += usize::from(ok);
                 }
-                // Errors do not start it, nor masters that sit out: a master that fails
+                // Errors do not start it, nor masters that sit out, nor replies that
+                // cannot make up the quorum: a master that fails (or says "not here")
                 // fast must not cut short the wait for one that is merely slow.
                 if ok && succeeded == quorum {
                     // As long again as it took so far, for the slower ones.
@@ -77,6 +81,9 @@ fn collect<T>(
 #[derive(Debug, Default)]
 pub(super) struct Ballot {
     phase: Mutex<Phase>,
+    /// A lost round whose votes may have made a majority on the masters: taking them
+    /// back tells the clients that queued on them.
+    loud: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +92,10 @@ pub(super) enum Phase {
     Counting,
     Won,
     Lost,
+    /// A round that won, whose lock was released since: a vote that comes after is
+    /// released by its job, on the connection it came on (the holder's release, sent
+    /// on another connection, may have reached that master first).
+    Released,
 }
 
 impl Ballot {
@@ -107,9 +118,25 @@ impl Ballot {
     }
 
     /// Ends the count. Replies delivered before this are the caller's to read (see
-    /// [`late`]); later ones are the jobs'.
-    pub fn close(&self, phase: Phase) {
+    /// [`late`]); later ones are the jobs'. `loud`: see [`Ballot::loud`].
+    pub fn close(&self, phase: Phase, loud: bool) {
+        self.loud.store(loud, std::sync::atomic::Ordering::Release);
         *lock(&self.phase) = phase;
+    }
+
+    /// The lock a won round took is being released: votes still to come are the
+    /// jobs' to release.
+    pub fn released(&self) {
+        let mut phase = lock(&self.phase);
+        if *phase == Phase::Won {
+            *phase = Phase::Released;
+        }
+    }
+
+    /// Whether a lost round's votes may have made a majority (their take-back tells
+    /// the clients queued on them).
+    pub fn loud(&self) -> bool {
+        self.loud.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -125,6 +152,7 @@ pub(super) fn run_ballot<T: Send + 'static>(
     count: &[bool],
     timeout: Duration,
     quorum: usize,
+    settles: impl Fn(&T) -> bool,
     make: impl Fn(usize, Reply<T>) -> Job,
 ) -> (Replies<T>, Receiver<(usize, Result<T>)>) {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -133,7 +161,7 @@ pub(super) fn run_ballot<T: Send + 'static>(
         master.submit(make(i, tx.clone()));
     }
     drop(tx);
-    let replies = collect(&rx, count, started, later(started, timeout), quorum);
+    let replies = collect(&rx, count, started, later(started, timeout), quorum, &settles);
     (replies, rx)
 }
 
@@ -156,7 +184,7 @@ mod tests {
         let far = started + Duration::from_secs(60);
         // Three of five answered at once, one failed; the last never answers: not
         // 60 s, the grace.
-        let r = collect::<usize>(&rx, &[true; 5], started, far, 3);
+        let r = collect::<usize>(&rx, &[true; 5], started, far, 3, &|_| true);
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
         assert_eq!(r.iter().filter(|r| r.is_some()).count(), 4);
         // Below a quorum of successes (errors do not count): the whole timeout.
@@ -164,7 +192,7 @@ mod tests {
         tx.send((1, Err(redis_mutex_error()))).unwrap();
         tx.send((2, Err(redis_mutex_error()))).unwrap();
         let started = Instant::now();
-        let r = collect::<usize>(&rx, &[true; 5], started, started + Duration::from_millis(30), 3);
+        let r = collect::<usize>(&rx, &[true; 5], started, started + Duration::from_millis(30), 3, &|_| true);
         assert!(started.elapsed() >= Duration::from_millis(30));
         assert_eq!(r.iter().filter(|r| r.is_some()).count(), 3);
     }
@@ -174,7 +202,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded::<(usize, Result<u8>)>();
         let ballot = Ballot::default();
         assert!(ballot.deliver(&tx, 0, Ok(1)).is_none());
-        ballot.close(Phase::Lost);
+        ballot.close(Phase::Lost, false);
         assert!(!ballot.counting());
         assert!(matches!(ballot.deliver(&tx, 1, Ok(2)), Some((Phase::Lost, Ok(2)))));
         assert_eq!(late(&rx).len(), 1, "only the one delivered while counting");

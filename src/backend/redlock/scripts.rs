@@ -82,9 +82,9 @@ impl RedlockScripts {
         }
     }
 
-    /// Releases `token`'s lock on this master: only `round`'s vote (a failed attempt,
-    /// told to nobody) or, with `round` `None`, the holder's (telling the clients that
-    /// wait, on `channels_prefix`). How many clients were told when it was released
+    /// Releases `token`'s lock on this master: only `round`'s vote (a failed attempt)
+    /// or, with `round` `None`, the holder's; either way telling the clients that
+    /// queued on it, on `channels_prefix`. How many clients were told when it was released
     /// here, `None` when it was not the caller's.
     pub fn release(
         &self,
@@ -95,12 +95,16 @@ impl RedlockScripts {
         round: Option<u64>,
         channels_prefix: &str,
     ) -> redis::RedisResult<Option<u32>> {
-        let (round, tell) = match round {
-            Some(r) => (r.to_string(), ""),
-            None => (String::new(), channels_prefix),
-        };
-        let n: i64 =
-            self.release.key(&keys.key).arg(token).arg(client_id).arg(round).arg(tell).arg(&*keys.name).invoke(con)?;
+        let round = round.map(|r| r.to_string()).unwrap_or_default();
+        let n: i64 = self
+            .release
+            .key(&keys.key)
+            .arg(token)
+            .arg(client_id)
+            .arg(round)
+            .arg(channels_prefix)
+            .arg(&*keys.name)
+            .invoke(con)?;
         Ok(u32::try_from(n - 1).ok())
     }
 

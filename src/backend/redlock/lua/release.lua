@@ -2,8 +2,8 @@
 -- KEYS[1] lock hash
 -- ARGV[1] token, ARGV[2] caller's client id, ARGV[3] the round whose vote to take
 -- back ('' = whichever: the holder's release), ARGV[4] the clients' channel prefix
--- (`<prefix>:<db>:c:`; '' = tell nobody: a failed attempt's vote, whose waiters look
--- again soon anyway), ARGV[5] the lock's name
+-- (`<prefix>:<db>:c:`), ARGV[5] the lock's name. A failed attempt's vote tells its
+-- waiters too: one that saw the attempt's votes as a majority sleeps until told.
 -- Returns 0 not the caller's (or another round's) here, else 1 + the clients told.
 -- Unlike the single-server release, nothing is granted: each master would grant to its
 -- own first waiter and no client would reach a quorum. Every client in `q` is told
