@@ -45,6 +45,12 @@ struct Args {
     /// of its own, only when named).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = ALL)]
     impls: Vec<Impl>,
+    /// Independent masters (odd, at least 3; 1: one server). With more than one,
+    /// redis-mutex runs as a Redlock client over all of them (`build_redlock`, its
+    /// defaults) and redlock 2 with all of them; the other implementations, which take
+    /// one server, are left out. Redis's counters and CPU are the first master's.
+    #[arg(long, default_value_t = 1)]
+    masters: usize,
     /// Where to write results.csv and the plots [default: benches/peers/results].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -176,6 +182,30 @@ fn main() {
     let url = server.url();
     let mut plain = Target { url: url.clone(), tls_ca: None, ping_url: url.clone(), admin: server.admin_conn() };
     println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", bench::server_version(&mut plain.admin));
+    let masters = (o.masters > 1).then(|| {
+        let masters = redis_mutex_harness::Masters::start_with(
+            o.masters,
+            &RedisServer::builder().args(&["--maxclients", "10000"]),
+        );
+        o.impls.retain(|i| matches!(i, Impl::RedisMutex | Impl::Redlock));
+        plain = Target {
+            url: masters.urls().join(","),
+            tls_ca: None,
+            ping_url: masters[0].url(),
+            admin: masters[0].admin_conn(),
+        };
+        // redis-mutex counts a master only once it has been up for redlock_max_lease
+        // (30 s): a master just started may have forgotten locks.
+        let up = |m: &RedisServer| -> u64 {
+            let info = m.info("server");
+            info.lines().find_map(|l| l.strip_prefix("uptime_in_seconds:")).map_or(0, |v| v.trim().parse().unwrap_or(0))
+        };
+        println!("{} independent masters ({}); waiting until they have been up 32 s", o.masters, plain.url);
+        while masters.iter().any(|m| up(m) < 32) {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        masters
+    });
     // redis-mutex-tls runs on a TLS-only server of its own, started only when asked for.
     let tls_server = o
         .impls
@@ -193,6 +223,13 @@ fn main() {
         // The harness's PING connection cannot be given the CA: it skips the check.
         Target { url: s.url(), tls_ca: Some(ca), ping_url: format!("{}#insecure", s.url()), admin: s.admin_conn() }
     });
+    if masters.is_some() {
+        println!(
+            "Redlock: redis-mutex build_redlock (defaults: redlock_master_timeout 50 ms, redlock_max_lease 30 s); \
+             redlock 2 RedLock::new(all masters) (3 tries, 0..200 ms random delay); rslock: not run, it has no \
+             synchronous API (async-std or tokio only)"
+        );
+    }
     println!("machine: {}", machine());
     println!(
         "{} s per run (W4: {} s window after {} s settle); hold 100 µs busy; W2/W3/curves/W5/fleet: 0.5–1.5 ms sleep outside the lock (W5t: none)",

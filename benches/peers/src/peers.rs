@@ -138,7 +138,10 @@ impl Shared {
                 if let Some(n) = std::env::var("REDIS_MUTEX_HANDOFF_LIMIT").ok().and_then(|v| v.parse().ok()) {
                     b = b.handoff_limit(n);
                 }
-                Shared::RedisMutex(b.build(url).expect("redis-mutex client"))
+                // Several URLs (`--masters`): a Redlock client over them.
+                let client =
+                    if url.contains(',') { b.build_redlock(&url.split(',').collect::<Vec<_>>()) } else { b.build(url) };
+                Shared::RedisMutex(client.expect("redis-mutex client"))
             }
             // Default PoolOptions (8 idle connections kept, checkout never blocks).
             Impl::Rlock => Shared::Rlock(rlock::sync_lock::RLock::new(url).expect("rlock manager")),
@@ -146,8 +149,12 @@ impl Shared {
                 let config = redisson::RedissonConfig::single_server(url).with_pool_size(redisson_pool_size(threads));
                 Shared::Redisson(Box::new(redisson::RedissonClient::new(config).expect("redisson client")))
             }
-            // Default retry settings (3 tries, 0..200 ms random delay) on one server.
-            Impl::Redlock => Shared::Redlock(Box::leak(Box::new(redlock::RedLock::new(vec![url.to_owned()])))),
+            // Default retry settings (3 tries, 0..200 ms random delay), on one server or
+            // on every master (`--masters`).
+            Impl::Redlock => {
+                let urls = url.split(',').map(str::to_owned).collect();
+                Shared::Redlock(Box::leak(Box::new(redlock::RedLock::new(urls))))
+            }
             Impl::Naive => Shared::Naive(url.to_owned()),
             Impl::LocalFifo => Shared::LocalFifo(Arc::default()),
         }
