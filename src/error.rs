@@ -97,6 +97,30 @@ pub enum Error {
         /// How long Redis waited for them.
         timeout: Duration,
     },
+    /// The deployment cannot offer this primitive. Read-write locks and semaphores
+    /// need one master to hold their state: a Redlock quorum cannot bound them (with 2
+    /// permits and 5 masters, three holders can each own a different majority), so a
+    /// client built with `build_redlock` refuses them rather than give a weaker lock.
+    /// Not transient.
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// Why this deployment cannot offer it.
+        reason: &'static str,
+    },
+    /// Another client uses this semaphore with a different number of permits, and the
+    /// semaphore is in use (a permit held or a waiter queued): the counts must agree,
+    /// or the larger would silently allow more holders than the smaller promises. The
+    /// count is stored while the semaphore is in use and forgotten when it is idle, so
+    /// changing it means stopping every user of the old count first. Not transient.
+    PermitsMismatch {
+        /// The Redis key of the semaphore's permits.
+        key: String,
+        /// The count this handle was made with.
+        permits: u32,
+        /// The count the semaphore is in use with.
+        in_use: u32,
+    },
     /// A background thread of the client (its notifier or watchdog) could not be
     /// started: the process is out of threads or memory.
     Spawn {
@@ -260,6 +284,15 @@ impl fmt::Display for Error {
                  {timeout:?}, so it is not held on the strength of them (an acquisition was released \
                  again, an extend left the lease as it was); check that the master has {wanted} replicas \
                  connected and in sync (`INFO replication`), or retry later"
+            ),
+            Error::Unsupported { what, reason } => {
+                write!(f, "{what} are not offered on this deployment: {reason}")
+            }
+            Error::PermitsMismatch { key, permits, in_use } => write!(
+                f,
+                "semaphore `{key}` is in use with {in_use} permits, and this handle was made with \
+                 {permits}: every client must use the same count for a name (it can change once no permit \
+                 is held and nobody waits), or use another name"
             ),
             Error::Spawn { thread, source } => write!(
                 f,

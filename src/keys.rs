@@ -7,23 +7,55 @@ use crate::error::{Error, Result};
 /// Longest lock name accepted, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 512;
 
+/// Which primitive a lock is: its keys, scripts and renewals differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Mutex,
+    RwLock,
+    Semaphore,
+}
+
 /// The Redis names of one lock. All share the hash tag `{name}`, so in a cluster they
 /// live in one slot.
+///
+/// A mutex is one hash (`key`) and a fencing counter. A read-write lock or a semaphore
+/// (`Kind::RwLock`, `Kind::Semaphore`) is a zset of holders (`key`: readers or permits,
+/// scored by the server-clock ms their lease ends) and a state hash (`state`: the
+/// writer, the queue, the permit count); their names end in `:rw` and `:sem`, so a
+/// mutex, a read-write lock and a semaphore of one name are three separate locks.
 #[derive(Debug, Clone)]
 pub(crate) struct LockKeys {
     pub name: Arc<str>,
-    /// The lock hash.
+    pub kind: Kind,
+    /// The lock hash (a mutex), or the zset of holders.
     pub key: String,
-    /// The fencing counter (never expires).
+    /// The fencing counter (never expires; a mutex's only).
     pub fence: String,
+    /// The state hash of a read-write lock or semaphore ("" for a mutex).
+    pub state: String,
 }
 
 impl LockKeys {
+    /// The keys of the mutex `name`.
     pub fn new(prefix: &str, name: &str) -> Result<LockKeys> {
         validate_name(name)?;
         let key = format!("{prefix}:{{{name}}}");
         let fence = format!("{key}:fence");
-        Ok(LockKeys { name: name.into(), key, fence })
+        Ok(LockKeys { name: name.into(), kind: Kind::Mutex, key, fence, state: String::new() })
+    }
+
+    /// The keys of the read-write lock or semaphore `name` (`kind` is not `Mutex`).
+    pub fn shared(prefix: &str, name: &str, kind: Kind) -> Result<LockKeys> {
+        validate_name(name)?;
+        let suffix = if kind == Kind::RwLock { "rw" } else { "sem" };
+        let key = format!("{prefix}:{{{name}}}:{suffix}");
+        let state = format!("{key}:s");
+        Ok(LockKeys { name: name.into(), kind, key, fence: String::new(), state })
+    }
+
+    /// Whether this is a read-write lock or a semaphore.
+    pub fn is_shared(&self) -> bool {
+        self.kind != Kind::Mutex
     }
 }
 

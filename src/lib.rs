@@ -94,6 +94,25 @@
 //!   failover to one of them. It is not consensus: a failover to a replica that did
 //!   not acknowledge, or renewals that had not reached it yet, can still lose it.
 //!
+//! # Read-write locks and semaphores
+//!
+//! [`LockClient::rw_lock`] (many readers or one writer, with writer preference) and
+//! [`LockClient::semaphore`] (at most `n` holders) run on the same machinery: a lease
+//! per reader, writer and permit renewed by the watchdog, lost-lease detection, waiters
+//! asleep until a release grants them the lock, a FIFO queue of waiting threads across
+//! the fleet. See [`RwLock`] and [`Semaphore`] for their guarantees and limits.
+//!
+//! ```no_run
+//! let client = redis_mutex::LockClient::open("redis://127.0.0.1:6379/")?;
+//! let partner = client.semaphore("partner-api", 10);
+//! let permit = partner.acquire()?;   // at most 10 holders at once, fleet-wide
+//! drop(permit);
+//! let catalog = client.rw_lock("catalog");
+//! let reading = catalog.read()?;     // shared with other readers, never with a writer
+//! drop(reading);
+//! # Ok::<(), redis_mutex::Error>(())
+//! ```
+//!
 //! # TLS
 //!
 //! `rediss://` URLs need the `tls` feature, on by default (rustls with the `ring`
@@ -130,11 +149,14 @@ mod client;
 mod clock;
 mod error;
 mod guard;
+mod held;
 pub mod holder;
 mod keys;
 mod mutex;
 mod options;
 mod reentrant;
+mod rwlock;
+mod semaphore;
 mod stats;
 mod sync;
 mod tls;
@@ -147,4 +169,6 @@ pub use holder::Holder;
 pub use mutex::Mutex;
 pub use options::{MAX_LEASE, MutexOptions};
 pub use reentrant::{ReentrantMutex, ReentrantMutexGuard};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use semaphore::{Semaphore, SemaphorePermit};
 pub use stats::Stats;

@@ -36,8 +36,18 @@ pub struct Stats {
     /// it, and broadcasts): what a release costs the fleet in messages.
     pub messages_received: u64,
     /// Acquisitions granted by another client's release, which made a waiting thread of
-    /// this client the owner in the same step: no attempt of its own.
+    /// this client the owner in the same step: no attempt of its own. (Read-write locks
+    /// and semaphores: grants by any release, this client's own included.)
     pub grants: u64,
+    /// Read locks of [`RwLock`](crate::RwLock)s acquired (also counted in
+    /// `acquisitions`).
+    pub read_acquisitions: u64,
+    /// Write locks of [`RwLock`](crate::RwLock)s acquired (also counted in
+    /// `acquisitions`).
+    pub write_acquisitions: u64,
+    /// [`Semaphore`](crate::Semaphore) permits acquired (also counted in
+    /// `acquisitions`).
+    pub permit_acquisitions: u64,
 }
 
 impl Stats {
@@ -72,6 +82,9 @@ impl Stats {
             orphans_released: d(self.orphans_released, earlier.orphans_released),
             messages_received: d(self.messages_received, earlier.messages_received),
             grants: d(self.grants, earlier.grants),
+            read_acquisitions: d(self.read_acquisitions, earlier.read_acquisitions),
+            write_acquisitions: d(self.write_acquisitions, earlier.write_acquisitions),
+            permit_acquisitions: d(self.permit_acquisitions, earlier.permit_acquisitions),
         }
     }
 }
@@ -92,6 +105,9 @@ pub(crate) struct Counters {
     pub orphans_released: AtomicU64,
     pub messages_received: AtomicU64,
     pub grants: AtomicU64,
+    pub read_acquisitions: AtomicU64,
+    pub write_acquisitions: AtomicU64,
+    pub permit_acquisitions: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -116,6 +132,9 @@ impl Counters {
             orphans_released: g(&self.orphans_released),
             messages_received: g(&self.messages_received),
             grants: g(&self.grants),
+            read_acquisitions: g(&self.read_acquisitions),
+            write_acquisitions: g(&self.write_acquisitions),
+            permit_acquisitions: g(&self.permit_acquisitions),
         }
     }
 }

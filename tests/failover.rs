@@ -337,3 +337,31 @@ fn sentinel_and_master_credentials_with_the_readme_acls() {
     let owner: Option<String> = redis::cmd("HGET").arg("redis-mutex:{job}").arg("o").query(&mut new_master).unwrap();
     assert_eq!(owner.as_deref(), Some(g.token()), "held on the new master");
 }
+
+/// TLS to the Sentinels and to the master: `rediss://` Sentinel URLs and the CA, the
+/// master reached over TLS too, and a failover followed.
+#[test]
+fn sentinels_and_master_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let files = redis_mutex_harness::TlsFiles::generate(certs.path()).unwrap_or_else(|e| panic!("{e}"));
+    let data = redis_mutex_harness::ServerBuilder::default().tls_with(files.clone());
+    let group = SentinelGroup::start_with("locks", 1, 3, &data);
+    let urls = group.sentinel_urls();
+    assert!(urls.iter().all(|u| u.starts_with("rediss://")), "{urls:?}");
+    let ca = std::fs::read(&files.ca_cert).unwrap();
+    let client = LockClient::builder().tls_root_cert(ca.clone()).build_sentinel("locks", &urls).unwrap();
+    wait_until(Duration::from_secs(10), "the notifier to subscribe", || client.is_notifier_connected());
+    let m = client.mutex("job");
+    m.lock().unwrap().unlock().unwrap();
+    // Over TLS: the master serves no plain port at all.
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut group.master().admin_conn()).unwrap();
+    assert!(list.lines().any(|l| l.contains(&format!("name=redis-mutex:{}", client.id()))), "{list}");
+    // Without the CA the Sentinels' certificates are refused: a TLS error.
+    let err = LockClient::builder().build_sentinel("locks", &urls).unwrap_err();
+    assert!(matches!(err, Error::Connection(_) | Error::Tls { .. }), "{err:?}");
+    let old = group.master_addr().unwrap();
+    redis::cmd("SENTINEL").arg("FAILOVER").arg("locks").query::<()>(&mut group.sentinels()[0].admin_conn()).unwrap();
+    wait_until(Duration::from_secs(30), "the failover", || group.master_addr().is_some_and(|a| a != old));
+    let g = m.try_lock_for(Duration::from_secs(20)).unwrap().expect("locks after the failover");
+    g.unlock().unwrap();
+}

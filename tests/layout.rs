@@ -39,6 +39,9 @@ const MODULES: &[(&str, Layer)] = &[
     ("mutex", Layer::Api),
     ("guard", Layer::Api),
     ("reentrant", Layer::Api),
+    ("rwlock", Layer::Api),
+    ("semaphore", Layer::Api),
+    ("held", Layer::Api),
     ("bench_support", Layer::Api),
     ("lib", Layer::Api),
 ];

@@ -51,6 +51,11 @@ const COMMANDS: &[&str] = &[
     "type",
 ];
 
+/// What read-write locks and semaphores need beyond `COMMANDS`: their scripts' inner
+/// commands on the holders zset and the state hash. Each one is needed:
+/// `every_permission_read_write_locks_and_semaphores_add_is_needed`.
+const SHARED_COMMANDS: &[&str] = &["zadd", "zrem", "zscore", "zcard", "zrange", "zcount", "zremrangebyscore", "hdel"];
+
 // ---- helpers ---------------------------------------------------------------------
 
 /// `(major, minor)` of the server.
@@ -217,7 +222,96 @@ fn exercise(url: &str, tag: &str) -> Result<Outcome, String> {
     Ok(out)
 }
 
+/// The recommended rules with those of read-write locks and semaphores, without the
+/// command `without`.
+fn shared_rules(server: &RedisServer, without: Option<&str>) -> Vec<String> {
+    let mut rules = rules(server, without);
+    rules.extend(SHARED_COMMANDS.iter().filter(|c| Some(**c) != without).map(|c| format!("+{c}")));
+    rules
+}
+
+/// Uses a read-write lock and a semaphore with two clients on `url`: a reader, a writer
+/// in the other client let in by the reader's release (and releasing, which clears the
+/// writer), a permit, `available`, a waiter woken by the permit's release, renewals.
+/// Stops at the first error (every wait is bounded).
+fn exercise_shared(url: &str, tag: &str) -> Result<(), String> {
+    fn e(what: &'static str) -> impl Fn(Error) -> String {
+        move |err| format!("{what}: {err}")
+    }
+    let none = |what: &str| format!("{what}: still held by someone else");
+    let a = LockClient::open(url).map_err(e("open"))?;
+    let b = LockClient::open(url).map_err(e("open"))?;
+    support::poll_until(Duration::from_secs(3), || a.is_notifier_connected() && b.is_notifier_connected());
+    let (ra, rb) = (a.rw_lock(&format!("rw-{tag}")), b.rw_lock(&format!("rw-{tag}")));
+    let (sa, sb) = (a.semaphore(&format!("sem-{tag}"), 1), b.semaphore(&format!("sem-{tag}"), 1));
+    let r = ra.try_read_for(Duration::from_secs(5)).map_err(e("read"))?.ok_or_else(|| none("read"))?;
+    let p = sa.try_acquire_for(Duration::from_secs(5)).map_err(e("acquire"))?.ok_or_else(|| none("acquire"))?;
+    if sa.available().map_err(e("available"))? != 0 {
+        return Err("available: a permit free while held".into());
+    }
+    thread::scope(|s| -> Result<(), String> {
+        let writer = s.spawn(|| rb.try_write_for(Duration::from_secs(6)).map(|w| w.map(|w| w.unlock())));
+        let waiter = s.spawn(|| sb.try_acquire_for(Duration::from_secs(6)).map(|p| p.map(|p| p.unlock())));
+        support::poll_until(Duration::from_secs(5), || rb.waiting_threads() == 1 && sb.waiting_threads() == 1);
+        thread::sleep(Duration::from_millis(100));
+        r.unlock().map_err(e("read unlock"))?;
+        p.unlock().map_err(e("permit unlock"))?;
+        let w = writer.join().expect("writer").map_err(e("write"))?.ok_or_else(|| none("write"))?;
+        w.map_err(e("write unlock"))?;
+        let p = waiter.join().expect("waiter").map_err(e("waiter"))?.ok_or_else(|| none("waiter"))?;
+        p.map_err(e("waiter unlock"))
+    })?;
+    let short = MutexOptions::default().lease(Duration::from_millis(600));
+    let p = a.semaphore_with(&format!("short-{tag}"), 2, short).try_acquire().map_err(e("short"))?;
+    let p = p.ok_or_else(|| none("short"))?;
+    thread::sleep(Duration::from_millis(1500));
+    if p.is_lost() || !p.is_held().map_err(e("is_held"))? {
+        return Err("the permit was not renewed".into());
+    }
+    p.unlock().map_err(e("unlock short"))
+}
+
 // ---- tests -----------------------------------------------------------------------
+
+#[test]
+fn acl_user_with_the_readme_s_rules_can_use_read_write_locks_and_semaphores() {
+    let server = RedisServer::start();
+    set_user(&server, "locker", &shared_rules(&server, None));
+    exercise_shared(&user_url(&server, "locker"), "locker")
+        .unwrap_or_else(|e| panic!("{e}\nACL LOG: {:?}", acl_log(&server)));
+    thread::sleep(Duration::from_millis(500));
+    let refused = acl_log(&server);
+    assert!(refused.is_empty(), "the ACL refused: {refused:#?}");
+}
+
+#[test]
+fn every_permission_read_write_locks_and_semaphores_add_is_needed() {
+    let server = RedisServer::start();
+    let users: Vec<(String, &str)> = SHARED_COMMANDS.iter().map(|c| (format!("without-{c}"), *c)).collect();
+    for (user, command) in &users {
+        set_user(&server, user, &shared_rules(&server, Some(command)));
+    }
+    thread::scope(|s| {
+        for (user, _) in &users {
+            let url = user_url(&server, user);
+            s.spawn(move || {
+                let _ = exercise_shared(&url, user);
+            });
+        }
+    });
+    for (user, command) in &users {
+        let refused = support::poll_until(Duration::from_secs(3), || {
+            acl_log(&server)
+                .iter()
+                .any(|e| e.get("username") == Some(user) && e.get("object").map(String::as_str) == Some(command))
+        });
+        assert!(
+            refused,
+            "without +{command}, nothing was refused: is it still needed? ACL LOG: {:#?}",
+            acl_log(&server)
+        );
+    }
+}
 
 #[test]
 fn acl_user_limited_to_the_crate_can_use_every_feature() {

@@ -31,7 +31,10 @@ pub(crate) mod cluster;
 #[cfg(test)]
 pub(crate) mod mem;
 pub(crate) mod sentinel;
+pub(crate) mod shared;
 pub(crate) mod single;
+
+pub(crate) use self::shared::{LocalGrants, SharedArgs, SharedAttempt, SharedBackend, SharedLeave, Side};
 
 /// What a releaser needs to hand the lock to a waiting thread of its client.
 #[derive(Debug, Clone)]
@@ -136,7 +139,8 @@ pub(crate) enum Released {
     Unacknowledged,
 }
 
-/// One renewal of a batch: the lock, its owner token, the lease to set.
+/// One renewal of a batch: the lock, its owner token, the lease to set. The keys'
+/// `kind` says which primitive, so which script renews it.
 pub(crate) type Renewal<'a> = (&'a LockKeys, &'a str, u64);
 
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -171,6 +175,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>>;
     /// Deletes the lock whoever holds it and wakes every client's waiters.
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;
+    /// Read-write locks and semaphores, on a backend that can bound them: one master
+    /// holds all of a lock's state (one server, TLS, Sentinel, Cluster). `Err` says
+    /// why not; the default, for a backend that does not override it: a quorum of
+    /// independent masters (Redlock) cannot bound a semaphore (with 2 permits and 5
+    /// masters, three holders can each own a different majority), nor keep a writer
+    /// out of every majority readers hold.
+    fn shared(&self) -> std::result::Result<&dyn SharedBackend, &'static str> {
+        Err("a quorum of independent masters cannot bound them (with 2 permits and 5 masters, three holders \
+             can each own a different majority); use a single server, Sentinel or Cluster")
+    }
 }
 
 /// A lock another client's release granted to this client: it is this client's in
@@ -212,6 +226,26 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     /// this client holds is checked at once, and none is handed on in memory until
     /// Redis confirmed it again.
     fn server_changed(&self);
+    /// A release (or an attempt) granted a read-write lock or semaphore to this
+    /// client's waiting thread whose token is `token`: it holds it now, for `lease_ms`
+    /// until it extends it. `false` when no thread waits under that token (it left, and
+    /// its leaving released the grant, or it acquired by an attempt of its own).
+    fn granted_ticket(&self, token: &str, lease_ms: u64) -> bool {
+        let _ = (token, lease_ms);
+        false
+    }
+    /// The waiting thread `token` (read-write lock or semaphore) looks again now.
+    /// `false` when none waits under that token.
+    fn wake_ticket(&self, token: &str) -> bool {
+        let _ = token;
+        false
+    }
+    /// Whether a thread of this client waits under `token` (read-write lock or
+    /// semaphore).
+    fn has_ticket(&self, token: &str) -> bool {
+        let _ = token;
+        false
+    }
 }
 
 /// Where the locks live.

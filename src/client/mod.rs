@@ -12,6 +12,8 @@ use crate::error::Result;
 use crate::mutex::Mutex;
 use crate::options::MutexOptions;
 use crate::reentrant::{ReentrantMutex, ReentrantState};
+use crate::rwlock::RwLock;
+use crate::semaphore::Semaphore;
 use crate::stats::Stats;
 use crate::sync::lock;
 use crate::wait::Core;
@@ -122,6 +124,56 @@ impl LockClient {
         let m = ReentrantMutex::new(self.mutex_with(name, options));
         map.insert(name.to_owned(), m.downgrade());
         m
+    }
+
+    /// A read-write lock named `name` with default [`MutexOptions`] (each reader's and
+    /// writer's lease 30 s, renewed while held). Cheap: no I/O. An invalid name is
+    /// reported by the first locking call. See [`RwLock`] for its guarantees.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redis_mutex::{Error, LockClient};
+    ///
+    /// let client = LockClient::builder().build_unchecked("redis://127.0.0.1:1/")?;
+    /// assert!(matches!(client.rw_lock("a{b}").try_read(), Err(Error::InvalidName { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn rw_lock(&self, name: &str) -> RwLock {
+        self.rw_lock_with(name, MutexOptions::default())
+    }
+
+    /// [`rw_lock`](Self::rw_lock) with options: the lease and `auto_renew` of each
+    /// reader and writer. `fencing` and `wait_replicas` are refused by the first
+    /// locking call ([`Error::InvalidOption`](crate::Error::InvalidOption)).
+    pub fn rw_lock_with(&self, name: &str, options: MutexOptions) -> RwLock {
+        RwLock::new(self.clone(), self.inner.core.clone(), &self.inner.prefix, name, options)
+    }
+
+    /// A semaphore named `name` of `permits` permits, with default [`MutexOptions`]
+    /// (each permit's lease 30 s, renewed while held). Cheap: no I/O. An invalid name
+    /// or a count of 0 is reported by the first call. Every client must use the same
+    /// count for a name; see [`Semaphore`] for its guarantees.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redis_mutex::{Error, LockClient};
+    ///
+    /// let client = LockClient::builder().build_unchecked("redis://127.0.0.1:1/")?;
+    /// let none = client.semaphore("partner-api", 0);
+    /// assert!(matches!(none.try_acquire(), Err(Error::InvalidOption { option: "permits", .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn semaphore(&self, name: &str, permits: u32) -> Semaphore {
+        self.semaphore_with(name, permits, MutexOptions::default())
+    }
+
+    /// [`semaphore`](Self::semaphore) with options: the lease and `auto_renew` of each
+    /// permit. `fencing` and `wait_replicas` are refused by the first call
+    /// ([`Error::InvalidOption`](crate::Error::InvalidOption)).
+    pub fn semaphore_with(&self, name: &str, permits: u32, options: MutexOptions) -> Semaphore {
+        Semaphore::new(self.clone(), self.inner.core.clone(), &self.inner.prefix, name, permits, options)
     }
 
     /// A snapshot of this client's counters.

@@ -14,6 +14,8 @@
 //! Modules: `registry` (waiters), `release` (the release decision, extend),
 //! `deadline` (`lock` without a deadline cannot end without the lock), `tenure` (lease
 //! state), `watchdog` (renewal thread), `orphans` (acquisitions whose reply was lost),
+//! `shared` and `tickets` (read-write locks and semaphores: their wait loop, and their
+//! waiters by token),
 //! `tests` (the protocol against the in-memory backend, both a backend that grants
 //! and one that does not).
 
@@ -23,9 +25,15 @@ mod registry;
 mod release;
 #[cfg(test)]
 mod replicas_tests;
+#[cfg(test)]
+mod server_change_tests;
+mod shared;
+#[cfg(test)]
+mod shared_tests;
 mod tenure;
 #[cfg(test)]
 mod tests;
+mod tickets;
 mod watchdog;
 
 use std::sync::Arc;
@@ -35,8 +43,10 @@ use self::deadline::{Deadline, Forever};
 use self::orphans::Orphans;
 pub(crate) use self::registry::Registry;
 use self::registry::{Grant, Leave, WaitHandle, Woken};
+pub(crate) use self::shared::SharedWant;
 pub(crate) use self::tenure::Tenure;
 use self::watchdog::{Renewer, Watchdog};
+pub(crate) use crate::backend::Side;
 use crate::backend::{Attempt, AttemptArgs, Backend, Granted, HandoffTarget, ReleaseArgs, ReleaseSink, Replicas};
 use crate::backoff::{Backoff, jitter};
 use crate::clock::{Stamp, later};
@@ -159,6 +169,7 @@ impl Core {
         let token = new_token();
         bump(&self.stats.attempts);
         let at = Stamp::now();
+        let epoch = self.registry.server_changes();
         let args = AttemptArgs {
             token: &token,
             lease_ms: want.lease_ms,
@@ -172,7 +183,7 @@ impl Core {
             Ok(Attempt::Acquired { fence }) => {
                 bump(&self.stats.acquisitions);
                 log::debug!("redis-mutex: acquired {} at once", keys.key);
-                let grant = Grant { fence, at, turn: 0, from_another_client: None };
+                let grant = Grant { fence, at, turn: 0, epoch, from_another_client: None };
                 Ok(Some(self.hold(keys, want, token, Got { grant, tenure: None })))
             }
             Ok(Attempt::Held { .. }) => Ok(None),
@@ -209,6 +220,12 @@ impl Core {
             if let Some(granted) = &got.grant.from_another_client {
                 // Redis gave the grant a short lease, which renewals lengthen.
                 t.confirmed(got.grant.at, granted.lease_ms);
+            }
+            if got.grant.epoch != self.registry.server_changes() {
+                // Sent to a server that turned out to be another one (a failover, a
+                // restart) before the answer came: the check of every held lock
+                // missed this one. Renewed at once, and not handed on before.
+                t.recheck(Stamp::now());
             }
             let t = Arc::new(t);
             if want.auto_renew {
@@ -374,6 +391,7 @@ impl Core {
                 waiter.rely_on_first(false);
                 bump(&self.stats.attempts);
                 let sent = Stamp::now();
+                let epoch = self.registry.server_changes();
                 let args = AttemptArgs {
                     token: &token,
                     lease_ms: want.lease_ms,
@@ -387,7 +405,7 @@ impl Core {
                     Ok(Attempt::Acquired { fence }) => {
                         waiter.finish();
                         self.registry.dequeued(&keys.name);
-                        let grant = Grant { fence, at: sent, turn: 0, from_another_client: None };
+                        let grant = Grant { fence, at: sent, turn: 0, epoch, from_another_client: None };
                         let hold = self.hold(keys, want, token.clone(), Got { grant, tenure: None });
                         return done(hold, "attempt", slept);
                     }

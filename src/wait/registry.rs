@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::tenure::Tenure;
+use super::tickets::Tickets;
 use crate::backend::{Granted, HandoffTarget, ReleaseSink};
 use crate::clock::Stamp;
 use crate::sync::lock;
@@ -36,6 +37,9 @@ pub(crate) struct Grant {
     pub at: Stamp,
     /// Handoffs of this client's turn before this one (see `Released::Handed`).
     pub turn: u32,
+    /// The registry's count of server changes when the request behind `at` was sent:
+    /// a lease confirmed by the server before a change is not relied on after it.
+    pub epoch: u64,
     /// Granted by another client's release: the owner token Redis lists, the short
     /// lease the grant has until the waiter extends it, and the replicas that
     /// acknowledged it.
@@ -110,7 +114,7 @@ pub(crate) struct Registry {
     /// earliest request that queued it, since it last got the lock or left), and that
     /// queueing's mark: a grant from another client that echoes the mark is timed from
     /// here.
-    queued_since: Mutex<HashMap<Arc<str>, (Stamp, u64)>>,
+    queued_since: Mutex<HashMap<Arc<str>, (Stamp, u64, u64)>>,
     next_mark: AtomicU64,
     /// How many times the server turned out to be another one (see
     /// `ReleaseSink::server_changed`); the watchdog checks every held lock when it
@@ -118,6 +122,8 @@ pub(crate) struct Registry {
     server_changes: AtomicU64,
     /// Wakes the watchdog (set once it runs).
     on_server_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The waiting threads of read-write locks and semaphores, by token.
+    tickets: Arc<Tickets>,
 }
 
 impl ReleaseSink for Registry {
@@ -129,12 +135,13 @@ impl ReleaseSink for Registry {
         };
         // A grant of another queueing (heard late) or of none on record cannot be
         // timed: as old as its lease, so the waiter confirms it with Redis first.
-        let at = match lock(&self.queued_since).remove(name) {
-            Some((since, mark)) if mark == grant.mark => since,
-            _ => Stamp::now().earlier(Duration::from_millis(grant.lease_ms)),
+        let (at, epoch) = match lock(&self.queued_since).remove(name) {
+            Some((since, mark, epoch)) if mark == grant.mark => (since, epoch),
+            _ => (Stamp::now().earlier(Duration::from_millis(grant.lease_ms)), self.server_changes()),
         };
         let fence = grant.fence;
-        *lock(&waiter.state) = State::Granted(Grant { fence, at, turn: 0, from_another_client: Some(grant) });
+        let grant = Grant { fence, at, turn: 0, epoch, from_another_client: Some(grant) };
+        *lock(&waiter.state) = State::Granted(grant);
         self.remove_holder(&mut queues, &waiter);
         let _ = waiter.tx.try_send(());
         true
@@ -167,6 +174,18 @@ impl ReleaseSink for Registry {
         if let Some(wake) = self.on_server_change.get() {
             wake();
         }
+    }
+
+    fn granted_ticket(&self, token: &str, lease_ms: u64) -> bool {
+        self.tickets.grant(token, lease_ms)
+    }
+
+    fn wake_ticket(&self, token: &str) -> bool {
+        self.tickets.wake(token)
+    }
+
+    fn has_ticket(&self, token: &str) -> bool {
+        self.tickets.contains(token)
     }
 }
 
@@ -207,7 +226,8 @@ impl Registry {
     /// be queued, so the earliest time stays with it).
     pub fn queueing(&self, name: &Arc<str>, at: Stamp) -> u64 {
         let mut since = lock(&self.queued_since);
-        since.entry(name.clone()).or_insert_with(|| (at, self.next_mark.fetch_add(1, Ordering::Relaxed) + 1)).1
+        let epoch = self.server_changes();
+        since.entry(name.clone()).or_insert_with(|| (at, self.next_mark.fetch_add(1, Ordering::Relaxed) + 1, epoch)).1
     }
 
     /// This client is no longer queued for `name` (it got the lock, or left).
@@ -220,10 +240,15 @@ impl Registry {
         self.listening.load(Ordering::Acquire)
     }
 
+    /// The waiting threads of read-write locks and semaphores.
+    pub fn tickets(&self) -> &Arc<Tickets> {
+        &self.tickets
+    }
+
     /// Wakes every waiter once (after the notifier reconnects: messages may be lost).
     pub fn wake_all(&self) -> usize {
         let queues = lock(&self.queues);
-        let mut n = 0;
+        let mut n = self.tickets.wake_all();
         for w in queues.values().flatten() {
             let _ = w.tx.try_send(());
             n += 1;
@@ -289,7 +314,8 @@ impl Claim {
     /// waiter without a round trip.
     pub fn grant_tenure(self, tenure: Arc<Tenure>, fence: u64) {
         *lock(&self.waiter.tenure) = Some(tenure);
-        self.grant(Grant { fence, at: Stamp::now(), turn: 0, from_another_client: None });
+        let epoch = self.registry.server_changes();
+        self.grant(Grant { fence, at: Stamp::now(), turn: 0, epoch, from_another_client: None });
     }
 
     /// The waiter now owns the lock: take it out of the queue and wake it.

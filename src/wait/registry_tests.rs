@@ -84,7 +84,7 @@ fn claims_go_to_the_first_unclaimed_waiter_and_grant_wakes_it() {
     let c2 = r.claim_first("x").unwrap();
     assert_eq!(c2.target().token, "b");
     assert!(r.claim_first("x").is_none());
-    let grant = Grant { fence: 7, at: Stamp::now(), turn: 0, from_another_client: None };
+    let grant = Grant { fence: 7, at: Stamp::now(), turn: 0, epoch: 0, from_another_client: None };
     c1.grant(grant.clone());
     assert_eq!(a.sleep_until(soon()), Woken::Notified);
     assert_eq!(a.granted(), Some(grant));
@@ -96,7 +96,7 @@ fn claims_go_to_the_first_unclaimed_waiter_and_grant_wakes_it() {
 
 #[test]
 fn a_claimed_waiter_that_leaves_waits_for_the_outcome() {
-    let handed = Grant { fence: 3, at: Stamp::now(), turn: 0, from_another_client: None };
+    let handed = Grant { fence: 3, at: Stamp::now(), turn: 0, epoch: 0, from_another_client: None };
     for grant in [true, false] {
         let r = Registry::new();
         let a = r.register("x".into(), target("a"));

@@ -107,6 +107,7 @@ impl Core {
     pub(super) fn release_through_backend(&self, keys: &LockKeys, args: ReleaseArgs<'_>) -> Result<()> {
         let claim = if self.backend.grants() { self.registry.claim_first(&keys.name) } else { None };
         let sent = Stamp::now();
+        let epoch = self.registry.server_changes();
         let mark = if claim.is_some() { self.registry.queueing(&keys.name, sent) } else { 0 };
         let args = ReleaseArgs { handoff: claim.as_ref().map(|c| c.target()), mark, ..args };
         let outcome = self.backend.release(keys, args);
@@ -124,7 +125,7 @@ impl Core {
             Ok(Released::Handed { fence, turn }) => {
                 bump(&self.stats.handoffs);
                 if let Some(claim) = claim {
-                    claim.grant(Grant { fence, at: sent, turn, from_another_client: None });
+                    claim.grant(Grant { fence, at: sent, turn, epoch, from_another_client: None });
                 }
                 log::debug!("redis-mutex: handed {} to a waiting thread", keys.key);
                 Ok(())
@@ -235,7 +236,11 @@ impl Core {
 
     /// Asks Redis whether `tenure`'s token still owns the lock; marks it lost if not.
     pub fn is_held(&self, tenure: &Tenure) -> Result<bool> {
-        let held = self.backend.holder(&tenure.keys)?.is_some_and(|h| h.token == tenure.token);
+        let held = if tenure.keys.is_shared() {
+            super::shared::still_holds(&*self.backend, tenure)?
+        } else {
+            self.backend.holder(&tenure.keys)?.is_some_and(|h| h.token == tenure.token)
+        };
         if !held {
             tenure.mark_lost(&self.stats, &self.registry, "Redis no longer lists this guard as the owner");
         }

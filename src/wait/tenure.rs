@@ -102,7 +102,11 @@ impl Tenure {
         }
         bump(&stats.leases_lost);
         log::warn!("redis-mutex: lost lock {}: {why}", self.keys.key);
-        registry.wake_first(&self.keys.name);
+        // (A read-write lock's or semaphore's waiters sleep no longer than the leases
+        // they saw, and each finds out for itself.)
+        if !self.keys.is_shared() {
+            registry.wake_first(&self.keys.name);
+        }
         true
     }
 

@@ -222,10 +222,15 @@ fn recheck_all(r: &Renewer, table: &Table, now: Stamp) {
         unrenewed.len()
     );
     for tenure in unrenewed {
-        match r.backend.holder(&tenure.keys) {
-            Ok(holder) if holder.as_ref().is_some_and(|h| h.token == tenure.token) => {}
-            Ok(_) if tenure.is_released() => {}
-            Ok(_) => {
+        let holds = if tenure.keys.is_shared() {
+            super::shared::still_holds(&*r.backend, &tenure)
+        } else {
+            r.backend.holder(&tenure.keys).map(|h| h.is_some_and(|h| h.token == tenure.token))
+        };
+        match holds {
+            Ok(true) => {}
+            Ok(false) if tenure.is_released() => {}
+            Ok(false) => {
                 tenure.mark_lost(
                     &r.stats,
                     &r.registry,
@@ -321,9 +326,15 @@ fn release_orphans(r: &Renewer) -> Option<Instant> {
             mark: 0,
             replicas: None,
         };
-        match r.backend.release(&orphan.keys, args) {
-            Ok(Released::NotOwner) => {} // never acquired, or its lease ran out
-            Ok(_) => {
+        let released = if orphan.keys.is_shared() {
+            let released = super::shared::shared_of(&*r.backend).and_then(|b| b.release(&orphan.keys, &orphan.token));
+            super::shared::hand_out(&r.registry, &r.orphans, &orphan.keys, released)
+        } else {
+            r.backend.release(&orphan.keys, args).map(|outcome| outcome != Released::NotOwner)
+        };
+        match released {
+            Ok(false) => {} // never acquired, or its lease ran out
+            Ok(true) => {
                 bump(&r.stats.orphans_released);
                 r.registry.wake_first(&orphan.keys.name);
                 log::info!("redis-mutex: released {}, acquired by a request whose reply was lost", orphan.keys.key);

@@ -10,6 +10,7 @@ mod cluster;
 mod output;
 mod peers;
 mod report;
+mod shared;
 mod w4;
 mod w5;
 
@@ -74,6 +75,12 @@ enum Workload {
     W5,
     /// W5 (with the sleep) at 2, 8, 32 and 64 processes.
     Fleet,
+    /// Read-write locks: 90% reads, 8 threads and 4 processes × 4 threads.
+    #[value(name = "RW")]
+    Rw,
+    /// Semaphores: 4 permits, 16 threads.
+    #[value(name = "SEM")]
+    Sem,
 }
 
 impl Workload {
@@ -144,6 +151,13 @@ fn loadavg() -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child")
+        && let Some(imp) = args.get(2).and_then(|a| shared::PrimImpl::from_name(a))
+    {
+        // An RW worker process: `--child rw:IMPL URL` and the run's parameters.
+        bench::child_main(&args[2..], |own, _| shared::Prim::new(imp, &own[1]));
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("--child") {
         // A W3 or W5 worker process: `--child IMPL URL NAMES [TLS_CA]` and the run's parameters.
         bench::child_main(&args[2..], |own, threads| {
@@ -319,6 +333,41 @@ fn main() {
             w4rows.push(r);
         }
     }
+    let prim_plan = shared::plan(wants(Workload::Rw), wants(Workload::Sem));
+    let mut prim_rows = Vec::new();
+    if !prim_plan.is_empty() {
+        println!(
+            "\nRW: redis-mutex RwLock vs rlock's read-write lock (90% reads); SEM: redis-mutex Semaphore vs a naive \
+             INCR/DECR + 1 ms polling semaphore ({} permits); 100 µs busy hold; RW1, SEM1: tight loop; RW2, RW3, SEM2: \
+             0.5–1.5 ms asleep outside the lock",
+            shared::PERMITS
+        );
+        println!("{}", shared::header());
+        for (wl, procs, threads, think, imps) in prim_plan {
+            for imp in imps {
+                match shared::run(imp, &url, &mut plain.admins[0], (procs, threads, think), o.secs) {
+                    Ok(m) => {
+                        let r = shared::PrimRow { workload: wl, imp, procs, threads, m };
+                        println!("{}", shared::line(&r));
+                        if let Some(e) = &r.m.first_error {
+                            println!("     first error: {e}");
+                        }
+                        prim_rows.push(r);
+                    }
+                    Err(reason) => println!("{wl} {} {procs}p×{threads}t: n/a: {reason}", imp.name()),
+                }
+            }
+        }
+        println!(
+            "  min/max sh: smallest and largest thread's share of acquisitions × threads (1.00 = even); cmd/a: commands \
+             Redis received per acquisition; rt/a: client round trips per acquisition; grants: acquisitions a release \
+             granted (no request of the waiter's own) per acquisition"
+        );
+        println!("\ntarget checks (issue 18):");
+        for l in shared::targets(&prim_rows) {
+            println!("  {l}");
+        }
+    }
     report::print_legend();
     if [Workload::W1, Workload::W2, Workload::W4].into_iter().any(wants) {
         println!("\ntarget checks (issue 6):");
@@ -341,6 +390,7 @@ fn main() {
     let dir = o.out.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
     std::fs::create_dir_all(&dir).unwrap();
     output::write_csv(&dir.join("results.csv"), &rows, &w4rows, &na).expect("results.csv");
+    shared::write_csv(&dir.join("shared.csv"), &prim_rows).expect("shared.csv");
     w5::plots(&dir, &rows, &o.impls).expect("W5 fleet plots");
     // W2 throughput against threads (the 8-thread W2 run is a point of the curve).
     let series: Vec<(&str, Vec<(f64, f64)>)> = o
@@ -375,7 +425,8 @@ fn main() {
         output::handoff_cdf(&chart, &cdf).expect("handoff latency plot");
     }
     println!(
-        "\nwrote {}/{{results.csv, w2_throughput_vs_threads.svg, handoff_latency.svg, {}}}; total {:.0} s; load average now {}",
+        "\nwrote {}/{{results.csv, shared.csv, w2_throughput_vs_threads.svg, handoff_latency.svg, {}}}; total {:.0} s; \
+         load average now {}",
         dir.display(),
         w5::PLOTS.join(", "),
         started.elapsed().as_secs_f64(),

@@ -6,6 +6,7 @@ mod connection;
 mod notifier;
 mod replicas;
 mod route;
+mod shared;
 pub(crate) use self::connection::{ConnectSettings, Pool, Target};
 use self::route::Route;
 pub(crate) mod scripts;
@@ -18,8 +19,11 @@ use redis::{Connection, Value};
 
 use self::notifier::NotifierConfig;
 use self::scripts::{Releaser, Scripts};
+use self::shared::SharedScripts;
 use super::sentinel;
-use super::{Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas};
+use super::{
+    Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas, SharedBackend,
+};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::keys::{Channels, LockKeys};
@@ -37,6 +41,8 @@ pub(crate) struct SingleServer {
 struct Server {
     route: Route,
     scripts: Scripts,
+    /// Those of read-write locks and semaphores.
+    shared: SharedScripts,
     client_id: String,
     channels: Channels,
     /// How long a lock granted to a waiting client is its before it takes it.
@@ -76,6 +82,7 @@ impl SingleServer {
                 _ => Route::One(Box::new(Pool::new(settings.clone(), options.pool_max_size, options.pool_timeout))),
             },
             scripts: Scripts::new(),
+            shared: SharedScripts::new(),
             client_id: options.client_id.clone(),
             channels: channels.clone(),
             grant_ms: options.reservation.as_millis().max(1) as u64,
@@ -193,6 +200,12 @@ impl Server {
 impl Backend for SingleServer {
     fn grants(&self) -> bool {
         true
+    }
+
+    /// One master holds all of a lock's state, so read-write locks and semaphores are
+    /// bounded here (and on Sentinel and Cluster, which route to that master).
+    fn shared(&self) -> std::result::Result<&dyn SharedBackend, &'static str> {
+        Ok(self)
     }
 
     fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {

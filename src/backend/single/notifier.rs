@@ -60,6 +60,13 @@ enum Message<'a> {
     /// to this client alone when a grant to it was revoked before it was announced
     /// (too few replicas acknowledged it, see `settle.lua`).
     Forced { name: &'a str },
+    /// `^<token>,<token>... <name>`: a release (or an attempt) granted the read-write
+    /// lock or semaphore `name` to this client's waiting threads with these tokens.
+    Admitted { name: &'a str, tokens: &'a str },
+    /// `~<ms> <token> <name>`: grants were made to the waiters ahead of the waiting
+    /// thread `token`; if nothing more is heard, it looks again after `ms` (a grantee
+    /// may never come).
+    Recheck { name: &'a str, token: &'a str, after: Duration },
 }
 
 impl<'a> Message<'a> {
@@ -80,6 +87,15 @@ impl<'a> Message<'a> {
                 Some(Message::LookAgain { name, after: Duration::from_millis(ms.parse().ok()?) })
             }
             "*" => Some(Message::Forced { name: rest }),
+            "^" => {
+                let (tokens, name) = rest.split_once(' ')?;
+                Some(Message::Admitted { name, tokens })
+            }
+            "~" => {
+                let (ms, rest) = rest.split_once(' ')?;
+                let (token, name) = rest.split_once(' ')?;
+                Some(Message::Recheck { name, token, after: Duration::from_millis(ms.parse().ok()?) })
+            }
             _ => None,
         }
     }
@@ -221,6 +237,8 @@ fn listen(
     // joining the queue never takes its grant, and nothing announces that. Under
     // contention each grant re-arms the check, so it only fires after a quiet spell.
     let mut checks: HashMap<String, Instant> = HashMap::new();
+    // The same for the waiting threads of read-write locks and semaphores, by token.
+    let mut ticket_checks: HashMap<String, Instant> = HashMap::new();
     loop {
         if stopped(shutdown) {
             return None;
@@ -238,6 +256,19 @@ fn listen(
                 }
                 let woke = shared.sink.wake_first(name);
                 log::debug!("redis-mutex: nothing heard of {name} since the grant ahead; waiter looks again: {woke}");
+                false
+            });
+        }
+        if !ticket_checks.is_empty() {
+            let now = Instant::now();
+            ticket_checks.retain(|token, due| {
+                if *due > now {
+                    return true;
+                }
+                let woke = shared.sink.wake_ticket(token);
+                log::debug!(
+                    "redis-mutex: nothing heard for waiter {token} since the grants ahead; looks again: {woke}"
+                );
                 false
             });
         }
@@ -268,6 +299,22 @@ fn listen(
                         log::trace!(
                             "redis-mutex: look again at {name} (forced, or a grant revoked); woke a waiter: {woke}"
                         );
+                    }
+                    Some(Message::Admitted { name, tokens }) => {
+                        for token in tokens.split(',') {
+                            ticket_checks.remove(token);
+                            // No such waiter: it left (and its leaving released the
+                            // grant) or acquired by its own attempt.
+                            let taken = shared.sink.granted_ticket(token, cfg.grant_ms);
+                            log::trace!("redis-mutex: {name} granted to waiter {token} of this client: {taken}");
+                        }
+                    }
+                    Some(Message::Recheck { name, token, after }) => {
+                        if shared.sink.has_ticket(token) {
+                            let wait = after.saturating_add(TICK).saturating_add(jitter(after / 4));
+                            ticket_checks.insert(token.to_owned(), later(Instant::now(), wait));
+                            log::trace!("redis-mutex: waiter {token} looks again at {name} unless granted first");
+                        }
                     }
                     None => log::debug!("redis-mutex: ignored a message the notifier does not know: {payload:?}"),
                 }
@@ -389,7 +436,14 @@ mod message_tests {
             Some(Message::LookAgain { name: "a:b", after: Duration::from_millis(1000) })
         );
         assert_eq!(Message::parse("*é x"), Some(Message::Forced { name: "é x" }));
-        for bad in ["", ">x", "!tok", "!tok x 1 0 job", "!tok 1 job", "!tok 1 2 x job", "@x job", "@1000"] {
+        assert_eq!(Message::parse("^a,b job 7"), Some(Message::Admitted { name: "job 7", tokens: "a,b" }));
+        assert_eq!(
+            Message::parse("~1000 tok job 7"),
+            Some(Message::Recheck { name: "job 7", token: "tok", after: Duration::from_millis(1000) })
+        );
+        for bad in
+            ["", ">x", "!tok", "!tok x 1 0 job", "!tok 1 job", "!tok 1 2 x job", "@x job", "@1000", "^a", "~x t j"]
+        {
             assert_eq!(Message::parse(bad), None, "{bad:?}");
         }
     }

@@ -31,6 +31,8 @@ pub(crate) struct Scripts {
     acquire: Script,
     release: Script,
     extend: Script,
+    /// The renewal of a reader, writer or permit (`lua/shared_extend.lua`).
+    extend_shared: Script,
     force_unlock: Script,
     leave: Script,
     settle: Script,
@@ -148,6 +150,7 @@ impl Scripts {
             )),
             leave: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/leave.lua"))),
             extend: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/extend.lua"))),
+            extend_shared: Script::new(include_str!("lua/shared_extend.lua")),
             force_unlock: Script::new(include_str!("lua/force_unlock.lua")),
             settle: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/settle.lua"))),
         }
@@ -231,25 +234,38 @@ impl Scripts {
     /// One pipeline of `extend.lua` calls, whose replies are read one by one: one lock's
     /// error (WRONGTYPE where someone wrote over its key) must not fail the renewal of
     /// the others in the batch.
+    /// A mixed batch renews each lock with its own kind's script: `extend.lua` for a
+    /// mutex, `shared_extend.lua` (on the holders zset and the state hash) for a reader,
+    /// writer or permit.
     pub fn extend(&self, items: &[Renewal<'_>]) -> Pipeline {
-        let hash = self.extend.get_hash();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (keys, token, lease_ms) in items {
-            pipe.cmd("EVALSHA").arg(hash).arg(1).arg(&keys.key).arg(*token).arg(*lease_ms);
+            let cmd = pipe.cmd("EVALSHA");
+            if keys.is_shared() {
+                cmd.arg(self.extend_shared.get_hash()).arg(2).arg(&keys.key).arg(&keys.state);
+            } else {
+                cmd.arg(self.extend.get_hash()).arg(1).arg(&keys.key);
+            }
+            cmd.arg(*token).arg(*lease_ms);
         }
         pipe
     }
 
-    /// `extend.lua` for one lease, alone (see [`Call::invoke_then_wait`]).
+    /// The renewal of one lease, alone (see [`Call::invoke_then_wait`]).
     pub fn extend_one(&self, keys: &LockKeys, token: &str, lease_ms: u64) -> Call<'_> {
-        let mut call = Call::new(&self.extend, &[&keys.key]);
+        let mut call = if keys.is_shared() {
+            Call::new(&self.extend_shared, &[&keys.key, &keys.state])
+        } else {
+            Call::new(&self.extend, &[&keys.key])
+        };
         call.arg(token).arg(lease_ms);
         call
     }
 
-    /// Loads `extend.lua` (after a `NOSCRIPT` in its pipeline).
+    /// Loads the renewal scripts (after a `NOSCRIPT` in a batch).
     pub fn load_extend(&self, con: &mut redis::Connection) -> redis::RedisResult<String> {
+        self.extend_shared.load(con)?;
         self.extend.load(con)
     }
 

@@ -119,6 +119,11 @@ impl ServerBuilder {
         self.tls.is_some()
     }
 
+    /// The certificates given with [`tls_with`](Self::tls_with).
+    pub(crate) fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls_files.as_ref()
+    }
+
     pub(crate) fn is_sentinel(&self) -> bool {
         matches!(self.role, Role::Sentinel(_))
     }

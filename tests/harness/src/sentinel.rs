@@ -44,10 +44,19 @@ impl SentinelGroup {
     /// arguments, e.g. AOF). When `data` names a directory, every server of the group
     /// runs in a subdirectory of it (`master`, `replica-1`, ..., `sentinel-1`, ...),
     /// which stays after the group is dropped: a program's post-mortem keeps every log.
-    /// Panics when `data` asks for TLS (a TLS group is not built yet).
+    /// With TLS ([`ServerBuilder::tls_with`]: every server must trust the others, so
+    /// they share the certificates), every server of the group, the Sentinels too,
+    /// serves TLS only, replicates over TLS (`--tls-replication yes`), and the
+    /// Sentinels reach the master and each other over TLS. Panics for
+    /// [`ServerBuilder::tls`] (certificates of its own per server).
     pub fn start_with(master_name: &str, replicas: usize, sentinels: usize, data: &ServerBuilder) -> SentinelGroup {
         assert!(sentinels >= 1, "a Sentinel group needs at least one Sentinel");
-        assert!(!data.has_tls(), "a TLS Sentinel group is not built yet: do not set ServerBuilder::tls");
+        let tls = data.tls_files().cloned();
+        assert!(
+            !data.has_tls() || tls.is_some(),
+            "a TLS Sentinel group shares one CA: use ServerBuilder::tls_with(TlsFiles::generate(dir)?), not tls()"
+        );
+        let tls_replication: &[&str] = if tls.is_some() { &["--tls-replication", "yes"] } else { &[] };
         let parent = data.given_dir().map(Path::to_owned);
         let in_dir = |builder: ServerBuilder, name: String| match &parent {
             Some(parent) => {
@@ -58,7 +67,7 @@ impl SentinelGroup {
             None => builder,
         };
         // Replicas sync at once, not after the default 5 s wait for more of them.
-        let data = data.clone().args(&["--repl-diskless-sync-delay", "0"]);
+        let data = data.clone().args(&["--repl-diskless-sync-delay", "0"]).args(tls_replication);
         let master = in_dir(data.clone(), "master".into()).start();
         let master_port = master.port().to_string();
         let replicas = (1..=replicas).map(|i| {
@@ -72,7 +81,10 @@ impl SentinelGroup {
              sentinel parallel-syncs {master_name} 1\n",
             quorum = sentinels / 2 + 1
         );
-        let sentinel = ServerBuilder::default().role(Role::Sentinel(config));
+        let mut sentinel = ServerBuilder::default().role(Role::Sentinel(config)).args(tls_replication);
+        if let Some(files) = tls {
+            sentinel = sentinel.tls_with(files);
+        }
         let sentinels = (1..=sentinels).map(|i| in_dir(sentinel.clone(), format!("sentinel-{i}")).start()).collect();
         let group = SentinelGroup { name: master_name.to_owned(), master, replicas, sentinels };
         group::wait_until(FORM_TIMEOUT, "the group to form", &group.all(), || match group.formed()? {
