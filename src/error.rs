@@ -97,6 +97,24 @@ pub enum Error {
         /// How long Redis waited for them.
         timeout: Duration,
     },
+    /// Redlock: fewer than a majority of the masters answered in time and count for a
+    /// quorum (a master that restarted sits out for the client's `redlock_max_lease`),
+    /// so the lock could be neither taken nor confirmed; what the answering masters
+    /// were given was taken back. Transient: `lock()` retries it within the client's
+    /// outage tolerance, `try_lock_for` until its deadline, `try_lock` returns it.
+    NoQuorum {
+        /// The client's masters.
+        masters: usize,
+        /// How many must count (a majority).
+        needed: usize,
+        /// How many answered in time.
+        answered: usize,
+        /// Of those, how many sat out because they restarted less than
+        /// `redlock_max_lease` ago.
+        sitting_out: usize,
+        /// Why one of the others did not answer.
+        last_error: Option<Box<Error>>,
+    },
     /// The deployment cannot offer this primitive. Read-write locks and semaphores
     /// need one master to hold their state: a Redlock quorum cannot bound them (with 2
     /// permits and 5 masters, three holders can each own a different majority), so a
@@ -136,11 +154,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// `true` for failures that may pass by themselves: the server is unreachable, slow,
-    /// loading, no pooled connection was free, or too few replicas acknowledged.
+    /// loading, no pooled connection was free, too few replicas acknowledged, or too
+    /// few Redlock masters answered.
     /// Locking retries these until its deadline or the client's outage tolerance.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connection(_) | Error::PoolTimeout { .. } | Error::ReplicasNotAcknowledged { .. } => true,
+            Error::Connection(_)
+            | Error::PoolTimeout { .. }
+            | Error::ReplicasNotAcknowledged { .. }
+            | Error::NoQuorum { .. } => true,
             Error::Redis(e) => matches!(
                 e.kind(),
                 redis::ErrorKind::Server(
@@ -285,6 +307,24 @@ impl fmt::Display for Error {
                  again, an extend left the lease as it was); check that the master has {wanted} replicas \
                  connected and in sync (`INFO replication`), or retry later"
             ),
+            Error::NoQuorum { masters, needed, answered, sitting_out, last_error } => {
+                write!(
+                    f,
+                    "only {} of the {masters} Redlock masters took part in time ({needed} needed, a majority)",
+                    answered - sitting_out
+                )?;
+                if *sitting_out > 0 {
+                    write!(
+                        f,
+                        "; {sitting_out} answered but sit out: they restarted less than `redlock_max_lease` ago, \
+                         and may have forgotten locks that are still held"
+                    )?;
+                }
+                if let Some(e) = last_error {
+                    write!(f, "; last error: {e}")?;
+                }
+                write!(f, "; check that the masters run and answer within `redlock_master_timeout`, or retry later")
+            }
             Error::Unsupported { what, reason } => {
                 write!(f, "{what} are not offered on this deployment: {reason}")
             }
@@ -308,6 +348,7 @@ impl std::error::Error for Error {
         match self {
             Error::Connection(e) | Error::Auth(e) | Error::Tls(e) | Error::Redis(e) => Some(e),
             Error::Spawn { source, .. } => Some(&**source),
+            Error::NoQuorum { last_error: Some(e), .. } => Some(&**e),
             _ => None,
         }
     }

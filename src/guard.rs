@@ -119,7 +119,9 @@ impl MutexGuard {
     ///
     /// [`Error::LockLost`] if the lock is no longer ours (nothing is changed in Redis);
     /// [`Error::InvalidOption`] for a lease under 1 ms or over
-    /// [`MAX_LEASE`](crate::MAX_LEASE); [`Error::ReplicasNotAcknowledged`] when too few
+    /// [`MAX_LEASE`](crate::MAX_LEASE) (on Redlock, over the client's
+    /// [`redlock_max_lease`](crate::LockClientBuilder::redlock_max_lease));
+    /// [`Error::ReplicasNotAcknowledged`] when too few
     /// replicas acknowledged it (the guard keeps the lock, with the lease it had);
     /// Redis failures.
     pub fn extend(&self, lease: Duration) -> Result<()> {
@@ -129,7 +131,9 @@ impl MutexGuard {
                 reason: format!("{lease:?} is outside 1 ms ..= {MAX_LEASE:?}"),
             });
         }
-        self.mutex.core().extend(&self.tenure, lease.as_millis() as u64)
+        let lease_ms = lease.as_millis() as u64;
+        self.mutex.core().check_lease(lease_ms)?;
+        self.mutex.core().extend(&self.tenure, lease_ms)
     }
 
     /// Releases the lock now, reporting what went wrong.

@@ -131,6 +131,48 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//! # Redlock
+//!
+//! Where one Redis, even with Sentinel, is a single point of failure and replication
+//! cannot be trusted, [`LockClientBuilder::build_redlock`] spreads each lock over N
+//! independent masters (N odd, at least 3): a lock is held while a majority of them
+//! hold it for its owner. Mutexes, guards, options and stats are the same.
+//!
+//! ```no_run
+//! use redis_mutex::{LockClient, MutexOptions};
+//!
+//! let client = LockClient::builder()
+//!     .build_redlock(&["redis://a:6379/", "redis://b:6379/", "redis://c:6379/", "redis://d:6379/", "redis://e:6379/"])?;
+//! let guard = client.mutex_with("report", MutexOptions::default().fencing(true)).lock()?;
+//! # Ok::<(), redis_mutex::Error>(())
+//! ```
+//!
+//! What it guarantees: an acquisition is returned only while a majority of masters
+//! granted it and its *validity* (lease − time the request took − drift, drift = 1% of
+//! the lease + 2 ms) is positive, and the guard counts its lease as that; up to N/2
+//! masters may be down, slow or restarted without locks being lost or doubled; a
+//! master that restarted sits out for `redlock_max_lease`; fencing tokens never go
+//! backwards (each master's `max(counter, clock) + block`, the maximum over the
+//! majority written back to it before the guard is returned).
+//!
+//! **The known critique** (Martin Kleppmann, "How to do distributed locking", 2016)
+//! holds here too: Redlock's safety rests on timing. A holder paused longer than its
+//! validity (a GC pause, `SIGSTOP`, swapping, a suspended VM) keeps working after its
+//! lock expired on the masters and went to someone else, and nothing the lock service
+//! does can stop it; a master whose clock jumps forward expires locks early. The
+//! remedy is fencing: the protected resource accepts a write only with a token higher
+//! than any it has seen, which makes the paused holder harmless whatever the timing.
+//! Without fencing, use Redlock (like any lease-based lock) to avoid doing work twice,
+//! not where a double holder corrupts data. This implementation assumes: the masters'
+//! and the client's clocks advance at nearly the same rate (within the drift) and are
+//! not stepped (NTP slews them); a master that lost its data (a restart without AOF)
+//! is found by its `INFO` uptime, which needs `+info` in the ACL; the fencing
+//! assumptions of [`MutexOptions::fencing`] on every master. Waiters are woken by
+//! any master's release message; across clients they compete (no grant as on one
+//! server), and a client that releases while others wait lets them go first.
+//! `wait_replicas` is refused: the masters have no replicas; so are read-write locks
+//! and semaphores ([`Error::Unsupported`]): a quorum cannot bound N permits.
+//!
 //! # From the shell
 //!
 //! With the `cli` feature the crate also builds the `redis-mutex` command, which runs a

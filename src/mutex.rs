@@ -76,6 +76,7 @@ impl Mutex {
                 auto_renew: options.get_auto_renew(),
                 replicas: options.replicas(lease_ms)?,
             };
+            core.check(&want)?;
             Ok((keys, want))
         });
         Mutex { inner: Arc::new(MutexInner { core, client, name: name.to_owned(), options, checked }) }

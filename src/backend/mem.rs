@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Attempt, AttemptArgs, Backend, ReleaseArgs, Released, Renewal, Replicas};
+use super::{Attempt, AttemptArgs, Backend, Capability, ReleaseArgs, Released, Renewal, Replicas};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::keys::LockKeys;
@@ -27,6 +27,12 @@ pub(crate) struct MemBackend {
     /// Replicas that acknowledge each write (all, unless set).
     pub acks: AtomicU32,
     grants: bool,
+    /// Vouches for each lease less this much (as Redlock does for clock drift).
+    pub drift_ms: u64,
+    /// The longest lease it accepts.
+    pub max_lease: Option<Duration>,
+    /// Refuses every `Capability`, as Redlock does.
+    pub quorum_like: bool,
 }
 
 impl Default for MemBackend {
@@ -45,6 +51,9 @@ impl MemBackend {
             fail_attempts: AtomicU32::new(0),
             acks: AtomicU32::new(u32::MAX),
             grants,
+            drift_ms: 0,
+            max_lease: None,
+            quorum_like: false,
         }
     }
 
@@ -163,6 +172,18 @@ impl Backend for MemBackend {
     fn leave(&self, _: &LockKeys) -> Result<()> {
         Ok(())
     }
+
+    fn vouched_ms(&self, lease_ms: u64) -> u64 {
+        lease_ms.saturating_sub(self.drift_ms)
+    }
+
+    fn max_lease(&self) -> Option<Duration> {
+        self.max_lease
+    }
+
+    fn refuses(&self, _: Capability) -> Option<&'static str> {
+        self.quorum_like.then_some("a quorum of independent masters cannot offer it")
+    }
 }
 
 /// A backend a test keeps a handle on (to change `acks` or `fail_attempts` while the
@@ -191,5 +212,14 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
         (**self).force_unlock(keys)
+    }
+    fn vouched_ms(&self, lease_ms: u64) -> u64 {
+        (**self).vouched_ms(lease_ms)
+    }
+    fn max_lease(&self) -> Option<Duration> {
+        (**self).max_lease()
+    }
+    fn refuses(&self, c: Capability) -> Option<&'static str> {
+        (**self).refuses(c)
     }
 }

@@ -11,8 +11,8 @@
 //! - `single/`: one Redis server (TCP, or TLS: `crate::tls` makes its `redis::Client`).
 //! - next to it, as they come: `sentinel` (a master found through Sentinel, followed
 //!   on failover), `cluster` (scripts on each slot's owner, renewals batched per node),
-//!   `redlock` (a quorum of independent masters; it cannot grant, see
-//!   [`Backend::grants`]).
+//!   `redlock` (a quorum of independent masters: each master is a `single` pool with
+//!   scripts of its own; it cannot grant, see [`Backend::grants`]).
 //!
 //! Nothing here imports `crate::wait` or the public API modules: imports point from
 //! `wait` down to `backend`, never back (`tests/layout.rs` checks it).
@@ -30,6 +30,7 @@ use crate::tls::TlsOptions;
 pub(crate) mod cluster;
 #[cfg(test)]
 pub(crate) mod mem;
+pub(crate) mod redlock;
 pub(crate) mod sentinel;
 pub(crate) mod shared;
 pub(crate) mod single;
@@ -175,6 +176,28 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>>;
     /// Deletes the lock whoever holds it and wakes every client's waiters.
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool>;
+    /// How much of a lease of `lease_ms`, timed from when the request that set it was
+    /// sent, the backend vouches for: all of it on one server (whose clock times it);
+    /// on Redlock, the lease less the allowance for the masters' clocks drifting
+    /// apart. The client counts a lease as confirmed for this long. The default: all.
+    fn vouched_ms(&self, lease_ms: u64) -> u64 {
+        // The server's clock times the lease from when it ran the request, which is
+        // no earlier than it was sent.
+        lease_ms
+    }
+    /// The longest lease the deployment accepts (`redlock_max_lease` on Redlock); `None`:
+    /// [`MAX_LEASE`](crate::options::MAX_LEASE), checked by the options (the default).
+    fn max_lease(&self) -> Option<Duration> {
+        None
+    }
+    /// Why the deployment cannot offer `capability`, or `None` when it can. Checked
+    /// before any I/O, so that what a deployment cannot keep is refused up front
+    /// (`Error::InvalidOption`) rather than weakened. (Read-write locks and semaphores
+    /// are refused through [`shared`](Self::shared).) The default: none.
+    fn refuses(&self, capability: Capability) -> Option<&'static str> {
+        let _ = capability;
+        None
+    }
     /// Read-write locks and semaphores, on a backend that can bound them: one master
     /// holds all of a lock's state (one server, TLS, Sentinel, Cluster). `Err` says
     /// why not; the default, for a backend that does not override it: a quorum of
@@ -185,6 +208,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
         Err("a quorum of independent masters cannot bound them (with 2 permits and 5 masters, three holders \
              can each own a different majority); use a single server, Sentinel or Cluster")
     }
+}
+
+/// What a deployment may not be able to offer (see [`Backend::refuses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Capability {
+    /// `MutexOptions::wait_replicas`: a `WAIT` for replicas of the server that holds
+    /// the lock.
+    WaitReplicas,
 }
 
 /// A lock another client's release granted to this client: it is this client's in
@@ -217,6 +248,14 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     /// Messages may have gone unheard (the subscriber reconnected): every waiting
     /// thread looks again.
     fn wake_all(&self);
+    /// The holder under `token` released `name`, and this client waited for it (a
+    /// backend that does not grant says so this way; Redlock once per master). Wakes
+    /// the first waiting thread, as `wake_first` does; `false` when none waits (or,
+    /// in a sink that tells copies of one release apart, when this one was heard).
+    fn released(&self, name: &str, token: &str) -> bool {
+        let _ = token;
+        self.wake_first(name)
+    }
     /// Whether a thread of this client waits for `name`.
     fn has_waiters(&self, name: &str) -> bool;
     /// Whether release messages are being heard: while not, waiters poll.
@@ -257,6 +296,8 @@ pub(crate) enum Deployment<'a> {
     Sentinel { master_name: &'a str, sentinels: &'a [String], master: &'a MasterLogin },
     /// A Redis Cluster, found from any of these nodes.
     Cluster { seeds: &'a [String] },
+    /// Redlock: a lock is held while a majority of these independent masters hold it.
+    Redlock { masters: &'a [String], settings: redlock::Settings },
 }
 
 /// A client for the server at `host:port`, with everything else (credentials,
@@ -329,6 +370,9 @@ pub(crate) fn open(
     stats: Arc<Counters>,
     check: bool,
 ) -> Result<Arc<dyn Backend>> {
+    if let Deployment::Redlock { masters, settings } = deployment {
+        return Ok(Arc::new(redlock::Redlock::open(masters, settings, options, sink, stats, check)?));
+    }
     let (target, shown) = match deployment {
         Deployment::Single { url } => {
             // A TLS client for a `rediss://` URL, with the builder's certificates.
@@ -347,6 +391,7 @@ pub(crate) fn open(
             );
             (single::Target::Cluster(Arc::new(nodes)), shown)
         }
+        Deployment::Redlock { .. } => unreachable!("opened above"),
     };
     Ok(Arc::new(single::SingleServer::open(target, &shown, options, sink, stats, check)?))
 }

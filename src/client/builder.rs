@@ -1,5 +1,5 @@
 //! [`LockClientBuilder`]: every option with its default, the checks before any I/O,
-//! and the builds (one server, Sentinel).
+//! and the builds (one server, Sentinel, Cluster; Redlock's in `redlock.rs`).
 
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub struct LockClientBuilder {
     master: backend::MasterLogin,
     /// Certificates as given; its `Debug` shows whether each is set, not its bytes.
     tls: TlsOptions,
+    /// `redlock_max_lease`, `redlock_master_timeout` (see `redlock.rs`).
+    pub(super) redlock: backend::redlock::Settings,
 }
 
 impl Default for LockClientBuilder {
@@ -65,6 +67,10 @@ impl Default for LockClientBuilder {
             reservation_timeout: Duration::from_secs(1),
             master: backend::MasterLogin::default(),
             tls: TlsOptions::default(),
+            redlock: backend::redlock::Settings {
+                max_lease: Duration::from_secs(30),
+                master_timeout: Duration::from_millis(50),
+            },
         }
     }
 }
@@ -241,6 +247,8 @@ impl LockClientBuilder {
             ("recheck_interval", self.recheck_interval, false),
             ("ping_interval", self.ping_interval, false),
             ("reservation_timeout", self.reservation_timeout, false),
+            ("redlock_max_lease", self.redlock.max_lease, false),
+            ("redlock_master_timeout", self.redlock.master_timeout, false),
         ] {
             if d.is_zero() && !zero_ok {
                 return Err(Error::InvalidOption { option, reason: "must be longer than zero".into() });
@@ -394,7 +402,7 @@ impl LockClientBuilder {
     }
 
     /// `shown`: where the locks live, without credentials, for `Debug` and logs.
-    fn start(self, deployment: Deployment<'_>, shown: String, check: bool) -> Result<LockClient> {
+    pub(super) fn start(self, deployment: Deployment<'_>, shown: String, check: bool) -> Result<LockClient> {
         self.check()?;
         let client_id = uuid::Uuid::new_v4().simple().to_string();
         let registry = Registry::new();

@@ -1,6 +1,7 @@
 //! [`LockClient`] (this file) and its builder ([`LockClientBuilder`], `builder.rs`).
 
 mod builder;
+mod redlock;
 
 pub use builder::LockClientBuilder;
 

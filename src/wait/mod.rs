@@ -11,15 +11,20 @@
 //! deletes it. The [`Tenure`] is the client's hold on the lock in Redis; the watchdog
 //! renews it.
 //!
-//! Modules: `registry` (waiters), `release` (the release decision, extend),
+//! Modules: `registry` (waiters), `release` (the release decision, extend), `check`
+//! (what the backend refuses, before any I/O),
 //! `deadline` (`lock` without a deadline cannot end without the lock), `tenure` (lease
 //! state), `watchdog` (renewal thread), `orphans` (acquisitions whose reply was lost),
 //! `shared` and `tickets` (read-write locks and semaphores: their wait loop, and their
 //! waiters by token),
 //! `tests` (the protocol against the in-memory backend, both a backend that grants
-//! and one that does not).
+//! and one that does not), `limits_tests` (what a backend limits: the lease it
+//! vouches for, the longest lease, what it refuses).
 
+mod check;
 mod deadline;
+#[cfg(test)]
+mod limits_tests;
 mod orphans;
 mod registry;
 mod release;
@@ -217,10 +222,9 @@ impl Core {
             // started the lease, so renewals and lost-lease detection err early.
             let t = Tenure::new(keys.clone(), token, want.lease_ms, got.grant.at, fence, got.grant.turn)
                 .acknowledged_by(want.replicas);
-            if let Some(granted) = &got.grant.from_another_client {
-                // Redis gave the grant a short lease, which renewals lengthen.
-                t.confirmed(got.grant.at, granted.lease_ms);
-            }
+            // Redis gave a grant a short lease, which renewals lengthen.
+            let set = got.grant.from_another_client.as_ref().map_or(want.lease_ms, |g| g.lease_ms);
+            t.confirmed(got.grant.at, self.backend.vouched_ms(set));
             if got.grant.epoch != self.registry.server_changes() {
                 // Sent to a server that turned out to be another one (a failover, a
                 // restart) before the answer came: the check of every held lock
@@ -284,7 +288,7 @@ impl Core {
         match self.extend_once(keys, &granted, want.lease_ms, want.replicas) {
             Ok(true) => {
                 hold.tenure.set_lease_ms(want.lease_ms);
-                hold.tenure.confirmed(sent, want.lease_ms);
+                hold.tenure.confirmed(sent, self.backend.vouched_ms(want.lease_ms));
                 bump(&self.stats.grants);
                 Ok(Some(hold))
             }

@@ -193,7 +193,7 @@ impl Core {
         match self.extend_once(&tenure.keys, &tenure.token, lease_ms, tenure.replicas) {
             Ok(true) => {
                 tenure.set_lease_ms(lease_ms);
-                tenure.confirmed(sent, lease_ms);
+                tenure.confirmed(sent, self.backend.vouched_ms(lease_ms));
                 Ok(())
             }
             Ok(false) => lost("extend found another owner or no lock"),
@@ -201,7 +201,7 @@ impl Core {
             // Also too few replicas: the master may have the new lease, the replicas
             // the old one; the client counts the shorter.
             Err(e) => {
-                tenure.maybe_applied(sent, lease_ms);
+                tenure.maybe_applied(sent, self.backend.vouched_ms(lease_ms));
                 Err(e)
             }
         }

@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::*;
 use crate::backend::mem::MemBackend;
-use crate::backend::{Attempt, AttemptArgs, ReleaseArgs, Released, Renewal};
+use crate::backend::{Attempt, AttemptArgs, Capability, ReleaseArgs, Released, Renewal};
 use crate::holder::Holder;
 
 pub(crate) fn mem_core(backend: impl Backend) -> Core {
@@ -329,6 +329,15 @@ impl Backend for Gated {
     }
     fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
         self.mem.force_unlock(keys)
+    }
+    fn vouched_ms(&self, lease_ms: u64) -> u64 {
+        self.mem.vouched_ms(lease_ms)
+    }
+    fn max_lease(&self) -> Option<Duration> {
+        self.mem.max_lease()
+    }
+    fn refuses(&self, c: Capability) -> Option<&'static str> {
+        self.mem.refuses(c)
     }
 }
 

@@ -271,7 +271,7 @@ fn renew(r: &Renewer, table: &Table, chunk: &[(u64, Arc<Tenure>)]) {
         match reply {
             Ok(true) => {
                 bump(&r.stats.renewals);
-                lease.confirmed(sent, *lease_ms);
+                lease.confirmed(sent, r.backend.vouched_ms(*lease_ms));
             }
             // A guard released while this renewal was in flight lost nothing.
             Ok(false) if lease.is_released() => gone.push(*id),
@@ -296,7 +296,7 @@ fn renew(r: &Renewer, table: &Table, chunk: &[(u64, Arc<Tenure>)]) {
                 if replies.is_ok() {
                     log::debug!("redis-mutex: renewal of {} failed, retrying: {e}", lease.keys.key);
                 }
-                if lease.renewal_failed(&r.stats, &r.registry, sent, *lease_ms, &e) {
+                if lease.renewal_failed(&r.stats, &r.registry, sent, r.backend.vouched_ms(*lease_ms), &e) {
                     gone.push(*id);
                 }
             }

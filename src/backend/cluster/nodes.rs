@@ -86,6 +86,7 @@ impl Nodes {
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
+            on_connect: None,
         })
     }
 

@@ -87,6 +87,23 @@ pub(crate) struct ConnectSettings {
     /// `CLIENT SETNAME` of pooled connections (`redis-mutex:<client id>`); the notifier
     /// appends `:notifier`. Lets operators and tests tell a client's connections apart.
     pub name: String,
+    /// Run on every new connection once it is named; its error fails the connect.
+    pub on_connect: Option<OnConnect>,
+}
+
+/// What a backend asks of every new connection to a server before it is used: a
+/// Redlock master records its uptime (`INFO server`) on each, so that the reply to a
+/// request is never counted from a server whose restart nobody has looked at.
+#[derive(Clone)]
+pub(crate) struct OnConnect(pub Arc<Hook>);
+
+/// What [`OnConnect`] runs.
+pub(crate) type Hook = dyn Fn(&mut Connection) -> std::result::Result<(), RedisError> + Send + Sync;
+
+impl std::fmt::Debug for OnConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnConnect")
+    }
 }
 
 impl ConnectSettings {
@@ -107,6 +124,9 @@ impl ConnectSettings {
             con.set_read_timeout(Some(self.read_timeout))?;
             con.set_write_timeout(Some(self.write_timeout))?;
             redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}{role}", self.name)).query::<()>(&mut con)?;
+            if let Some(OnConnect(hook)) = &self.on_connect {
+                hook(&mut con)?;
+            }
             Ok(con)
         });
         match opened {

@@ -3,11 +3,11 @@
 //! subscriber thread in `notifier`.
 
 mod connection;
-mod notifier;
+pub(crate) mod notifier;
 mod replicas;
 mod route;
 mod shared;
-pub(crate) use self::connection::{ConnectSettings, Pool, Target};
+pub(crate) use self::connection::{ConnectSettings, OnConnect, Pool, Target, check as check_server};
 use self::route::Route;
 pub(crate) mod scripts;
 
@@ -69,6 +69,7 @@ impl SingleServer {
             connect_timeout: options.connect_timeout,
             read_timeout: options.read_timeout,
             write_timeout: options.write_timeout,
+            on_connect: None,
         };
         if check {
             connection::check(&settings, shown)?;
@@ -161,22 +162,7 @@ impl Server {
     fn extend_batch(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
         let Some((first, ..)) = items.first() else { return Ok(Vec::new()) };
         let pipe = self.scripts.extend(items);
-        type Replies = Vec<redis::RedisResult<i64>>;
-        let no_script = |r: &Replies| {
-            r.iter().any(|r| {
-                r.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-            })
-        };
-        let run = |c: &mut Connection| {
-            let replies = pipe.query::<Replies>(c)?;
-            if no_script(&replies) {
-                // Extending again is harmless: each item checks its token.
-                self.scripts.load_extend(c)?;
-                return pipe.query::<Replies>(c);
-            }
-            Ok(replies)
-        };
-        let replies = self.route.on_batch(&first.key, run)?;
+        let replies = self.route.on_batch(&first.key, |c: &mut Connection| self.scripts.run_extend(&pipe, c))?;
         Ok(replies
             .into_iter()
             .zip(items)

@@ -1,7 +1,7 @@
-//! The notifier: one pub/sub connection per client, outside the pool, owned by the
-//! `redis-mutex-notifier` thread. It `PSUBSCRIBE`s every release channel of the
-//! client's prefix once per connection and turns each release message into a wake-up
-//! of one local waiter. Waiters never talk to it; it only delivers to the client's
+//! The notifier: one pub/sub connection per client (per master on Redlock), outside
+//! the pool, owned by a `redis-mutex-notifier` thread. It `SUBSCRIBE`s the client's
+//! channel and the broadcast channel once per connection and turns each release
+//! message into a wake-up of one local waiter. Waiters never talk to it; it only delivers to the client's
 //! [`ReleaseSink`] (the waiter registry, which it does not otherwise know).
 
 use std::collections::HashMap;
@@ -60,6 +60,10 @@ enum Message<'a> {
     /// to this client alone when a grant to it was revoked before it was announced
     /// (too few replicas acknowledged it, see `settle.lua`).
     Forced { name: &'a str },
+    /// `-<token> <name>`: the holder under `token` released `name` (Redlock: each
+    /// master where this client waited says so, hence the token, by which the copies
+    /// are told apart from another release).
+    Released { name: &'a str, token: &'a str },
     /// `^<token>,<token>... <name>`: a release (or an attempt) granted the read-write
     /// lock or semaphore `name` to this client's waiting threads with these tokens.
     Admitted { name: &'a str, tokens: &'a str },
@@ -87,6 +91,10 @@ impl<'a> Message<'a> {
                 Some(Message::LookAgain { name, after: Duration::from_millis(ms.parse().ok()?) })
             }
             "*" => Some(Message::Forced { name: rest }),
+            "-" => {
+                let (token, name) = rest.split_once(' ')?;
+                Some(Message::Released { name, token })
+            }
             "^" => {
                 let (tokens, name) = rest.split_once(' ')?;
                 Some(Message::Admitted { name, tokens })
@@ -300,6 +308,10 @@ fn listen(
                             "redis-mutex: look again at {name} (forced, or a grant revoked); woke a waiter: {woke}"
                         );
                     }
+                    Some(Message::Released { name, token }) => {
+                        let woke = shared.sink.released(name, token);
+                        log::trace!("redis-mutex: {name} released; woke a waiter: {woke}");
+                    }
                     Some(Message::Admitted { name, tokens }) => {
                         for token in tokens.split(',') {
                             ticket_checks.remove(token);
@@ -436,14 +448,25 @@ mod message_tests {
             Some(Message::LookAgain { name: "a:b", after: Duration::from_millis(1000) })
         );
         assert_eq!(Message::parse("*é x"), Some(Message::Forced { name: "é x" }));
+        assert_eq!(Message::parse("-tok job 7"), Some(Message::Released { name: "job 7", token: "tok" }));
         assert_eq!(Message::parse("^a,b job 7"), Some(Message::Admitted { name: "job 7", tokens: "a,b" }));
         assert_eq!(
             Message::parse("~1000 tok job 7"),
             Some(Message::Recheck { name: "job 7", token: "tok", after: Duration::from_millis(1000) })
         );
-        for bad in
-            ["", ">x", "!tok", "!tok x 1 0 job", "!tok 1 job", "!tok 1 2 x job", "@x job", "@1000", "^a", "~x t j"]
-        {
+        for bad in [
+            "",
+            ">x",
+            "!tok",
+            "!tok x 1 0 job",
+            "!tok 1 job",
+            "!tok 1 2 x job",
+            "@x job",
+            "@1000",
+            "^a",
+            "~x t j",
+            "-tok",
+        ] {
             assert_eq!(Message::parse(bad), None, "{bad:?}");
         }
     }

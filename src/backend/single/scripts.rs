@@ -263,10 +263,17 @@ impl Scripts {
         call
     }
 
-    /// Loads the renewal scripts (after a `NOSCRIPT` in a batch).
-    pub fn load_extend(&self, con: &mut redis::Connection) -> redis::RedisResult<String> {
-        self.extend_shared.load(con)?;
-        self.extend.load(con)
+    /// Runs a pipeline of [`extend`](Self::extend) on `con`, one result per item; after
+    /// a `NOSCRIPT` loads the script and runs the whole pipeline again (extending
+    /// again is harmless: each item checks its token).
+    pub fn run_extend(&self, pipe: &Pipeline, con: &mut redis::Connection) -> RedisResult<Vec<RedisResult<i64>>> {
+        let replies = pipe.query::<Vec<RedisResult<i64>>>(con)?;
+        if replies.iter().any(|r| r.as_ref().is_err_and(is_no_script)) {
+            self.extend_shared.load(con)?;
+            self.extend.load(con)?;
+            return pipe.query(con);
+        }
+        Ok(replies)
     }
 
     /// `force_unlock.lua`, which wakes every client on `channels.all`.

@@ -1,0 +1,36 @@
+-- Acquire on one Redlock master: this master's vote. One round trip.
+-- KEYS[1] lock hash, KEYS[2] fence counter
+-- ARGV[1] token, ARGV[2] lease ms, ARGV[3] fencing tokens to take ('0' = no fencing),
+-- ARGV[4] caller's client id, ARGV[5] '1' = the caller will wait (its client is noted
+-- in `q`, and the holder's release tells it), ARGV[6] the round: which attempt of the
+-- caller this vote belongs to (the release of a failed attempt takes back its own
+-- round's votes only)
+-- Returns {1, fence}: this master votes for the caller (fence 0 without fencing);
+-- {0, ms, owner}: `owner` holds it here for ms more (-1: no expiry).
+-- One HMGET reads everything; on a key of another type it raises WRONGTYPE and the
+-- key is left untouched.
+local held = redis.call('HMGET', KEYS[1], 'o', 'c', 'q', 'w')
+if unset(held[1]) or held[1] == ARGV[1] then
+  -- Free, or the caller's from an earlier round of the same call whose release has
+  -- not arrived yet: this round's vote now (that release checks the round), with
+  -- fencing tokens of its own.
+  local fence = 0
+  local fields = {'o', ARGV[1], 'c', ARGV[4], 'r', ARGV[6]}
+  local span = tonumber(ARGV[3])
+  if span > 0 then
+    fence = take_fence(KEYS[2], span)
+    fields[#fields + 1] = 'f'; fields[#fields + 1] = integer_text(fence)
+  end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, fence}
+end
+if ARGV[5] == '1' then
+  if held[2] == ARGV[4] then
+    -- The holder's own client: its release wakes the caller in memory.
+    if unset(held[4]) then redis.call('HSET', KEYS[1], 'w', '1') end
+  elseif not queue_has(held[3], ARGV[4]) then
+    redis.call('HSET', KEYS[1], 'q', queue_push(held[3], ARGV[4], 0, 0))
+  end
+end
+return {0, redis.call('PTTL', KEYS[1]), held[1]}

@@ -1,0 +1,130 @@
+//! The scripts Redlock runs on each master besides the single-server ones it reuses
+//! (`extend`, `leave`, `force_unlock`, the holder read): an acquire that answers with
+//! the owner it found, a release that grants nothing and tells every waiting client,
+//! and the fence write-back. Why they differ from the single-server ones is in
+//! ARCHITECTURE.md ("Redlock").
+
+use std::time::Duration;
+
+use redis::{Connection, Script, Value};
+
+use crate::error::{Error, Result};
+use crate::keys::LockKeys;
+
+/// What one master said to an acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Vote {
+    /// It holds the lock for the caller now, with this fencing token (0 without).
+    Granted { fence: u64 },
+    /// `owner` holds it here, for this much longer (`None`: no expiry).
+    Held { remaining: Option<Duration>, owner: String },
+}
+
+pub(super) struct RedlockScripts {
+    acquire: Script,
+    release: Script,
+    raise_fence: Script,
+}
+
+/// One acquire's arguments, owned: a job outlives the call that made it.
+#[derive(Debug, Clone)]
+pub(super) struct AcquireArgs {
+    pub token: String,
+    pub lease_ms: u64,
+    pub fence_span: u64,
+    pub client_id: String,
+    pub will_wait: bool,
+    pub round: u64,
+}
+
+fn unexpected(operation: &'static str, v: &Value) -> Error {
+    Error::UnexpectedReply { operation, reply: format!("{v:?}") }
+}
+
+impl RedlockScripts {
+    pub fn new() -> RedlockScripts {
+        RedlockScripts {
+            acquire: Script::new(concat!(
+                include_str!("../single/lua/queue.lua"),
+                include_str!("../single/lua/fence.lua"),
+                include_str!("lua/acquire.lua")
+            )),
+            release: Script::new(concat!(include_str!("../single/lua/queue.lua"), include_str!("lua/release.lua"))),
+            raise_fence: Script::new(concat!(
+                include_str!("../single/lua/fence.lua"),
+                include_str!("lua/raise_fence.lua")
+            )),
+        }
+    }
+
+    pub fn acquire(&self, con: &mut Connection, keys: &LockKeys, a: &AcquireArgs) -> redis::RedisResult<Value> {
+        self.acquire
+            .key(&keys.key)
+            .key(&keys.fence)
+            .arg(&a.token)
+            .arg(a.lease_ms)
+            .arg(a.fence_span)
+            .arg(&a.client_id)
+            .arg(if a.will_wait { "1" } else { "0" })
+            .arg(a.round)
+            .invoke(con)
+    }
+
+    pub fn vote(v: &Value) -> Result<Vote> {
+        let Value::Array(items) = v else { return Err(unexpected("acquire", v)) };
+        match items.as_slice() {
+            [Value::Int(1), Value::Int(fence)] => Ok(Vote::Granted { fence: (*fence).max(0) as u64 }),
+            [Value::Int(0), Value::Int(pttl), owner] => {
+                let owner: String = redis::from_redis_value(owner.clone()).map_err(|_| unexpected("acquire", v))?;
+                Ok(Vote::Held { remaining: u64::try_from(*pttl).ok().map(Duration::from_millis), owner })
+            }
+            _ => Err(unexpected("acquire", v)),
+        }
+    }
+
+    /// Releases `token`'s lock on this master: only `round`'s vote (a failed attempt,
+    /// told to nobody) or, with `round` `None`, the holder's (telling the clients that
+    /// wait, on `channels_prefix`). How many clients were told when it was released
+    /// here, `None` when it was not the caller's.
+    pub fn release(
+        &self,
+        con: &mut Connection,
+        keys: &LockKeys,
+        token: &str,
+        client_id: &str,
+        round: Option<u64>,
+        channels_prefix: &str,
+    ) -> redis::RedisResult<Option<u32>> {
+        let (round, tell) = match round {
+            Some(r) => (r.to_string(), ""),
+            None => (String::new(), channels_prefix),
+        };
+        let n: i64 =
+            self.release.key(&keys.key).arg(token).arg(client_id).arg(round).arg(tell).arg(&*keys.name).invoke(con)?;
+        Ok(u32::try_from(n - 1).ok())
+    }
+
+    /// Raises this master's fence counter of `keys` to `top`.
+    pub fn raise_fence(&self, con: &mut Connection, keys: &LockKeys, top: u64) -> redis::RedisResult<()> {
+        self.raise_fence.key(&keys.fence).arg(top).invoke::<i64>(con).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn votes_parse() {
+        let ints = |v: &[i64]| Value::Array(v.iter().map(|n| Value::Int(*n)).collect());
+        assert_eq!(RedlockScripts::vote(&ints(&[1, 7])).unwrap(), Vote::Granted { fence: 7 });
+        let held = Value::Array(vec![Value::Int(0), Value::Int(250), Value::BulkString(b"tok".to_vec())]);
+        assert_eq!(
+            RedlockScripts::vote(&held).unwrap(),
+            Vote::Held { remaining: Some(Duration::from_millis(250)), owner: "tok".into() }
+        );
+        let forever = Value::Array(vec![Value::Int(0), Value::Int(-1), Value::BulkString(b"tok".to_vec())]);
+        assert!(matches!(RedlockScripts::vote(&forever).unwrap(), Vote::Held { remaining: None, .. }));
+        assert!(RedlockScripts::vote(&ints(&[2, 0])).is_err());
+    }
+}
