@@ -205,6 +205,7 @@ fn main() {
                 secs,
                 think: true,
                 child_args: vec![strategy.arg(), url.clone()],
+                locks: 1,
             };
             let r = bench::measure(&run, &mut admin, || Setup::new(strategy, &url, threads));
             let label = format!(

@@ -6,9 +6,12 @@
 //! counter update, with in-process handoffs (no round trip) among the acquisitions.
 //! On a Sentinel group (`--topology sentinel`) the same holds across failovers, graceful
 //! and by SIGKILL of the master, except where a holder granted during one was told it
-//! lost the lock. The checker's own unit tests (`torture::checker::tests`) show it
-//! reports a fence counter that a restart reset, and an overlap across a failover that
-//! nobody was told of.
+//! lost the lock. On a Redis Cluster (`--topology cluster`: 3 masters with a replica
+//! each) it holds across `CLUSTER FAILOVER`, a SIGKILL of a master and the slot of a
+//! held and waited-for lock moved to another master, with the same exception for the
+//! locks of a master that failed over (none for a moved slot). The checker's own unit
+//! tests (`torture::checker::tests`) show it reports a fence counter that a restart
+//! reset, and an overlap across a failover that nobody was told of.
 //!
 //! The program's logic is compiled into this test binary (`#[path]` module) and its
 //! controller runs in-process; worker processes are this same binary re-run with a
@@ -98,7 +101,7 @@ fn the_checker_catches_processes_that_do_not_exclude_each_other() {
     // each other, processes do not. Without faults, every violation is the checker's find.
     // Each private name has its own fence counter, both following the server clock: their
     // tokens interleave out of order (they rarely coincide, so duplicates are no sign).
-    for topology in [Topology::Single, Topology::Sentinel] {
+    for topology in [Topology::Single, Topology::Sentinel, Topology::Cluster] {
         let cfg = Config { procs: 2, threads: 2, locks: 1, no_exclusion: true, topology, ..config(5, Vec::new()) };
         let report = run(&cfg);
         for kind in ["overlap", "fencing-order", "counter-lost-update"] {
@@ -126,5 +129,27 @@ fn torture_across_sentinel_failovers_finds_no_violation() {
     for f in &report.failovers {
         assert!(f.first_acquisition.is_some(), "acquisitions must resume after every failover:\n{report}");
     }
+    assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
+}
+
+#[test]
+fn torture_across_cluster_failovers_and_reshards_finds_no_violation() {
+    // 40 s: a round of the four faults takes about 15 s (a SIGKILLed master is failed
+    // over after the 5 s node timeout, about 8 s in all).
+    let faults = vec![Fault::Kill, Fault::ClusterFailover, Fault::ClusterFailoverKill, Fault::Reshard];
+    let cfg = Config { topology: Topology::Cluster, ..config(env_u64("TORTURE_SECS").unwrap_or(40), faults.clone()) };
+    let report = run(&cfg);
+    println!("{report}");
+
+    assert_eq!(report.violation_count(), 0, "the checker found violations:\n{report}");
+    assert!(report.workers.failures.is_empty(), "workers that were not killed must finish:\n{report}");
+    assert_eq!(report.workers.finished + report.workers.killed, report.workers.started, "{report}");
+    for kind in faults {
+        assert!(report.injected(kind) >= 1, "no `{kind}` fault was injected:\n{report}");
+    }
+    for f in report.failovers.iter().filter(|f| !f.locks.is_empty()) {
+        assert!(f.first_acquisition.is_some(), "acquisitions must resume after every failover:\n{report}");
+    }
+    assert!(report.reshards.iter().all(|m| m.held), "a reshard moves a held lock:\n{report}");
     assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
 }

@@ -25,11 +25,17 @@
 //! tokens must rise across failovers (each new master's `max(counter, TIME)` follows
 //! the clock even when its counter is stale), and the counters and the fenced resource
 //! live on a server no fault touches, so they are checked over the whole run.
+//!
+//! **On a cluster** (`--topology cluster`) a failover window covers only the locks whose
+//! slot the failed master served: the other masters go on alone, and their locks keep
+//! the strict rules. A **reshard** (a slot moved key by key while its lock is used)
+//! opens no window: at every moment one node serves each key (`MIGRATE` moves it
+//! atomically, and a node that lacks it redirects), so nothing is excused there.
 
 use std::collections::HashMap;
 
 use super::config::Config;
-use super::controller::{Events, FailoverEvent, RestartEvent, Snapshot};
+use super::controller::{Events, FailoverEvent, ReshardEvent, RestartEvent, Snapshot};
 use super::record::{Rec, SetState, Unlock, WriteState};
 use super::report::{
     DUPLICATE_TOKEN, FENCING_ORDER, LOST_UPDATE, OVERLAP, REFUSED_WHILE_HELD, RELEASED_AFTER_WIPE, Report,
@@ -94,11 +100,12 @@ struct Windows<'a> {
 }
 
 impl Windows<'_> {
-    /// `lock()` was waiting at some point of a failover window: asked before the group
-    /// was whole again (a demoted master grants nothing after that), returned after the
-    /// fault. Only such a holder may have been granted by a master on its way out.
+    /// `lock()` was waiting at some point of a failover window of its lock's master:
+    /// asked before the group was whole again (a demoted master grants nothing after
+    /// that), returned after the fault. Only such a holder may have been granted by a
+    /// master on its way out.
     fn granted_in(&self, r: &Rec) -> bool {
-        self.failovers.iter().any(|f| r.asked < f.settled_ns && r.start > f.fault_ns)
+        self.failovers.iter().any(|f| f.locks.contains(&r.lock) && r.asked < f.settled_ns && r.start > f.fault_ns)
     }
 
     /// A holder granted in a failover window that was told it lost the lock: what
@@ -121,7 +128,7 @@ pub fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) ->
         let mut mine: Vec<&Rec> = records.iter().filter(|r| r.lock == k).collect();
         mine.sort_by_key(|r| r.start);
         overlaps(&mut report, &mine, &epochs, &windows);
-        fencing_order(&mut report, &mine, &epochs, &windows);
+        fencing_order(&mut report, &mine, &epochs, &windows, &events.reshards);
         duplicate_tokens(&mut report, &mine, &windows);
         stale_writes_accepted(&mut report, &mine, &epochs);
         refused_while_held(&mut report, &mine, &epochs, &windows);
@@ -186,10 +193,16 @@ fn overlaps(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>, windows: &W
 }
 
 /// **Fencing order**: per lock, over the whole run (every epoch, so across restarts
-/// without persistence and failovers too), the tokens of holders that kept their lock,
-/// ordered by start, rise strictly. Also records how much they rose across each such
-/// restart and failover.
-fn fencing_order(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>, windows: &Windows<'_>) {
+/// without persistence, failovers and reshards too), the tokens of holders that kept
+/// their lock, ordered by start, rise strictly. Also records how much they rose across
+/// each such restart, failover and move of the lock's slot.
+fn fencing_order(
+    report: &mut Report,
+    mine: &[&Rec],
+    epochs: &Epochs<'_>,
+    windows: &Windows<'_>,
+    reshards: &[ReshardEvent],
+) {
     let kept: Vec<&Rec> = mine.iter().copied().filter(|r| !r.lost()).collect();
     for w in kept.windows(2) {
         if w[1].token <= w[0].token {
@@ -208,12 +221,19 @@ fn fencing_order(report: &mut Report, mine: &[&Rec], epochs: &Epochs<'_>, window
             report.rises_across_wipes.push(a.token as i128 - b.token as i128);
         }
     }
-    for f in windows.failovers {
+    for f in windows.failovers.iter().filter(|f| mine.first().is_some_and(|r| f.locks.contains(&r.lock))) {
         let before = kept.iter().rfind(|r| r.start < f.fault_ns);
         // The first block taken after the fault (tokens follow the server clock in µs).
         let after = kept.iter().find(|r| r.token > f.fault_ns / 1000 + TOKEN_MARGIN_US);
         if let (Some(b), Some(a)) = (before, after) {
             report.rises_across_failovers.push(a.token as i128 - b.token as i128);
+        }
+    }
+    for m in reshards.iter().filter(|m| mine.first().is_some_and(|r| m.locks.contains(&r.lock))) {
+        let before = kept.iter().rfind(|r| r.start < m.start_ns);
+        let after = kept.iter().find(|r| r.start > m.end_ns);
+        if let (Some(b), Some(a)) = (before, after) {
+            report.rises_across_reshards.push(a.token as i128 - b.token as i128);
         }
     }
 }
@@ -417,8 +437,14 @@ mod tests {
 
     /// Two holders of lock 0 at once: the first (token 1, [5_000, 5_100]) kept its
     /// lock; the second (token 2, asked at 5_040, [5_050, 5_150]) was told it lost it
-    /// when `second_told`; a failover window from `window.0` to `window.1`.
+    /// when `second_told`; a failover window from `window.0` to `window.1` of the master
+    /// of lock 0.
     fn clash(second_told: bool, window: Option<(u64, u64)>) -> Report {
+        clash_on(second_told, window, vec![0])
+    }
+
+    /// [`clash`], the failed master serving `locks`.
+    fn clash_on(second_told: bool, window: Option<(u64, u64)>, locks: Vec<usize>) -> Report {
         let mut second = section(2, 5_050);
         if second_told {
             second.unlock = Unlock::Lost;
@@ -430,6 +456,7 @@ mod tests {
             fault_ns,
             named_ns: fault_ns + 1,
             settled_ns,
+            locks: locks.clone(),
         });
         let events = Events { failovers: failovers.into_iter().collect(), ..Events::default() };
         let mut cfg = config();
@@ -458,5 +485,13 @@ mod tests {
             let report = clash(second_told, window);
             assert_eq!(report.violations[OVERLAP], 1, "told {second_told}, window {window:?}:\n{report}");
         }
+    }
+
+    #[test]
+    fn a_cluster_failover_excuses_nothing_on_the_locks_of_other_masters() {
+        // The master of lock 1 failed over; lock 0's master went on alone.
+        let report = clash_on(true, Some((4_000, 6_000)), vec![1]);
+        assert_eq!(report.violations[OVERLAP], 1, "{report}");
+        assert_eq!(report.overlaps_in_failover, 0, "{report}");
     }
 }

@@ -30,11 +30,19 @@ pub enum Fault {
     /// The master SIGKILLed; the Sentinels promote the replica, and the old master,
     /// started again, becomes its replica.
     FailoverKill,
+    /// `CLUSTER FAILOVER` on a replica of a master that serves a lock.
+    ClusterFailover,
+    /// A master that serves a lock SIGKILLed; its replica takes over after the node
+    /// timeout, and the old master, started again empty, rejoins as a replica.
+    ClusterFailoverKill,
+    /// The slot of a held (and perhaps waited for) lock moved to another master, key by
+    /// key, as `redis-cli --cluster reshard` does.
+    Reshard,
 }
 
 impl Fault {
     /// Every kind.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Kill,
         Fault::Stop,
         Fault::ClientKillNormal,
@@ -44,6 +52,9 @@ impl Fault {
         Fault::RestartAof,
         Fault::Failover,
         Fault::FailoverKill,
+        Fault::ClusterFailover,
+        Fault::ClusterFailoverKill,
+        Fault::Reshard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,17 +68,27 @@ impl Fault {
             Fault::RestartAof => "restart-aof",
             Fault::Failover => "failover",
             Fault::FailoverKill => "failover-kill",
+            Fault::ClusterFailover => "cluster-failover",
+            Fault::ClusterFailoverKill => "cluster-failover-kill",
+            Fault::Reshard => "reshard",
         }
     }
 
-    /// Whether the kind applies to `topology`. A restart of a Sentinel group's master
-    /// is a failover (`failover-kill`) once it is down longer than the Sentinels wait,
-    /// and a race with them when it is not; failovers need Sentinels.
+    /// Whether the kind applies to `topology`. A restart of a Sentinel group's or a
+    /// cluster's master is a failover (`failover-kill`, `cluster-failover-kill`) once it
+    /// is down longer than they wait, and a race with them when it is not; each kind of
+    /// failover needs its topology, and slots only a cluster has.
     pub fn applies_to(self, topology: Topology) -> bool {
+        self.topology().is_none_or(|only| only == topology)
+    }
+
+    /// The one topology the kind is for (`None`: every one).
+    fn topology(self) -> Option<Topology> {
         match self {
-            Fault::Restart | Fault::RestartAof => topology == Topology::Single,
-            Fault::Failover | Fault::FailoverKill => topology == Topology::Sentinel,
-            _ => true,
+            Fault::Restart | Fault::RestartAof => Some(Topology::Single),
+            Fault::Failover | Fault::FailoverKill => Some(Topology::Sentinel),
+            Fault::ClusterFailover | Fault::ClusterFailoverKill | Fault::Reshard => Some(Topology::Cluster),
+            Fault::Kill | Fault::Stop | Fault::ClientKillNormal | Fault::ClientKillPubsub | Fault::Pause => None,
         }
     }
 
@@ -97,12 +118,19 @@ impl Fault {
         out.sort();
         out.dedup();
         if let Some(f) = out.iter().find(|f| !f.applies_to(topology)) {
-            return Err(match f {
-                Fault::Failover | Fault::FailoverKill => format!("the {f} fault needs --topology sentinel"),
-                _ => format!(
-                    "the {f} fault is for --topology single: on a Sentinel group a killed master is failover-kill"
-                ),
-            });
+            let only = f.topology().unwrap_or_else(|| unreachable!("{f} applies to every topology"));
+            let why = match (only, topology) {
+                (Topology::Single, Topology::Sentinel) => ": on a Sentinel group a killed master is failover-kill",
+                (Topology::Single, _) => ": on a cluster a killed master is cluster-failover-kill",
+                (Topology::Sentinel, Topology::Cluster) => {
+                    ": on a cluster, use cluster-failover or cluster-failover-kill"
+                }
+                (Topology::Cluster, Topology::Sentinel) if *f != Fault::Reshard => {
+                    ": on a Sentinel group, use failover or failover-kill"
+                }
+                _ => "",
+            };
+            return Err(format!("the {f} fault is for --topology {only} only (not {topology}){why}"));
         }
         Ok(out)
     }
@@ -123,6 +151,9 @@ pub enum Topology {
     /// A master, a replica and three Sentinels; the counters and the fenced resource on
     /// a server of their own, outside the failovers.
     Sentinel,
+    /// A Redis Cluster of three masters with a replica each, the locks' slots spread
+    /// over the masters; the counters and the fenced resource on a server of their own.
+    Cluster,
 }
 
 impl fmt::Display for Topology {
@@ -130,6 +161,7 @@ impl fmt::Display for Topology {
         f.write_str(match self {
             Topology::Single => "single",
             Topology::Sentinel => "sentinel",
+            Topology::Cluster => "cluster",
         })
     }
 }
@@ -177,7 +209,7 @@ pub struct Config {
     about = "Worker processes fight over a few locks while faults are injected; a checker looks for any \
              sign that mutual exclusion broke. Exit status 0: no violation.",
     after_help = "A 10-minute soak: --procs 4 --threads 4 --secs 600 --locks 3 --faults all \
-                  [--topology sentinel]"
+                  [--topology sentinel|cluster]"
 )]
 pub struct Args {
     /// Worker processes alive at any time.
@@ -192,12 +224,14 @@ pub struct Args {
     /// Lock names the threads pick from.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     locks: u64,
-    /// What the workers lock on: one server, or a master, a replica and three Sentinels.
+    /// What the workers lock on: one server; a master, a replica and three Sentinels; or
+    /// a cluster of three masters with a replica each.
     #[arg(long, value_enum, default_value_t = Topology::Single)]
     topology: Topology,
     /// Faults to inject: all (every kind that applies to the topology), none, or a list
     /// of kill,stop,clientkill,pause and restart,restart-aof (single) or
-    /// failover,failover-kill (sentinel).
+    /// failover,failover-kill (sentinel) or cluster-failover,cluster-failover-kill,reshard
+    /// (cluster).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Seed of every random choice [default: the clock].

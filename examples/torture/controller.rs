@@ -1,5 +1,7 @@
 //! The run: the server, the fleet of workers, the faults injected into both, and the
-//! records collected for the checker.
+//! records collected for the checker. The cluster topology's side is in `cluster.rs`.
+
+mod cluster;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,7 +10,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_mutex_harness::{RedisServer, SentinelGroup, XorShift, wall_clock_ns};
+use redis_mutex_harness::{Cluster, RedisServer, SentinelGroup, XorShift, wall_clock_ns};
 
 use super::checker::check;
 use super::config::{Config, Fault, Topology};
@@ -69,11 +71,21 @@ enum Servers {
     /// on the master would lose its last writes to asynchronous replication, and a
     /// worker would have to follow the master for its data too.
     Sentinel { group: Box<SentinelGroup>, data: RedisServer },
+    /// The locks on a cluster (three masters with a replica each), lock `k`'s slot
+    /// `slots[k]` (placed on master `k % 3` at the start); the counters and the fenced
+    /// resource on `data`, as for Sentinel.
+    Cluster { cluster: Box<Cluster>, slots: Vec<u16>, data: RedisServer },
 }
 
 impl Servers {
-    /// Starts the servers of `topology` in `dir`, where they keep their logs.
-    fn start(topology: Topology, dir: &Path) -> Result<Servers, String> {
+    /// Starts the servers of `topology` in `dir`, where they keep their logs; `locks`
+    /// lock names.
+    fn start(topology: Topology, dir: &Path, locks: usize) -> Result<Servers, String> {
+        let data = || {
+            let data_dir = dir.join("data");
+            fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            RedisServer::builder().dir(data_dir).try_start().map_err(|e| e.to_string())
+        };
         match topology {
             // AOF, `appendfsync always`: what restart-aof restarts from.
             Topology::Single => RedisServer::builder()
@@ -83,31 +95,39 @@ impl Servers {
                 .map(Servers::Single)
                 .map_err(|e| e.to_string()),
             Topology::Sentinel => {
-                let data_dir = dir.join("data");
-                fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-                let data = RedisServer::builder().dir(data_dir).try_start().map_err(|e| e.to_string())?;
+                let data = data()?;
                 // Without persistence: a killed master's data matters only until the
                 // Sentinels make it a replica of the new one, which resyncs it. (The
                 // harness panics, with the logs, when the group does not form.)
                 let group = SentinelGroup::start_with(MASTER_NAME, 1, 3, &RedisServer::builder().dir(dir));
                 Ok(Servers::Sentinel { group: Box::new(group), data })
             }
+            Topology::Cluster => {
+                let data = data()?;
+                // Without persistence, as for Sentinel (the harness panics, with the
+                // logs, when the cluster does not form).
+                let (cluster, slots) = cluster::start(dir, locks)?;
+                Ok(Servers::Cluster { cluster: Box::new(cluster), slots, data })
+            }
         }
     }
 
     /// The server the locks are on now (`None`: no Sentinel names one that the group
-    /// started).
+    /// started; on a cluster, each lock's slot has its own).
     fn locks(&self) -> Option<&RedisServer> {
         match self {
             Servers::Single(server) => Some(server),
             Servers::Sentinel { group, .. } => group.current_master(),
+            Servers::Cluster { .. } => None,
         }
     }
 
     /// The server of the counters and the fenced resource.
     fn data(&self) -> &RedisServer {
         match self {
-            Servers::Single(server) | Servers::Sentinel { data: server, .. } => server,
+            Servers::Single(server)
+            | Servers::Sentinel { data: server, .. }
+            | Servers::Cluster { data: server, .. } => server,
         }
     }
 
@@ -117,6 +137,7 @@ impl Servers {
             Servers::Sentinel { group, .. } => {
                 LockTarget::Sentinel { master: MASTER_NAME.into(), sentinels: group.sentinel_urls() }
             }
+            Servers::Cluster { cluster, .. } => LockTarget::Cluster { seeds: cluster.urls() },
         }
     }
 
@@ -127,6 +148,13 @@ impl Servers {
             Servers::Sentinel { group, data } => std::iter::once(group.master())
                 .chain(group.replicas())
                 .chain(group.sentinels())
+                .chain([data])
+                .map(|s| format!("---- port {} ----\n{}", s.port(), s.log_tail(lines / 2)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Servers::Cluster { cluster, data, .. } => cluster
+                .nodes()
+                .iter()
                 .chain([data])
                 .map(|s| format!("---- port {} ----\n{}", s.port(), s.log_tail(lines / 2)))
                 .collect::<Vec<_>>()
@@ -191,13 +219,14 @@ pub struct RestartEvent {
 /// What started a failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailoverKind {
-    /// The `failover` fault: `SENTINEL FAILOVER`.
+    /// The `failover` fault (`SENTINEL FAILOVER`), or `cluster-failover` (`CLUSTER
+    /// FAILOVER` on a replica).
     Graceful,
-    /// The `failover-kill` fault: SIGKILL of the master.
+    /// The `failover-kill` or `cluster-failover-kill` fault: SIGKILL of the master.
     Kill,
-    /// No fault: the Sentinels failed the master over on their own (it missed their
-    /// PINGs for longer than they wait: a starved machine, a cut link, a master they
-    /// had just switched to).
+    /// No fault: the Sentinels (or the cluster's nodes) failed the master over on their
+    /// own (it missed their PINGs for longer than they wait: a starved machine, a cut
+    /// link, a master they had just switched to).
     Unplanned,
 }
 
@@ -215,7 +244,7 @@ impl fmt::Display for FailoverKind {
     }
 }
 
-/// A failover of the Sentinel group's master.
+/// A failover of the Sentinel group's master, or of a cluster's master.
 #[derive(Debug, Clone)]
 pub struct FailoverEvent {
     pub kind: FailoverKind,
@@ -231,6 +260,28 @@ pub struct FailoverEvent {
     /// Until then two servers may take writes as master (the old one for a while after
     /// `SENTINEL FAILOVER`).
     pub settled_ns: u64,
+    /// The locks on the master that failed over (every lock on a Sentinel group; on a
+    /// cluster, those whose slot it served).
+    pub locks: Vec<usize>,
+}
+
+/// A slot moved from one cluster master to another (the `reshard` fault).
+#[derive(Debug, Clone)]
+pub struct ReshardEvent {
+    pub slot: u16,
+    /// The locks in it.
+    pub locks: Vec<usize>,
+    /// The old master's port and the new one's.
+    pub from: u16,
+    pub to: u16,
+    /// Whether the lock was held, and waited for, when the move began.
+    pub held: bool,
+    pub waited: bool,
+    /// Keys migrated (the lock's hash and its fencing counter, when they exist).
+    pub moved: usize,
+    /// `IMPORTING` set; every master told the slot's new owner.
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -239,6 +290,7 @@ pub struct Events {
     pub stops: Vec<StopEvent>,
     pub restarts: Vec<RestartEvent>,
     pub failovers: Vec<FailoverEvent>,
+    pub reshards: Vec<ReshardEvent>,
     pub notes: Vec<String>,
 }
 
@@ -249,10 +301,17 @@ struct Controller {
     rng: XorShift,
     events: Events,
     end: Instant,
+    /// No fault starts after this (their consequences are over before the end).
+    faults_until: Instant,
     t0: Instant,
     /// On a Sentinel group: the master the Sentinels named when the controller last
     /// looked, and when.
     master_seen: Option<(u16, u64)>,
+    /// On a cluster: the port of the master serving each lock's slot when the
+    /// controller last looked, and when.
+    owners_seen: Option<(Vec<u16>, u64)>,
+    /// On a cluster: when each node that was a replica was last promoted.
+    elections: BTreeMap<u16, Instant>,
 }
 
 impl Controller {
@@ -266,6 +325,9 @@ impl Controller {
         let done = match fault {
             Fault::Kill => self.kill_worker()?,
             Fault::Stop => self.stop_holder(),
+            Fault::ClientKillNormal | Fault::ClientKillPubsub if self.cfg.topology == Topology::Cluster => {
+                self.cluster_kill_clients(if fault == Fault::ClientKillNormal { "normal" } else { "pubsub" })?
+            }
             Fault::ClientKillNormal | Fault::ClientKillPubsub => {
                 let kind = if fault == Fault::ClientKillNormal { "normal" } else { "pubsub" };
                 let sentinels_spared = self.cfg.topology == Topology::Sentinel;
@@ -288,20 +350,27 @@ impl Controller {
                 // On a Sentinel group, shorter than the Sentinels wait (1 s): a master
                 // that answers no PING for longer is failed over, which the failover
                 // faults are for. (`WRITE` mode is no way around it: a Sentinel's PING
-                // waits behind its paused `PUBLISH` on the same connection.)
+                // waits behind its paused `PUBLISH` on the same connection.) On a
+                // cluster, the master of a lock's slot: a pause holds no PING of the
+                // cluster bus, and 2 s is well under the node timeout (5 s) anyway.
                 let ms = if self.cfg.topology == Topology::Sentinel { 700 } else { 2000 };
-                let ok = self
-                    .lock_server()?
+                let server =
+                    if self.cfg.topology == Topology::Cluster { self.lock_master()? } else { self.lock_server()? };
+                let port = server.port();
+                let ok = server
                     .try_admin_conn(ADMIN_TIMEOUT)
                     .and_then(|mut c| redis::cmd("CLIENT").arg("PAUSE").arg(ms).query::<()>(&mut c))
                     .is_ok();
-                self.note(format!("CLIENT PAUSE {ms} (ok: {ok})"));
+                self.note(format!("CLIENT PAUSE {ms} on port {port} (ok: {ok})"));
                 thread::sleep(Duration::from_millis(ms + 100));
                 ok
             }
             Fault::Restart | Fault::RestartAof => self.restart(fault == Fault::RestartAof)?,
             Fault::Failover => self.failover(FailoverKind::Graceful)?,
             Fault::FailoverKill => self.failover(FailoverKind::Kill)?,
+            Fault::ClusterFailover => self.cluster_failover(FailoverKind::Graceful)?,
+            Fault::ClusterFailoverKill => self.cluster_failover(FailoverKind::Kill)?,
+            Fault::Reshard => self.reshard()?,
         };
         if done {
             *self.events.injected.entry(fault).or_default() += 1;
@@ -366,6 +435,9 @@ impl Controller {
 
     /// The client id in lock `k`'s hash (`c`), if someone holds it.
     fn lock_client(&self, k: usize) -> Option<String> {
+        if let Servers::Cluster { cluster, slots, .. } = &self.servers {
+            return cluster::lock_field(cluster, slots[k], k, "c");
+        }
         let mut con = self.servers.locks()?.try_admin_conn(ADMIN_TIMEOUT).ok()?;
         redis::cmd("HGET").arg(lock_key(k)).arg("c").query::<Option<String>>(&mut con).ok().flatten()
     }
@@ -495,11 +567,29 @@ impl Controller {
                 "{kind} (master on port {from}): no other master named (the Sentinels: {each:?}); {outcome}"
             ));
             if kind == FailoverKind::Kill {
-                self.events.failovers.push(FailoverEvent { kind, from, to: from, fault_ns, named_ns, settled_ns });
+                let locks = (0..self.cfg.locks).collect();
+                self.events.failovers.push(FailoverEvent {
+                    kind,
+                    from,
+                    to: from,
+                    fault_ns,
+                    named_ns,
+                    settled_ns,
+                    locks,
+                });
             }
             return Ok(());
         };
-        self.events.failovers.push(FailoverEvent { kind, from, to, fault_ns, named_ns, settled_ns });
+        let locks: Vec<usize> = (0..self.cfg.locks).collect();
+        self.events.failovers.push(FailoverEvent {
+            kind,
+            from,
+            to,
+            fault_ns,
+            named_ns,
+            settled_ns,
+            locks: locks.clone(),
+        });
         self.note(format!(
             "{kind} (master on port {from}): every Sentinel named port {to} after {:.1} s; {outcome}",
             secs(named_ns)
@@ -517,6 +607,7 @@ impl Controller {
                     fault_ns: named_ns,
                     named_ns: settled_ns,
                     settled_ns,
+                    locks,
                 });
                 self.note(format!("unplanned failover (master on port {to}) meanwhile: port {now} is master now"));
                 self.master_seen = Some((now, settled_ns));
@@ -568,7 +659,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     if let Some(f) = cfg.faults.iter().find(|f| !f.applies_to(cfg.topology)) {
         return Err(format!("the {f} fault does not apply to --topology {}", cfg.topology));
     }
-    let servers = Servers::start(cfg.topology, dir.path())?;
+    let servers = Servers::start(cfg.topology, dir.path(), cfg.locks)?;
     let end_ns = wall_clock_ns() + cfg.secs * 1_000_000_000;
     let end = Instant::now() + Duration::from_secs(cfg.secs);
     let fleet = Fleet {
@@ -579,6 +670,8 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         end_ns,
         procs: Vec::new(),
     };
+    // Faults stop early enough for their consequences to be over before the end.
+    let faults_until = end.checked_sub(cfg.lease * 2 + Duration::from_secs(1)).unwrap_or(end);
     let mut c = Controller {
         cfg: cfg.clone(),
         servers,
@@ -586,18 +679,21 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         rng: XorShift::new(cfg.seed),
         events: Events::default(),
         end,
+        faults_until,
         t0: started,
         master_seen: None,
+        owners_seen: None,
+        elections: BTreeMap::new(),
     };
-    if let Servers::Sentinel { group, .. } = &c.servers {
-        c.master_seen = Some((group.master().port(), wall_clock_ns()));
+    match &c.servers {
+        Servers::Sentinel { group, .. } => c.master_seen = Some((group.master().port(), wall_clock_ns())),
+        Servers::Cluster { .. } => c.owners_seen = Some((c.owners_now(FAILOVER_LIMIT)?, wall_clock_ns())),
+        Servers::Single(_) => {}
     }
     for _ in 0..cfg.procs {
         c.fleet.spawn()?;
     }
 
-    // Faults stop early enough for their consequences to be over before the end.
-    let faults_until = end.checked_sub(cfg.lease * 2 + Duration::from_secs(1)).unwrap_or(end);
     thread::sleep(Duration::from_millis(1500).min(faults_until.saturating_duration_since(Instant::now())));
     let mut plan: Vec<Fault> = Vec::new();
     while !cfg.faults.is_empty() {
@@ -615,6 +711,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         }
         let fault = plan.pop().expect("refilled above");
         c.watch_master()?;
+        c.watch_owners()?;
         if !c.inject(fault)? && !plan.is_empty() {
             // Again at the end of this round (the next round has every kind anyway).
             plan.insert(0, fault);
@@ -625,6 +722,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     // Threads stop taking locks at the end; one in recovery may need up to 4 leases.
     c.fleet.wait_all(Instant::now() + cfg.lease * 4 + Duration::from_secs(10));
     c.watch_master()?;
+    c.watch_owners()?;
     let last = Snapshot { sent_ns: wall_clock_ns(), values: counters(c.servers.data(), cfg.locks)? };
 
     let mut workers = WorkerOutcome::default();

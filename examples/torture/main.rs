@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example torture -- --procs 3 --threads 3 --secs 60 --locks 2 \
-//!     [--topology single|sentinel] [--faults all|none|kill,stop,clientkill,pause,restart,restart-aof]
+//!     [--topology single|sentinel|cluster] [--faults all|none|kill,stop,clientkill,pause,...]
 //!     [--seed N] [--lease-ms 2000]
 //! ```
 //!
@@ -38,6 +38,16 @@
 //! them): `failover`, `failover-kill` and `kill`, `stop`, `clientkill`, `pause` (on the
 //! current master; the restarts are single-topology faults: a master down longer than the
 //! Sentinels wait is `failover-kill`, and one back sooner races them).
+//!
+//! `--topology cluster` starts a Redis Cluster of three masters with a replica each
+//! (`cluster-node-timeout` 5 s; a subdirectory `node-N` per node) and, before the
+//! workers, moves lock `k`'s slot to master `k % 3` (CRC16 puts `lock-1` and `lock-2` on
+//! one master); the counters and the fenced resource on `data/` as for Sentinel. Workers
+//! lock through `build_cluster`; the controller reads each lock on its slot's master.
+//! Faults (`all` means them): `cluster-failover`, `cluster-failover-kill`, `reshard`,
+//! and `kill`, `stop`, `clientkill` (on every node), `pause` (`CLIENT PAUSE 2000` on a
+//! lock's master, under the node timeout). A fault that does not apply to the topology
+//! is refused with a message saying which topology it is for.
 //!
 //! # Where things are
 //!
@@ -76,6 +86,14 @@
 //! the group is whole again. `pause` is `CLIENT PAUSE 700` there (under the Sentinels'
 //! down-after of 1 s), and `clientkill` spares the Sentinels' connections: either would
 //! otherwise make them fail the master over.
+//! On a cluster: `cluster-failover` runs `CLUSTER FAILOVER` on a replica of a lock's
+//! master (a held lock's, when there is one); `cluster-failover-kill` SIGKILLs that
+//! master and, once every node names its replica, starts it again empty with its
+//! `nodes.conf`, so it rejoins as a replica; `reshard` moves the slot of a held (and,
+//! when there is one, waited-for) lock to another master key by key, as
+//! `redis-cli --cluster reshard` does. Each returns when the cluster is ok again. A
+//! replica promoted less than 21 s ago is not failed over again (Redis starts its next
+//! election only 4 node timeouts after the last).
 //!
 //! # The checker
 //!
@@ -89,7 +107,9 @@
 //! told it lost the lock; tokens must rise all the same, and the counters and the
 //! resource, outside the group, are checked over the whole run. The report gives, per
 //! failover, when the Sentinels named the new master, when acquisitions resumed, the
-//! longest pause, and how many guards were told they lost their lock.
+//! longest pause, and how many guards were told they lost their lock. On a cluster a
+//! window covers only the locks of the master that failed over, and a reshard excuses
+//! nothing; the report adds a line per move of a slot.
 
 mod checker;
 mod config;

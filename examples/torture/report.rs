@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::config::{Config, Fault, Topology};
-use super::controller::{Events, FailoverEvent, FailoverKind};
+use super::controller::{Events, FailoverEvent, FailoverKind, ReshardEvent};
 use super::record::{Rec, Recovery, Totals, Unlock, WriteState};
 
 /// How the worker processes fared.
@@ -94,10 +94,14 @@ pub const TOKEN_MARGIN_US: u64 = 100;
 #[derive(Debug, Clone)]
 pub struct FailoverFigures {
     pub kind: FailoverKind,
+    /// Who names the new master: "every Sentinel", "every node" (of a cluster).
+    pub by: &'static str,
     /// The old master's port and the new one's.
     pub from: u16,
     pub to: u16,
-    /// From the fault until every Sentinel named the new master.
+    /// The locks on the old master: the figures below are theirs.
+    pub locks: Vec<usize>,
+    /// From the fault until every Sentinel (or node) named the new master.
     pub named: Duration,
     /// From the fault until the group was whole again (the old master a replica).
     pub settled: Duration,
@@ -118,7 +122,8 @@ pub struct FailoverFigures {
 }
 
 impl FailoverFigures {
-    fn new(f: &FailoverEvent, records: &[Rec]) -> FailoverFigures {
+    fn new(f: &FailoverEvent, records: &[Rec], topology: Topology) -> FailoverFigures {
+        let records: Vec<&Rec> = records.iter().filter(|r| f.locks.contains(&r.lock)).collect();
         let since = |ns: u64| Duration::from_nanos(ns.saturating_sub(f.fault_ns));
         let first_acquisition =
             records.iter().filter(|r| r.token > f.fault_ns / 1000 + TOKEN_MARGIN_US).map(|r| r.start).min().map(since);
@@ -128,15 +133,18 @@ impl FailoverFigures {
         let points = std::iter::once(f.fault_ns).chain(starts.iter().take(until + 1).copied());
         let longest_pause =
             points.clone().zip(points.skip(1)).map(|(a, b)| Duration::from_nanos(b - a)).max().unwrap_or_default();
-        let granted: Vec<&Rec> = records.iter().filter(|r| r.asked < f.settled_ns && r.start > f.fault_ns).collect();
+        let granted: Vec<&Rec> =
+            records.iter().copied().filter(|r| r.asked < f.settled_ns && r.start > f.fault_ns).collect();
         let mut across = Survivors::default();
         for r in records.iter().filter(|r| r.start < f.fault_ns && r.released > f.named_ns) {
             across.add(r);
         }
         FailoverFigures {
             kind: f.kind,
+            by: if topology == Topology::Cluster { "every node" } else { "every Sentinel" },
             from: f.from,
             to: f.to,
+            locks: f.locks.clone(),
             named: since(f.named_ns),
             settled: since(f.settled_ns),
             first_acquisition,
@@ -151,19 +159,101 @@ impl FailoverFigures {
 impl fmt::Display for FailoverFigures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let first = self.first_acquisition.map_or("none".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+        let locks: Vec<String> = self.locks.iter().map(|k| format!("lock-{k}")).collect();
         write!(
             f,
-            "{} {} -> {}: named by every Sentinel {:.2} s, whole again {:.1} s, first acquisition through Redis {first}, \
+            "{} {} -> {} ({}): named by {} {:.2} s, whole again {:.1} s, first acquisition through Redis {first}, \
              longest pause {:.2} s; granted meanwhile {} (told lost {}); held across the switch {}",
             self.kind,
             self.from,
             self.to,
+            if locks.is_empty() { "no lock".into() } else { locks.join(" ") },
+            self.by,
             self.named.as_secs_f64(),
             self.settled.as_secs_f64(),
             self.longest_pause.as_secs_f64(),
             self.granted,
             self.granted_lost,
             self.across
+        )
+    }
+}
+
+/// What one move of a slot (`reshard`) did to the workers of its locks.
+#[derive(Debug, Clone)]
+pub struct ReshardFigures {
+    pub slot: u16,
+    pub locks: Vec<usize>,
+    pub from: u16,
+    pub to: u16,
+    /// The lock was held, and waited for, when the move began.
+    pub held: bool,
+    pub waited: bool,
+    /// Keys migrated.
+    pub moved: usize,
+    /// From `IMPORTING` until every master knew the new owner.
+    pub took: Duration,
+    /// Acquisitions of its locks that returned during the move, and how many of them
+    /// were told they lost the lock (none should: a move loses nothing).
+    pub during: usize,
+    pub during_lost: usize,
+    /// The longest time in which no `lock()` of its locks returned, from the start of
+    /// the move until the first acquisition after its end.
+    pub longest_pause: Duration,
+    /// Critical sections of its locks that overlapped the move, by how they ended.
+    pub overlapping: Survivors,
+}
+
+impl ReshardFigures {
+    fn new(m: &ReshardEvent, records: &[Rec]) -> ReshardFigures {
+        let records: Vec<&Rec> = records.iter().filter(|r| m.locks.contains(&r.lock)).collect();
+        let during: Vec<&&Rec> = records.iter().filter(|r| r.start > m.start_ns && r.start < m.end_ns).collect();
+        let mut starts: Vec<u64> = records.iter().map(|r| r.start).filter(|s| *s > m.start_ns).collect();
+        starts.sort_unstable();
+        let until = starts.partition_point(|s| *s <= m.end_ns);
+        let points = std::iter::once(m.start_ns).chain(starts.iter().take(until + 1).copied());
+        let longest_pause =
+            points.clone().zip(points.skip(1)).map(|(a, b)| Duration::from_nanos(b - a)).max().unwrap_or_default();
+        let mut overlapping = Survivors::default();
+        for r in records.iter().filter(|r| r.start < m.end_ns && r.released > m.start_ns) {
+            overlapping.add(r);
+        }
+        ReshardFigures {
+            slot: m.slot,
+            locks: m.locks.clone(),
+            from: m.from,
+            to: m.to,
+            held: m.held,
+            waited: m.waited,
+            moved: m.moved,
+            took: Duration::from_nanos(m.end_ns - m.start_ns),
+            during: during.len(),
+            during_lost: during.iter().filter(|r| r.lost()).count(),
+            longest_pause,
+            overlapping,
+        }
+    }
+}
+
+impl fmt::Display for ReshardFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let locks: Vec<String> = self.locks.iter().map(|k| format!("lock-{k}")).collect();
+        write!(
+            f,
+            "slot {} ({}) {} -> {}: {}{}, {} keys moved in {:.2} s; acquisitions during it {} (told lost {}), longest \
+             pause {:.2} s; sections overlapping it {}",
+            self.slot,
+            locks.join(" "),
+            self.from,
+            self.to,
+            if self.held { "held" } else { "free" },
+            if self.waited { " and waited for" } else { "" },
+            self.moved,
+            self.took.as_secs_f64(),
+            self.during,
+            self.during_lost,
+            self.longest_pause.as_secs_f64(),
+            self.overlapping
         )
     }
 }
@@ -197,6 +287,8 @@ pub struct Report {
     pub clashes_in_failover: usize,
     /// Per failover, in order.
     pub failovers: Vec<FailoverFigures>,
+    /// Per move of a slot (`reshard`), in order.
+    pub reshards: Vec<ReshardFigures>,
     /// Fenced writes the resource refused (stale tokens).
     pub stale_writes_refused: usize,
     /// Fenced writes by holders whose guard already said `is_lost()`.
@@ -212,6 +304,9 @@ pub struct Report {
     /// Per lock and failover: the first token of a block taken after it (of a holder
     /// that kept its lock) less the last token before it. Must be positive.
     pub rises_across_failovers: Vec<i128>,
+    /// Per move of a slot: the first token of its lock after the move less the last one
+    /// before it (holders that kept their lock). Must be positive.
+    pub rises_across_reshards: Vec<i128>,
     /// Guards alive across a restart without persistence.
     pub survivors_restart: Survivors,
     /// Guards alive across a restart from the AOF.
@@ -239,7 +334,8 @@ impl Report {
     pub fn new(cfg: &Config, records: &[Rec], events: &Events) -> Report {
         let mut report = Report {
             topology: cfg.topology,
-            failovers: events.failovers.iter().map(|f| FailoverFigures::new(f, records)).collect(),
+            failovers: events.failovers.iter().map(|f| FailoverFigures::new(f, records, cfg.topology)).collect(),
+            reshards: events.reshards.iter().map(|m| ReshardFigures::new(m, records)).collect(),
             acquisitions: records.len(),
             faults: events.injected.clone(),
             notes: events.notes.clone(),
@@ -317,17 +413,22 @@ impl Report {
             for x in &mine {
                 across.merge(&x.across);
             }
+            let cluster = self.topology == Topology::Cluster;
             writeln!(
                 f,
-                "{}: {} -> at most: named by every Sentinel {:.2} s, whole again {:.1} s, first acquisition through \
+                "{}: {} -> at most: named by {} {:.2} s, whole again {:.1} s, first acquisition through \
                  Redis {:.2} s (none after {}), longest pause {:.2} s; granted meanwhile {} (told lost {}); held \
                  across the switch {across}",
-                match kind {
-                    FailoverKind::Graceful => "failover (SENTINEL FAILOVER)",
-                    FailoverKind::Kill => "failover-kill (SIGKILL of the master)",
-                    FailoverKind::Unplanned => "UNPLANNED failover (by the Sentinels, no fault)",
+                match (kind, cluster) {
+                    (FailoverKind::Graceful, false) => "failover (SENTINEL FAILOVER)",
+                    (FailoverKind::Kill, false) => "failover-kill (SIGKILL of the master)",
+                    (FailoverKind::Unplanned, false) => "UNPLANNED failover (by the Sentinels, no fault)",
+                    (FailoverKind::Graceful, true) => "cluster-failover (CLUSTER FAILOVER on a replica)",
+                    (FailoverKind::Kill, true) => "cluster-failover-kill (SIGKILL of a master)",
+                    (FailoverKind::Unplanned, true) => "UNPLANNED failover (by the cluster, no fault)",
                 },
                 mine.len(),
+                if cluster { "every node" } else { "every Sentinel" },
                 max(|x| x.named),
                 max(|x| x.settled),
                 max(|x| x.first_acquisition.unwrap_or_default()),
@@ -345,6 +446,31 @@ impl Report {
         )?;
         for x in &self.failovers {
             writeln!(f, "  {x}")?;
+        }
+        Ok(())
+    }
+
+    /// The reshard lines: a summary, then each move.
+    fn fmt_reshards(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut overlapping = Survivors::default();
+        for m in &self.reshards {
+            overlapping.merge(&m.overlapping);
+        }
+        let max =
+            |d: fn(&ReshardFigures) -> Duration| self.reshards.iter().map(d).max().unwrap_or_default().as_secs_f64();
+        writeln!(
+            f,
+            "reshard (a held lock's slot moved, key by key): {} ({} held and waited for) -> at most {:.2} s, longest \
+             pause {:.2} s; acquisitions during the moves {} (told lost {}); sections overlapping a move {overlapping}",
+            self.reshards.len(),
+            self.reshards.iter().filter(|m| m.held && m.waited).count(),
+            max(|m| m.took),
+            max(|m| m.longest_pause),
+            self.reshards.iter().map(|m| m.during).sum::<usize>(),
+            self.reshards.iter().map(|m| m.during_lost).sum::<usize>(),
+        )?;
+        for m in &self.reshards {
+            writeln!(f, "  {m}")?;
         }
         Ok(())
     }
@@ -406,6 +532,9 @@ impl fmt::Display for Report {
         } else {
             self.fmt_failovers(f)?;
         }
+        if self.topology == Topology::Cluster {
+            self.fmt_reshards(f)?;
+        }
         let rises = |rises: &[i128]| match (rises.iter().min(), rises.iter().max()) {
             (Some(lo), Some(hi)) => format!("{} first tokens after one checked, rise {lo}..{hi}", rises.len()),
             _ => "no token on both sides of one".into(),
@@ -426,6 +555,16 @@ impl fmt::Display for Report {
                  server no fault touches, over the whole run",
                 self.failovers.len(),
                 rises(&self.rises_across_failovers)
+            )?,
+            Topology::Cluster => writeln!(
+                f,
+                "fencing order checked over the whole run, across {} failover(s) (a promoted replica's fence \
+                 counter may be stale; tokens must rise all the same: {}) and {} reshard(s) (the counter moves with \
+                 its lock: {}); the fenced resource and the counters, on a server no fault touches, over the whole run",
+                self.failovers.len(),
+                rises(&self.rises_across_failovers),
+                self.reshards.len(),
+                rises(&self.rises_across_reshards)
             )?,
         }
         for (e, row) in self.counters.iter().enumerate() {

@@ -56,6 +56,8 @@ pub enum LockTarget {
     Url(String),
     /// The master the Sentinels at `sentinels` monitor as `master`.
     Sentinel { master: String, sentinels: Vec<String> },
+    /// The cluster of which `seeds` are nodes.
+    Cluster { seeds: Vec<String> },
 }
 
 impl LockTarget {
@@ -64,6 +66,9 @@ impl LockTarget {
             LockTarget::Url(url) => vec!["url", url],
             LockTarget::Sentinel { master, sentinels } => {
                 ["sentinel", master.as_str()].into_iter().chain(sentinels.iter().map(String::as_str)).collect()
+            }
+            LockTarget::Cluster { seeds } => {
+                std::iter::once("cluster").chain(seeds.iter().map(String::as_str)).collect()
             }
         };
         parts.join(&PART.to_string())
@@ -77,26 +82,34 @@ impl LockTarget {
                 master: (*master).to_owned(),
                 sentinels: sentinels.iter().map(|u| (*u).to_owned()).collect(),
             }),
+            ["cluster", seeds @ ..] if !seeds.is_empty() => {
+                Ok(LockTarget::Cluster { seeds: seeds.iter().map(|u| (*u).to_owned()).collect() })
+            }
             _ => Err(format!("malformed lock target in {WORKER_ENV}")),
         }
     }
 
-    /// A client for the locks. A Sentinel client is built checked (it must find the
-    /// master), and retried until `end`: a replacement worker may start while the
-    /// master is down.
+    /// A client for the locks. A Sentinel or cluster client is built checked (it must
+    /// find the master, or the slot map), and retried until `end`: a replacement worker
+    /// may start while the master is down (or a cluster node it asks).
     fn client(&self, end: Instant) -> Result<LockClient, String> {
         let builder = LockClient::builder().key_prefix(KEY_PREFIX);
-        match self {
-            LockTarget::Url(url) => builder.build_unchecked(url),
-            LockTarget::Sentinel { master, sentinels } => loop {
-                match builder.clone().build_sentinel(master, sentinels) {
-                    Err(e) if Instant::now() < end => {
-                        eprintln!("[{}] no master yet: {e}", wall_clock_ns());
-                        thread::sleep(Duration::from_millis(200));
-                    }
-                    built => break built,
+        let build = || match self {
+            LockTarget::Url(url) => builder.clone().build_unchecked(url),
+            LockTarget::Sentinel { master, sentinels } => builder.clone().build_sentinel(master, sentinels),
+            LockTarget::Cluster { seeds } => builder.clone().build_cluster(seeds),
+        };
+        if let LockTarget::Url(_) = self {
+            return build().map_err(|e| format!("cannot build the client: {e}"));
+        }
+        loop {
+            match build() {
+                Err(e) if Instant::now() < end => {
+                    eprintln!("[{}] no master yet: {e}", wall_clock_ns());
+                    thread::sleep(Duration::from_millis(200));
                 }
-            },
+                built => break built,
+            }
         }
         .map_err(|e| format!("cannot build the client: {e}"))
     }

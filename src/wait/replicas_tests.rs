@@ -160,7 +160,11 @@ fn a_grant_is_relied_on_only_once_the_waiter_s_own_lease_is_acknowledged() {
             let c = core.clone();
             std::thread::spawn(move || c.lock_until(&keys(), ACKED, Instant::now() + Duration::from_millis(500)))
         };
-        until("the waiter to attempt", || core.waiting("job") > 0 && core.stats().attempts >= 1);
+        // Its attempt reached the backend (the count goes up before it is sent): the
+        // holder's lock says someone waited.
+        until("the waiter to attempt", || {
+            core.waiting("job") > 0 && backend.holder(&keys()).unwrap().is_some_and(|h| h.contended)
+        });
         if !replicas_up {
             backend.acks.store(0, Ordering::SeqCst);
         }

@@ -196,3 +196,22 @@ fn run_and_status_on_a_cluster() {
     let o = output(bare().args(["--cluster", "status", "a"]));
     assert_eq!(code(&o), 64, "{}", stderr(&o));
 }
+
+#[test]
+fn run_and_status_with_redlock() {
+    let masters = redis_mutex_harness::Masters::start(3);
+    let urls = masters.urls();
+    let with = |args: &[&str]| {
+        let mut c = bare();
+        c.arg("--redlock");
+        for u in &urls {
+            c.arg("--url").arg(u);
+        }
+        output(c.args(args))
+    };
+    let o = with(&["run", "quorum-job", "--", "sh", "-c", "echo $REDIS_MUTEX_NAME"]);
+    assert_eq!((code(&o), String::from_utf8_lossy(&o.stdout).trim()), (0, "quorum-job"), "{}", stderr(&o));
+    let o = output(bare().args(["--redlock", "--url", &urls[0], "status", "quorum-job"]));
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    assert!(one_line(&o).contains("--redlock"), "{}", stderr(&o));
+}

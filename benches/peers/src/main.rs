@@ -2,10 +2,11 @@
 //! (rlock 0.2 sync, redisson 0.1 sync, redlock 2, and the naive `SET NX PX` + 1 ms sleep
 //! loop), on one loopback redis-server this program starts, beside an in-memory FIFO
 //! lock as the machine's floor for a fair lock; on request, redis-mutex over TLS on a
-//! TLS server beside it. See README.md.
+//! TLS server beside it, and on a 3-master Redis Cluster. See README.md.
 //!
 //! `cargo run --release -- [--secs S] [--only W1,W2,W3,W4,curves,W5,fleet] [--impls a,b] [--quick]`
 
+mod cluster;
 mod output;
 mod peers;
 mod report;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use peers::{ALL, Impl, Shared};
+use peers::{ALL, Impl, Names, Shared};
 use redis_mutex_harness::RedisServer;
 use redis_mutex_harness::bench::{self, Measured};
 use w4::W4Row;
@@ -42,13 +43,14 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', ignore_case = true, default_values_t = Workload::all())]
     only: Vec<Workload>,
     /// Implementations to run (`redis-mutex-tls`, redis-mutex over TLS on a TLS server
-    /// of its own, only when named).
+    /// of its own, and `redis-mutex-cluster`, redis-mutex on a 3-master cluster for W2
+    /// and W5 with the spread W2s/W5s beside redis-mutex on one server, only when named).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = ALL)]
     impls: Vec<Impl>,
     /// Independent masters (odd, at least 3; 1: one server). With more than one,
     /// redis-mutex runs as a Redlock client over all of them (`build_redlock`, its
     /// defaults) and redlock 2 with all of them; the other implementations, which take
-    /// one server, are left out. Redis's counters and CPU are the first master's.
+    /// one server, are left out. Redis's counters and CPU are summed over the masters.
     #[arg(long, default_value_t = 1)]
     masters: usize,
     /// Where to write results.csv and the plots [default: benches/peers/results].
@@ -95,16 +97,19 @@ impl Workload {
 
 const CURVE_THREADS: [u32; 4] = [1, 4, 16, 64];
 
-/// Where an implementation's runs go: the plain server, or `redis-mutex-tls`'s TLS one.
+/// Where an implementation's runs go: the plain server, `redis-mutex-tls`'s TLS one, or
+/// `redis-mutex-cluster`'s cluster.
 struct Target {
-    /// What the implementation connects to.
+    /// What the implementation connects to (a cluster: its nodes, comma-separated).
     url: String,
     /// The PEM file of the CA of a TLS server.
     tls_ca: Option<String>,
-    /// What the harness PINGs during a run (the same server and transport).
+    /// What the harness PINGs during a run (the same server and transport; a cluster's
+    /// first node).
     ping_url: String,
-    /// The benchmark's own connection to the server (a TLS server's Unix socket).
-    admin: redis::Connection,
+    /// The benchmark's own connection to each server (a TLS server's Unix socket; every
+    /// node of a cluster, the PINGed one first): Redis's counters are summed over them.
+    admins: Vec<redis::Connection>,
 }
 
 /// One W1/W2/W3/W5 run of one implementation.
@@ -160,13 +165,14 @@ fn main() {
         return;
     }
     if args.get(1).map(String::as_str) == Some("--child") {
-        // A W3 or W5 worker process: `--child IMPL URL` and the run's parameters.
+        // A W3 or W5 worker process: `--child IMPL URL NAMES [TLS_CA]` and the run's parameters.
         bench::child_main(&args[2..], |own, threads| {
             Shared::new(
                 Impl::from_str(&own[0], false).expect("implementation"),
                 &own[1],
-                own.get(2).map(String::as_str),
+                own.get(3).map(String::as_str),
                 threads,
+                Names::parse(&own[2]).expect("NAMES"),
             )
         });
         return;
@@ -180,8 +186,11 @@ fn main() {
     // 64 waiters with redisson's pool, plus rlock/redlock connection churn.
     let server = RedisServer::start_with(&["--maxclients", "10000"]);
     let url = server.url();
-    let mut plain = Target { url: url.clone(), tls_ca: None, ping_url: url.clone(), admin: server.admin_conn() };
-    println!("bench-peers: redis-server {} on loopback ({url}), --save \"\"", bench::server_version(&mut plain.admin));
+    let mut plain = Target { url: url.clone(), tls_ca: None, ping_url: url.clone(), admins: vec![server.admin_conn()] };
+    println!(
+        "bench-peers: redis-server {} on loopback ({url}), --save \"\"",
+        bench::server_version(&mut plain.admins[0])
+    );
     let masters = (o.masters > 1).then(|| {
         let masters = redis_mutex_harness::Masters::start_with(
             o.masters,
@@ -192,7 +201,7 @@ fn main() {
             url: masters.urls().join(","),
             tls_ca: None,
             ping_url: masters[0].url(),
-            admin: masters[0].admin_conn(),
+            admins: masters.iter().map(RedisServer::admin_conn).collect(),
         };
         // redis-mutex counts a master only once it has been up for redlock_max_lease
         // (30 s): a master just started may have forgotten locks.
@@ -221,7 +230,12 @@ fn main() {
             s.url()
         );
         // The harness's PING connection cannot be given the CA: it skips the check.
-        Target { url: s.url(), tls_ca: Some(ca), ping_url: format!("{}#insecure", s.url()), admin: s.admin_conn() }
+        Target {
+            url: s.url(),
+            tls_ca: Some(ca),
+            ping_url: format!("{}#insecure", s.url()),
+            admins: vec![s.admin_conn()],
+        }
     });
     if masters.is_some() {
         println!(
@@ -230,6 +244,19 @@ fn main() {
              synchronous API (async-std or tokio only)"
         );
     }
+    // redis-mutex-cluster runs on a 3-master cluster of its own, started only when asked for.
+    let (_cluster, mut clustered) = if o.impls.contains(&Impl::RedisMutexCluster) {
+        let (c, target) = cluster::start();
+        println!(
+            "redis-mutex-cluster: the same client with build_cluster, on a Redis Cluster of {} masters without replicas \
+                 ({}); its counters and CPU summed over the nodes",
+            cluster::MASTERS,
+            target.url
+        );
+        (Some(c), Some(target))
+    } else {
+        (None, None)
+    };
     println!("machine: {}", machine());
     println!(
         "{} s per run (W4: {} s window after {} s settle); hold 100 µs busy; W2/W3/curves/W5/fleet: 0.5–1.5 ms sleep outside the lock (W5t: none)",
@@ -245,6 +272,7 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut w4rows: Vec<W4Row> = Vec::new();
     let mut plan: Vec<(&'static str, u32, u32, bool)> = Vec::new();
+    let with_cluster = clustered.is_some();
     let mut na: Vec<NaRow> = Vec::new();
     if wants(Workload::W1) {
         plan.push(("W1", 1, 8, false));
@@ -261,6 +289,14 @@ fn main() {
         }
     }
     plan.extend(w5::plan(wants(Workload::W5), wants(Workload::Fleet)));
+    // The spread workloads, for the cluster's comparison: threads (processes) over 3 lock
+    // names, one per master there; on one server and on the cluster.
+    if with_cluster && wants(Workload::W2) {
+        plan.push(("W2s", 1, 8, true));
+    }
+    if with_cluster && wants(Workload::W5) {
+        plan.push(("W5s", w5::PROCS, 1, true));
+    }
     let mut last_wl = "";
     let mut w5_secs = 0.0;
     for (wl, procs, threads, think) in plan {
@@ -270,17 +306,35 @@ fn main() {
             last_wl = wl;
         }
         let t0 = Instant::now();
-        for &imp in o.impls.iter().filter(|i| procs == 1 || i.is_distributed()) {
+        let spread = matches!(wl, "W2s" | "W5s");
+        for &imp in o.impls.iter().filter(|i| i.runs(wl, procs, threads)) {
+            // On the cluster, one lock on a master other than the one every client's
+            // notifier subscribes on (the owner of slot 0): a grant crosses the bus, as
+            // it does for 2 locks in 3.
+            let names = match (spread, imp) {
+                (true, _) => Names { first: 0, count: 3 },
+                (false, Impl::RedisMutexCluster) => Names { first: 1, count: 1 },
+                (false, _) => Names::ONE,
+            };
             let target = match imp {
                 Impl::RedisMutexTls => tls.as_mut().expect("the TLS server"),
+                Impl::RedisMutexCluster => clustered.as_mut().expect("the cluster"),
                 _ => &mut plain,
             };
-            let mut child_args = vec![imp.name().to_owned(), target.url.clone()];
+            // A key is deleted only on its slot's node: a cluster is emptied instead.
+            let keys = if imp == Impl::RedisMutexCluster {
+                cluster::flush(target);
+                Vec::new()
+            } else {
+                imp.keys()
+            };
+            let mut child_args = vec![imp.name().to_owned(), target.url.clone(), names.arg()];
             child_args.extend(target.tls_ca.clone());
+            let locks = names.count;
             let run =
-                bench::Run { url: &target.ping_url, keys: imp.keys(), procs, threads, secs: o.secs, think, child_args };
-            let local = || Shared::new(imp, &target.url, target.tls_ca.as_deref(), threads);
-            let m = match bench::try_measure(&run, &mut target.admin, local) {
+                bench::Run { url: &target.ping_url, keys, procs, threads, secs: o.secs, think, child_args, locks };
+            let local = || Shared::new(imp, &target.url, target.tls_ca.as_deref(), threads, names);
+            let m = match bench::try_measure_all(&run, &mut target.admins, local) {
                 Ok(m) => m,
                 Err(reason) => {
                     let n = NaRow { workload: wl, imp, procs, threads, secs: o.secs, reason };
@@ -303,12 +357,12 @@ fn main() {
     if wants(Workload::W4) {
         println!("\nW4: {} threads wait on a lock another client holds (60 s lease, no renewal)", w4::W4_WAITERS);
         println!("{}", report::w4_header());
-        for &imp in o.impls.iter().filter(|i| i.is_distributed()) {
+        for &imp in o.impls.iter().filter(|i| i.is_distributed() && i.runs("W4", 2, w4::W4_WAITERS)) {
             let target = match imp {
                 Impl::RedisMutexTls => tls.as_mut().expect("the TLS server"),
                 _ => &mut plain,
             };
-            let r = w4::w4(imp, &target.url, target.tls_ca.as_deref(), &mut target.admin, o.w4_secs);
+            let r = w4::w4(imp, &target.url, target.tls_ca.as_deref(), &mut target.admins[0], o.w4_secs);
             println!("{}", report::w4_line(&r));
             if let Some(e) = &r.first_error {
                 println!("     first error: {e}");
@@ -328,7 +382,7 @@ fn main() {
         println!("{}", shared::header());
         for (wl, procs, threads, think, imps) in prim_plan {
             for imp in imps {
-                match shared::run(imp, &url, &mut plain.admin, (procs, threads, think), o.secs) {
+                match shared::run(imp, &url, &mut plain.admins[0], (procs, threads, think), o.secs) {
                     Ok(m) => {
                         let r = shared::PrimRow { workload: wl, imp, procs, threads, m };
                         println!("{}", shared::line(&r));
@@ -365,6 +419,9 @@ fn main() {
             println!("  {l}");
         }
         println!("W5 and fleet runs took {w5_secs:.0} s");
+    }
+    if with_cluster {
+        cluster::print(&rows);
     }
 
     let dir = o.out.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));

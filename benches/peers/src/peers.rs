@@ -16,6 +16,40 @@ use redis_mutex_harness::bench::{Contender, Subject};
 /// their own key each, so a leftover of one can never be mistaken by another.
 pub const LOCK: &str = "bench";
 
+/// redis-mutex's lock names on a cluster and in the spread workloads (`W2s`, `W5s`).
+/// Their slots (2933, 8154, 12217) fall one in each third of the 16384, which the
+/// harness's 3-master cluster gives one master each (checked when the cluster starts).
+pub const SPREAD: [&str; 3] = [LOCK, "bench-3", "bench-0"];
+
+/// Which of [`SPREAD`]'s names a run's threads lock: thread `id` locks
+/// `SPREAD[(first + id % count) % 3]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl Names {
+    /// Every thread on [`LOCK`].
+    pub const ONE: Names = Names { first: 0, count: 1 };
+
+    /// The lock of thread `id`.
+    pub fn of(self, id: u32) -> &'static str {
+        SPREAD[((self.first + id % self.count.max(1)) % SPREAD.len() as u32) as usize]
+    }
+
+    /// As a worker process's argument: `FIRST+COUNT`.
+    pub fn arg(self) -> String {
+        format!("{}+{}", self.first, self.count)
+    }
+
+    /// [`arg`](Self::arg) read back.
+    pub fn parse(s: &str) -> Option<Names> {
+        let (first, count) = s.split_once('+')?;
+        Some(Names { first: first.parse().ok()?, count: count.parse().ok()? })
+    }
+}
+
 /// The implementations, named on the command line as [`Impl::name`] says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Impl {
@@ -23,6 +57,10 @@ pub enum Impl {
     /// redis-mutex over TLS (`rediss://`), on a TLS-only redis-server of its own beside
     /// the plain one: not in the default set (`--impls redis-mutex,redis-mutex-tls`).
     RedisMutexTls,
+    /// redis-mutex on a Redis Cluster of 3 masters (no replicas) started beside the
+    /// plain server (`build_cluster`): not in the default set; W2 and W5 only (and the
+    /// spread `W2s`, `W5s`, beside `redis-mutex` on one server).
+    RedisMutexCluster,
     Rlock,
     Redisson,
     Redlock,
@@ -38,6 +76,7 @@ impl Impl {
         match self {
             Impl::RedisMutex => "redis-mutex",
             Impl::RedisMutexTls => "redis-mutex-tls",
+            Impl::RedisMutexCluster => "redis-mutex-cluster",
             Impl::Rlock => "rlock",
             Impl::Redisson => "redisson",
             Impl::Redlock => "redlock",
@@ -46,12 +85,14 @@ impl Impl {
         }
     }
 
-    /// The Redis keys this implementation writes for the benchmark lock.
+    /// The Redis keys this implementation writes for the benchmark lock (redis-mutex:
+    /// [`LOCK`]'s first, then the spread names').
     pub fn keys(self) -> Vec<String> {
         match self {
-            Impl::RedisMutex | Impl::RedisMutexTls => {
-                vec![format!("redis-mutex:{{{LOCK}}}"), format!("redis-mutex:{{{LOCK}}}:fence")]
-            }
+            Impl::RedisMutex | Impl::RedisMutexTls | Impl::RedisMutexCluster => SPREAD
+                .iter()
+                .flat_map(|n| [format!("redis-mutex:{{{n}}}"), format!("redis-mutex:{{{n}}}:fence")])
+                .collect(),
             other => vec![format!("{LOCK}:{}", other.name())],
         }
     }
@@ -65,12 +106,26 @@ impl Impl {
     pub fn is_distributed(self) -> bool {
         self != Impl::LocalFifo
     }
+
+    /// Whether it runs workload `wl` at `procs` × `threads`: the cluster W2 (8 threads)
+    /// and W5/W5t (8 processes) only; the spread workloads (`W2s`, `W5s`) redis-mutex on
+    /// one server and on the cluster only.
+    pub fn runs(self, wl: &str, procs: u32, threads: u32) -> bool {
+        match self {
+            Impl::RedisMutexCluster => {
+                matches!((wl, procs, threads), ("W2" | "W2s", 1, 8) | ("W5" | "W5t" | "W5s", 8, _))
+            }
+            Impl::RedisMutex => true,
+            _ => !matches!(wl, "W2s" | "W5s") && (procs == 1 || self.is_distributed()),
+        }
+    }
 }
 
 /// The per-process object of each implementation.
 #[derive(Clone)]
 pub enum Shared {
-    RedisMutex(LockClient),
+    /// The client, and the lock names its threads lock.
+    RedisMutex(LockClient, Names),
     Rlock(rlock::sync_lock::RLock),
     Redisson(Box<redisson::RedissonClient>),
     /// `RedLockGuard<'a>` borrows its manager: one leaked manager per process and run.
@@ -124,13 +179,14 @@ pub fn redisson_pool_size(threads: u32) -> u32 {
 }
 
 impl Shared {
-    /// The per-process object of `imp` for the Redis at `url`; `tls_ca`, the PEM file of
-    /// the CA that signed a TLS server's certificate (`redis-mutex-tls` only).
-    pub fn new(imp: Impl, url: &str, tls_ca: Option<&str>, threads: u32) -> Shared {
+    /// The per-process object of `imp` for the Redis at `url` (the cluster's: its nodes'
+    /// URLs, comma-separated); `tls_ca`, the PEM file of the CA that signed a TLS
+    /// server's certificate (`redis-mutex-tls` only); redis-mutex's threads lock `names`.
+    pub fn new(imp: Impl, url: &str, tls_ca: Option<&str>, threads: u32, names: Names) -> Shared {
         match imp {
             // Default settings (pool_max_size 8): waiters hold no connection while asleep.
             // `REDIS_MUTEX_HANDOFF_LIMIT=n` overrides handoff_limit (default 8) to study W3.
-            Impl::RedisMutex | Impl::RedisMutexTls => {
+            Impl::RedisMutex | Impl::RedisMutexTls | Impl::RedisMutexCluster => {
                 let mut b = LockClient::builder();
                 if let Some(ca) = tls_ca {
                     b = b.tls_root_cert(std::fs::read(ca).expect("the TLS server's CA certificate"));
@@ -138,10 +194,16 @@ impl Shared {
                 if let Some(n) = std::env::var("REDIS_MUTEX_HANDOFF_LIMIT").ok().and_then(|v| v.parse().ok()) {
                     b = b.handoff_limit(n);
                 }
-                // Several URLs (`--masters`): a Redlock client over them.
-                let client =
-                    if url.contains(',') { b.build_redlock(&url.split(',').collect::<Vec<_>>()) } else { b.build(url) };
-                Shared::RedisMutex(client.expect("redis-mutex client"))
+                let urls = || url.split(',').collect::<Vec<_>>();
+                let client = if imp == Impl::RedisMutexCluster {
+                    b.build_cluster(&urls())
+                } else if url.contains(',') {
+                    // Several URLs (`--masters`): a Redlock client over them.
+                    b.build_redlock(&urls())
+                } else {
+                    b.build(url)
+                };
+                Shared::RedisMutex(client.expect("redis-mutex client"), names)
             }
             // Default PoolOptions (8 idle connections kept, checkout never blocks).
             Impl::Rlock => Shared::Rlock(rlock::sync_lock::RLock::new(url).expect("rlock manager")),
@@ -163,7 +225,7 @@ impl Shared {
     /// The implementation, as far as its keys go (redis-mutex's are the same over TLS).
     fn imp(&self) -> Impl {
         match self {
-            Shared::RedisMutex(_) => Impl::RedisMutex,
+            Shared::RedisMutex(..) => Impl::RedisMutex,
             Shared::Rlock(_) => Impl::Rlock,
             Shared::Redisson(_) => Impl::Redisson,
             Shared::Redlock(_) => Impl::Redlock,
@@ -172,11 +234,11 @@ impl Shared {
         }
     }
 
-    /// One thread's handle; `token` names it where the implementation asks for one.
-    pub fn worker(&self, token: String) -> Worker {
+    /// Thread `id`'s handle; `token` names it where the implementation asks for one.
+    pub fn worker(&self, id: u32, token: String) -> Worker {
         let key = self.imp().keys().remove(0);
         match self {
-            Shared::RedisMutex(c) => Worker::RedisMutex { m: c.mutex(LOCK), g: None },
+            Shared::RedisMutex(c, names) => Worker::RedisMutex { m: c.mutex(names.of(id)), g: None },
             Shared::Rlock(r) => Worker::Rlock { r: r.clone(), key, g: None },
             Shared::Redisson(c) => Worker::Redisson { l: c.get_lock(&key), held: false },
             Shared::Redlock(r) => Worker::Redlock { r, key, g: None },
@@ -197,7 +259,7 @@ impl Subject for Shared {
     type Contender = Worker;
 
     fn contender(&self, id: u32) -> Worker {
-        self.worker(format!("{}-{id}", std::process::id()))
+        self.worker(id, format!("{}-{id}", std::process::id()))
     }
 
     /// Client-side round trips, where the implementation tells: redis-mutex's stats
@@ -205,7 +267,7 @@ impl Subject for Shared {
     /// counts its own).
     fn round_trips(&self) -> Option<u64> {
         match self {
-            Shared::RedisMutex(c) => {
+            Shared::RedisMutex(c, _) => {
                 let s = c.stats();
                 Some(s.attempts + s.releases - s.local_handoffs + s.renewals)
             }
@@ -217,7 +279,7 @@ impl Subject for Shared {
     /// grants (acquisitions another client's release made), for W5.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         match self {
-            Shared::RedisMutex(c) => {
+            Shared::RedisMutex(c, _) => {
                 let s = c.stats();
                 vec![(MESSAGES, s.messages_received), (GRANTS, s.grants)]
             }
@@ -261,7 +323,7 @@ impl Worker {
                 let guard = if fixed {
                     let held = m
                         .client()
-                        .mutex_with(LOCK, MutexOptions::default().lease(Duration::from_secs(60)).auto_renew(false));
+                        .mutex_with(m.name(), MutexOptions::default().lease(Duration::from_secs(60)).auto_renew(false));
                     held.lock()
                 } else {
                     m.lock()

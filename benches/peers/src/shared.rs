@@ -272,6 +272,7 @@ pub fn run(
         secs,
         think,
         child_args: vec![imp.name().to_owned(), url.to_owned()],
+        locks: 1,
     };
     bench::try_measure(&run, admin, || Prim::new(imp, url))
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use redis_mutex_harness::bench::{Contender, Snap};
 use redis_mutex_harness::{process_cpu, wall_clock_ns};
 
-use crate::peers::{Impl, Lease, Shared};
+use crate::peers::{Impl, Lease, Names, Shared};
 
 /// One W4 run of one implementation.
 pub struct W4Row {
@@ -42,17 +42,17 @@ fn cpu_seconds() -> f64 {
 pub fn w4(imp: Impl, url: &str, tls_ca: Option<&str>, admin: &mut redis::Connection, window: f64) -> W4Row {
     let _: () = redis::cmd("DEL").arg(imp.keys()).query(admin).unwrap();
     // The holder: another client (connection, pool) of the same implementation.
-    let holder_shared = Shared::new(imp, url, tls_ca, 1);
-    let mut holder = holder_shared.worker("w4-holder".into());
+    let holder_shared = Shared::new(imp, url, tls_ca, 1, Names::ONE);
+    let mut holder = holder_shared.worker(0, "w4-holder".into());
     holder.acquire_with(Lease::Fixed60s).expect("W4 holder");
 
-    let shared = Shared::new(imp, url, tls_ca, W4_WAITERS);
+    let shared = Shared::new(imp, url, tls_ca, W4_WAITERS, Names::ONE);
     let barrier = Arc::new(Barrier::new(W4_WAITERS as usize + 1));
     let handles: Vec<_> = (0..W4_WAITERS)
         .map(|t| {
             let (shared, barrier) = (shared.clone(), barrier.clone());
             thread::spawn(move || {
-                let mut w = shared.worker(format!("{}-w4-{t}", std::process::id()));
+                let mut w = shared.worker(t, format!("{}-w4-{t}", std::process::id()));
                 barrier.wait();
                 let mut errors = 0u64;
                 let mut first_error = None;

@@ -79,7 +79,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Connection {
     /// Redis URL: redis://[user:password@]host:port/[db], or rediss:// for TLS. With
-    /// --sentinel, a Sentinel's URL, and with --cluster a node's: repeat it for each.
+    /// --sentinel, a Sentinel's URL, with --cluster a node's, with --redlock a master's:
+    /// repeat it for each.
     /// Default: $REDIS_URL, then redis://127.0.0.1:6379/
     #[arg(long = "url", value_name = "URL", global = true)]
     pub urls: Vec<String>,
@@ -101,6 +102,10 @@ pub struct Connection {
     /// Lock on a Redis Cluster: the --url values are any of its nodes (repeat --url)
     #[arg(long, global = true, conflicts_with = "sentinel")]
     pub cluster: bool,
+    /// Lock with Redlock on independent masters: the --url values are the masters (an
+    /// odd number, at least 3; repeat --url)
+    #[arg(long, global = true, conflicts_with_all = ["sentinel", "cluster"])]
+    pub redlock: bool,
     /// For rediss:// URLs: trust the CA certificate in FILE (PEM). Default: the system's
     /// roots
     #[arg(long, value_name = "FILE", global = true)]

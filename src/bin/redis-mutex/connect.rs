@@ -1,6 +1,7 @@
 //! From the connection options to a `LockClient`: one server (`--url`, `$REDIS_URL`,
 //! the default), a master found through Sentinel (`--sentinel` with the Sentinels'
-//! `--url`s), or a cluster (`--cluster` with its nodes' `--url`s); TLS certificates
+//! `--url`s), a cluster (`--cluster` with its nodes' `--url`s), or Redlock masters
+//! (`--redlock` with a `--url` each); TLS certificates
 //! (`--tls-ca`, `--tls-cert`, `--tls-key`) for `rediss://` URLs.
 
 use redis_mutex::{LockClient, LockClientBuilder};
@@ -30,6 +31,7 @@ pub fn client(c: &Connection) -> Result<LockClient, Failure> {
     }
     match &c.sentinel {
         None if c.cluster => cluster(c, builder),
+        None if c.redlock => redlock(c, builder),
         None => single(c, builder),
         Some(master) => sentinel(c, master, builder),
     }
@@ -38,6 +40,13 @@ pub fn client(c: &Connection) -> Result<LockClient, Failure> {
 /// The contents of a certificate or key file (not shown in any message).
 fn read(path: &std::path::Path, option: &str) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::usage(format!("cannot read {option} {}: {e}", path.display())))
+}
+
+fn redlock(c: &Connection, builder: LockClientBuilder) -> Result<LockClient, Failure> {
+    if c.urls.len() < 3 {
+        return Err(Failure::usage("--redlock needs the masters' addresses: give --url for each (3, 5, ...)"));
+    }
+    builder.build_redlock(&c.urls).map_err(|e| Failure::from_error("locking with Redlock on the masters of --url", &e))
 }
 
 fn cluster(c: &Connection, builder: LockClientBuilder) -> Result<LockClient, Failure> {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::{XorShift, process_cpu, wall_clock_ns};
 pub use procs::child_main;
-pub use snap::{Snap, server_version};
+pub use snap::{Snap, script_only, server_version};
 
 /// How long each acquisition holds the lock (busy, like real work).
 pub const HOLD: Duration = Duration::from_micros(100);
@@ -213,6 +213,9 @@ pub struct Run<'a> {
     pub think: bool,
     /// With `procs > 1`: the arguments a worker process gets after `--child`.
     pub child_args: Vec<String>,
+    /// Lock names the threads spread over: thread `id` uses the lock `id % locks` (1:
+    /// all the same). Handoffs are paired within each lock.
+    pub locks: u32,
 }
 
 /// What a run measured.
@@ -262,6 +265,40 @@ pub struct Measured {
     /// Per process (in the order started): what each of [`Subject::counters`] grew by
     /// during the run.
     pub counters: Vec<BTreeMap<String, u64>>,
+    /// Per server measured (one, or each node of a cluster, in the order given to
+    /// [`try_measure_all`]): its share of the figures above.
+    pub servers: Vec<ServerPart>,
+}
+
+/// One server's part of a run, per acquisition of the whole run.
+#[derive(Debug, Clone, Default)]
+pub struct ServerPart {
+    /// Its CPU (µs).
+    pub cpu_us: f64,
+    /// Per command (`INFO commandstats` names): calls, and the CPU they took (µs; a
+    /// script's time includes the commands it called, which are listed too).
+    pub commands: BTreeMap<String, (f64, f64)>,
+}
+
+impl ServerPart {
+    fn new(d: &Snap, n: f64) -> ServerPart {
+        ServerPart {
+            cpu_us: d.cpu * 1e6 / n,
+            commands: d
+                .each
+                .iter()
+                .map(|(k, c)| (k.clone(), (c / n, d.usec.get(k).copied().unwrap_or(0.0) / n)))
+                .collect(),
+        }
+    }
+
+    /// CPU spent outside any command a client sent (µs per acquisition): reading and
+    /// writing sockets, the event loop, a cluster's bus (a `PUBLISH` forwarded from
+    /// another node is no command here).
+    pub fn outside_commands_us(&self) -> f64 {
+        let in_commands: f64 = self.commands.iter().filter(|(k, _)| !script_only(k)).map(|(_, (_, usec))| usec).sum();
+        self.cpu_us - in_commands
+    }
 }
 
 impl Measured {
@@ -289,20 +326,33 @@ pub fn try_measure<S: Subject>(
     admin: &mut redis::Connection,
     local: impl FnOnce() -> S,
 ) -> Result<Measured, String> {
+    try_measure_all(run, std::slice::from_mut(admin), local)
+}
+
+/// [`try_measure`] on several servers (a cluster's nodes): Redis's counters and CPU are
+/// summed over `admins`, one connection to each, and kept per server
+/// ([`Measured::servers`]). `run.keys` are deleted through the first, and `run.url`
+/// (where the PING goes) must be the first's server.
+pub fn try_measure_all<S: Subject>(
+    run: &Run<'_>,
+    admins: &mut [redis::Connection],
+    local: impl FnOnce() -> S,
+) -> Result<Measured, String> {
+    assert!(!admins.is_empty(), "a run is measured on at least one server");
     if !run.keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(&run.keys).query(admin).unwrap();
+        let _: () = redis::cmd("DEL").arg(&run.keys).query(&mut admins[0]).unwrap();
     }
     // The PING connection is opened before the first snapshot: only its PINGs are ours.
     let ping_con = redis::Client::open(run.url).unwrap().get_connection().unwrap();
     let mut watch = None;
     let part = if run.procs == 1 {
         run_workers(&local(), run.threads, run.secs, 0, run.think, || {
-            watch = Some(Watch::start(admin, ping_con, run.secs));
+            watch = Some(Watch::start(admins, ping_con, run.secs));
         })
     } else {
         let mut children = procs::Children::start(&run.child_args, run.procs, run.threads, run.secs, run.think)?;
         thread::sleep(SETTLE);
-        watch = Some(Watch::start(admin, ping_con, run.secs));
+        watch = Some(Watch::start(admins, ping_con, run.secs));
         children.go();
         let part = children.finish(run.secs);
         if part.is_err() {
@@ -312,21 +362,31 @@ pub fn try_measure<S: Subject>(
     };
     let Watch { before, pinger } = watch.expect("the run started");
     let mut rtts = pinger.join().unwrap();
-    let d = before.delta(&Snap::take(admin), rtts.len() as f64);
+    // The PINGs went to the first server.
+    let each: Vec<Snap> = before
+        .iter()
+        .zip(admins.iter_mut())
+        .enumerate()
+        .map(|(i, (b, admin))| b.delta(&Snap::take(admin), if i == 0 { rtts.len() as f64 } else { 0.0 }))
+        .collect();
     rtts.sort_unstable();
-    Ok(summarize(run, part, &d, pct(&rtts, 0.5)))
+    let mut m = summarize(run, part, &Snap::sum(&each), pct(&rtts, 0.5));
+    let n = m.acquisitions as f64;
+    m.servers = each.iter().map(|d| ServerPart::new(d, n)).collect();
+    Ok(m)
 }
 
 /// The start of a measured interval: Redis's counters, and the thread measuring the
 /// loopback PING every 5 ms until the interval's end.
 struct Watch {
-    before: Snap,
+    /// Per server.
+    before: Vec<Snap>,
     pinger: thread::JoinHandle<Vec<u64>>,
 }
 
 impl Watch {
-    fn start(admin: &mut redis::Connection, mut ping_con: redis::Connection, secs: f64) -> Watch {
-        let before = Snap::take(admin);
+    fn start(admins: &mut [redis::Connection], mut ping_con: redis::Connection, secs: f64) -> Watch {
+        let before = admins.iter_mut().map(Snap::take).collect();
         let pinger = thread::spawn(move || {
             let end = Instant::now() + Duration::from_secs_f64(secs);
             let mut rtts = Vec::new();
@@ -350,12 +410,15 @@ fn summarize(run: &Run<'_>, part: Part, d: &Snap, ping_us: f64) -> Measured {
         (Some(f), Some(l)) => (l.released - f.asked) as f64 / 1e9,
         _ => run.secs,
     };
-    // A handoff: the next holder was already waiting when the previous one released.
-    let mut handoff_ns: Vec<u64> = recs
-        .windows(2)
-        .filter(|w| w[1].asked < w[0].released)
-        .map(|w| w[1].got.saturating_sub(w[0].released))
-        .collect();
+    // A handoff: the next holder of the same lock was already waiting when the previous
+    // one released.
+    let mut handoff_ns: Vec<u64> = Vec::new();
+    for lock in 0..run.locks.max(1) {
+        let mine: Vec<&Rec> = recs.iter().filter(|r| r.thread % run.locks.max(1) == lock).collect();
+        handoff_ns.extend(
+            mine.windows(2).filter(|w| w[1].asked < w[0].released).map(|w| w[1].got.saturating_sub(w[0].released)),
+        );
+    }
     handoff_ns.sort_unstable();
     let mut waits: Vec<u64> = recs.iter().map(|r| r.got - r.asked).collect();
     waits.sort_unstable();
@@ -398,6 +461,7 @@ fn summarize(run: &Run<'_>, part: Part, d: &Snap, ping_us: f64) -> Measured {
         handoff_ns,
         per_command: d.each.iter().map(|(k, v)| (k.clone(), v / n)).collect(),
         counters: part.counters,
+        servers: Vec::new(),
     }
 }
 

@@ -1,5 +1,8 @@
 //! [`Cluster`]: a Redis Cluster of masters with replicas, every slot assigned.
 
+use std::fs;
+use std::path::Path;
+
 use crate::builder::Role;
 use crate::group::{self, FORM_TIMEOUT, info_field, query};
 use crate::{RedisServer, ServerBuilder};
@@ -32,9 +35,28 @@ impl Cluster {
     /// Starts and forms the cluster. Panics (with the logs) when it does not form
     /// within a minute, or as [`RedisServer::start`] does.
     pub fn start(masters: usize, replicas: usize) -> Cluster {
+        Self::start_with(masters, replicas, &ServerBuilder::default())
+    }
+
+    /// [`start`](Self::start), every node started from `nodes` (extra arguments). When
+    /// `nodes` names a directory, node `i` runs in its subdirectory `node-i`, which stays
+    /// after the cluster is dropped (with its log and `nodes.conf`): a program's
+    /// post-mortem keeps every log. Panics when `nodes` asks for TLS (a TLS cluster is
+    /// not built yet).
+    pub fn start_with(masters: usize, replicas: usize, nodes: &ServerBuilder) -> Cluster {
         assert!((1..=SLOTS).contains(&masters), "a cluster needs 1 to {SLOTS} masters");
-        let builder = ServerBuilder::default().role(Role::ClusterNode);
-        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas)).map(|_| builder.start()).collect();
+        assert!(!nodes.has_tls(), "a TLS cluster is not built yet: do not set ServerBuilder::tls");
+        let parent = nodes.given_dir().map(Path::to_owned);
+        let builder = nodes.clone().role(Role::ClusterNode);
+        let start = |i: usize| match &parent {
+            Some(parent) => {
+                let dir = parent.join(format!("node-{i}"));
+                fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+                builder.clone().dir(dir).start()
+            }
+            None => builder.start(),
+        };
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas)).map(start).collect();
         let cluster = Cluster { nodes, masters };
         let all: Vec<&RedisServer> = cluster.nodes.iter().collect();
         let run = |node: &RedisServer, cmd: &mut redis::Cmd| {
@@ -83,28 +105,31 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until every running node answers `CLUSTER INFO` with `cluster_state:ok`
-    /// and all 16384 slots served, and every running replica is in sync with its
-    /// master (after a failover or a restart, say). Panics with the logs after a
-    /// minute.
+    /// Waits until the cluster is [`ok`](Self::ok) (after a failover or a restart,
+    /// say). Panics with the logs after a minute.
     pub fn wait_until_ok(&self) {
         let all: Vec<&RedisServer> = self.nodes.iter().collect();
-        group::wait_until(FORM_TIMEOUT, "the cluster to be ok", &all, || {
-            for node in self.nodes.iter().filter(|n| n.is_running()) {
-                let info: String = query(node, redis::cmd("CLUSTER").arg("INFO"))?;
-                let (state, slots_ok) = (info_field(&info, "cluster_state"), info_field(&info, "cluster_slots_ok"));
-                if state != Some("ok") || slots_ok != Some("16384") {
-                    return Err(format!("node on port {}: state {state:?}, slots ok {slots_ok:?}", node.port()));
-                }
-                let replication: String = query(node, redis::cmd("INFO").arg("replication"))?;
-                if info_field(&replication, "role") == Some("slave")
-                    && info_field(&replication, "master_link_status") != Some("up")
-                {
-                    return Err(format!("replica on port {} is not in sync yet", node.port()));
-                }
+        group::wait_until(FORM_TIMEOUT, "the cluster to be ok", &all, || self.ok());
+    }
+
+    /// Whether every running node answers `CLUSTER INFO` with `cluster_state:ok` and
+    /// all 16384 slots served, and every running replica is in sync with its master;
+    /// `Err` says what is missing.
+    pub fn ok(&self) -> Result<(), String> {
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let info: String = query(node, redis::cmd("CLUSTER").arg("INFO"))?;
+            let (state, slots_ok) = (info_field(&info, "cluster_state"), info_field(&info, "cluster_slots_ok"));
+            if state != Some("ok") || slots_ok != Some("16384") {
+                return Err(format!("node on port {}: state {state:?}, slots ok {slots_ok:?}", node.port()));
             }
-            Ok(())
-        });
+            let replication: String = query(node, redis::cmd("INFO").arg("replication"))?;
+            if info_field(&replication, "role") == Some("slave")
+                && info_field(&replication, "master_link_status") != Some("up")
+            {
+                return Err(format!("replica on port {} is not in sync yet", node.port()));
+            }
+        }
+        Ok(())
     }
 
     /// How many masters it started with (nodes `0..masters()`).

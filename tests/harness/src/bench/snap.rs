@@ -31,6 +31,15 @@ pub struct Snap {
     pub cpu: f64,
     /// Calls of each command.
     pub each: BTreeMap<String, f64>,
+    /// CPU microseconds each command's calls took (`usec` of `INFO commandstats`; a
+    /// script's includes the commands it called, which are listed too).
+    pub usec: BTreeMap<String, f64>,
+}
+
+/// Whether `command` (an `INFO commandstats` name) reaches a benchmark's server only
+/// from inside Lua scripts (see `SCRIPT_ONLY`).
+pub fn script_only(command: &str) -> bool {
+    SCRIPT_ONLY.contains(&command)
 }
 
 impl Snap {
@@ -43,12 +52,14 @@ impl Snap {
             if name == "info" || name.starts_with("config") {
                 continue;
             }
-            let n: f64 = rest
-                .split("calls=")
-                .nth(1)
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
+            let field = |name: &str| -> f64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            let n = field("calls");
+            s.usec.insert(name.to_owned(), field("usec"));
             s.all += n;
             if !SCRIPT_ONLY.contains(&name) && !SCRIPT_ONLY_ZSET.contains(&name) {
                 s.top += n;
@@ -71,6 +82,7 @@ impl Snap {
         if let Some(p) = each.get_mut("ping") {
             *p -= own_pings;
         }
+        let usec = later.usec.iter().map(|(k, v)| (k.clone(), v - self.usec.get(k).copied().unwrap_or(0.0))).collect();
         Snap {
             top: later.top - self.top - own_pings,
             all: later.all - self.all - own_pings,
@@ -78,7 +90,27 @@ impl Snap {
             conns: later.conns - self.conns,
             cpu: later.cpu - self.cpu,
             each,
+            usec,
         }
+    }
+
+    /// The sum of several servers' counters (a cluster's nodes).
+    pub fn sum(snaps: &[Snap]) -> Snap {
+        let mut total = Snap::default();
+        for s in snaps {
+            total.top += s.top;
+            total.all += s.all;
+            total.pings += s.pings;
+            total.conns += s.conns;
+            total.cpu += s.cpu;
+            for (k, v) in &s.each {
+                *total.each.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &s.usec {
+                *total.usec.entry(k.clone()).or_default() += v;
+            }
+        }
+        total
     }
 }
 
