@@ -56,7 +56,8 @@ impl Floor {
         let grant_token = uuid::Uuid::new_v4().to_string();
         let from = Releaser {
             client_id: &self.client_id,
-            channels: &self.channels,
+            clients: &self.channels.clients_of(&self.keys.name),
+            publish: self.channels.publish(),
             grant_token: &grant_token,
             grant_ms: 1_000,
         };

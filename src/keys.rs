@@ -63,20 +63,71 @@ impl LockKeys {
 /// database, hence the database number in their names: clients of other databases
 /// never hear each other. Plain `SUBSCRIBE`, no patterns: a `PUBLISH` costs Redis the
 /// same however many clients are connected.
+///
+/// On a cluster ([`sharded`](Self::sharded)) a client's channel is per lock,
+/// `<prefix>:{<name>}:c:<client id>`: in the lock's slot (its hash tag), so that the
+/// lock's scripts may `SPUBLISH` to it and only the slot's master carries the message.
+/// A cluster has database 0 only, so no database number; the braces keep these names
+/// apart from the server-wide ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Channels {
-    /// Messages addressed to this client: `<prefix>:<db>:c:<client id>`.
+    /// Messages addressed to this client: `<prefix>:<db>:c:<client id>` (not used when
+    /// sharded).
     pub mine: String,
-    /// Broadcasts to every client of the prefix and database: `<prefix>:<db>:all`.
+    /// Broadcasts to every client of the prefix and database: `<prefix>:<db>:all` (not
+    /// used when sharded).
     pub all: String,
-    /// What a script prefixes to a client id to address it: `<prefix>:<db>:c:`.
+    /// What a script prefixes to a client id to address it: `<prefix>:<db>:c:` (when
+    /// sharded, see [`clients_of`](Self::clients_of)).
     pub clients: String,
+    /// Per-lock channels and `SPUBLISH` (a cluster).
+    sharded: Option<Sharded>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sharded {
+    prefix: String,
+    client_id: String,
 }
 
 impl Channels {
     pub fn new(prefix: &str, db: i64, client_id: &str) -> Channels {
         let clients = format!("{prefix}:{db}:c:");
-        Channels { mine: format!("{clients}{client_id}"), all: format!("{prefix}:{db}:all"), clients }
+        Channels { mine: format!("{clients}{client_id}"), all: format!("{prefix}:{db}:all"), clients, sharded: None }
+    }
+
+    /// A cluster client's channels: one per lock, in the lock's slot.
+    pub fn sharded(prefix: &str, client_id: &str) -> Channels {
+        Channels {
+            sharded: Some(Sharded { prefix: prefix.to_owned(), client_id: client_id.to_owned() }),
+            ..Channels::new(prefix, 0, client_id)
+        }
+    }
+
+    /// Whether the channels are per lock (a cluster's sharded pub/sub).
+    pub fn is_sharded(&self) -> bool {
+        self.sharded.is_some()
+    }
+
+    /// What a script about lock `name` prefixes to a client id to address it.
+    pub fn clients_of(&self, name: &str) -> std::borrow::Cow<'_, str> {
+        match &self.sharded {
+            None => std::borrow::Cow::Borrowed(&self.clients),
+            Some(s) => std::borrow::Cow::Owned(format!("{}:{{{name}}}:c:", s.prefix)),
+        }
+    }
+
+    /// This client's channel for messages about lock `name`.
+    pub fn mine_of(&self, name: &str) -> std::borrow::Cow<'_, str> {
+        match &self.sharded {
+            None => std::borrow::Cow::Borrowed(&self.mine),
+            Some(s) => std::borrow::Cow::Owned(format!("{}{}", self.clients_of(name), s.client_id)),
+        }
+    }
+
+    /// The command a script publishes to a client with.
+    pub fn publish(&self) -> &'static str {
+        if self.is_sharded() { "SPUBLISH" } else { "PUBLISH" }
     }
 }
 

@@ -319,22 +319,35 @@ fn bad_seeds_are_refused_before_any_io_and_no_answer_is_a_connection_error() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
-/// 16 names over different slots, 2 clients × 8 threads: no overlap per name, every
-/// wake-up by a message, one subscriber connection per client in the whole cluster,
-/// and a waiter that sleeps sends nothing.
-#[test]
-fn sixteen_names_two_clients_eight_threads_each() {
-    let cluster = Cluster::start(3, 1);
-    let clients = [client(&cluster), client(&cluster)];
-    let subscribers: usize = cluster
+/// Subscriber connections of redis-mutex clients on each node, by connection name
+/// (`redis-mutex:<client id>:notifier`).
+fn subscribers(cluster: &Cluster) -> Vec<std::collections::HashMap<String, usize>> {
+    cluster
         .nodes()
         .iter()
         .map(|n| {
             let list: String = query(n, redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"));
-            list.lines().filter(|l| l.contains("name=redis-mutex:")).count()
+            let mut by_client = std::collections::HashMap::new();
+            for name in list.lines().filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name="))) {
+                if name.starts_with("redis-mutex:") {
+                    *by_client.entry(name.to_owned()).or_insert(0) += 1;
+                }
+            }
+            by_client
         })
-        .sum();
-    assert_eq!(subscribers, 2, "one subscriber connection per client in the whole cluster");
+        .collect()
+}
+
+/// 16 names over different slots, 2 clients × 8 threads: no overlap per name, every
+/// wake-up by a message (sharded: `SPUBLISH` only, never a classic `PUBLISH`), at most
+/// one subscriber connection per node and client (none before anything was waited
+/// for), and a waiter that sleeps sends nothing.
+#[test]
+fn sixteen_names_two_clients_eight_threads_each() {
+    let cluster = Cluster::start(3, 1);
+    let clients = [client(&cluster), client(&cluster)];
+    let before_load: usize = subscribers(&cluster).iter().map(|m| m.values().sum::<usize>()).sum();
+    assert_eq!(before_load, 0, "no subscriber connection before a thread waited");
     let names: Vec<String> = (0..16).map(|i| format!("n{i}")).collect();
     let slots: std::collections::HashSet<u16> =
         names.iter().map(|n| owner(&cluster, &format!("c:{{{n}}}")).0).collect();
@@ -366,7 +379,20 @@ fn sixteen_names_two_clients_eight_threads_each() {
         let s = c.stats().since(b);
         assert_eq!(s.acquisitions, 8 * 40);
         assert_eq!(s.wakeups_timeout, 0, "every wake-up by a message or a handoff: {s:?}");
+        assert!(s.messages_received > 0, "{s:?}");
     }
+    let masters = &cluster.nodes()[..cluster.masters()];
+    let sharded: u64 = masters.iter().map(|n| n.command_calls("spublish")).sum();
+    let classic: u64 = masters.iter().map(|n| n.command_calls("publish")).sum();
+    assert!(sharded > 0 && classic == 0, "SPUBLISH {sharded}, PUBLISH {classic}");
+    let per_node = subscribers(&cluster);
+    for (node, by_client) in per_node.iter().enumerate() {
+        assert!(by_client.values().all(|&n| n == 1), "node {node}: {by_client:?}");
+        assert!(by_client.len() <= 2, "node {node}: {by_client:?}");
+    }
+    let total: usize = per_node.iter().map(|m| m.len()).sum();
+    assert!((2..=6).contains(&total), "one per client and master at most: {per_node:?}");
+    eprintln!("subscriber connections per node: {per_node:?}");
     // Idle waiting: b waits for a lock a holds; nothing is sent meanwhile.
     let g = clients[0].mutex("n0").lock().unwrap();
     let waiter = {

@@ -258,6 +258,19 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     }
     /// Whether a thread of this client waits for `name`.
     fn has_waiters(&self, name: &str) -> bool;
+    /// Whether a thread of this client waits for a lock named `name` of any kind (mutex,
+    /// read-write lock, semaphore: their keys share the name's hash tag, and so a
+    /// cluster's sharded channel). The default: the mutex's waiters.
+    fn waits_for(&self, name: &str) -> bool {
+        self.has_waiters(name)
+    }
+    /// Messages about the locks named `name` may have gone unheard (a cluster moved their
+    /// slot, or the subscriber of its node reconnected): the first mutex waiter and every
+    /// read-write lock or semaphore waiter of that name look again. The default: the
+    /// mutex's first waiter.
+    fn recheck(&self, name: &str) {
+        self.wake_first(name);
+    }
     /// Whether release messages are being heard: while not, waiters poll.
     fn set_listening(&self, up: bool);
     /// The server is not the one that confirmed this client's leases any more (a

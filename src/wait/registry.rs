@@ -165,6 +165,15 @@ impl ReleaseSink for Registry {
         self.waiting(name) > 0
     }
 
+    fn waits_for(&self, name: &str) -> bool {
+        self.waiting(name) > 0 || self.tickets.waiting_tagged(name) > 0
+    }
+
+    fn recheck(&self, name: &str) {
+        self.wake_first(name);
+        self.tickets.wake_tagged(name);
+    }
+
     fn set_listening(&self, up: bool) {
         self.listening.store(up, Ordering::Release);
     }

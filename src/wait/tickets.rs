@@ -85,10 +85,30 @@ impl Tickets {
         map.len()
     }
 
+    /// Threads waiting for a lock whose keys have the hash tag `{name}` (a read-write
+    /// lock or a semaphore named `name`).
+    pub fn waiting_tagged(&self, name: &str) -> usize {
+        lock(&self.map).values().filter(|t| tag(&t.name) == Some(name)).count()
+    }
+
+    /// Wakes every thread waiting for a lock whose keys have the hash tag `{name}`.
+    pub fn wake_tagged(&self, name: &str) {
+        for t in lock(&self.map).values().filter(|t| tag(&t.name) == Some(name)) {
+            let _ = t.tx.try_send(());
+        }
+    }
+
     /// Threads waiting for `name`.
     pub fn waiting(&self, name: &str) -> usize {
         lock(&self.map).values().filter(|t| &*t.name == name).count()
     }
+}
+
+/// The hash tag of `key`: the text between its first `{` and the next `}` (lock names
+/// and prefixes have no braces, so it is the lock's name).
+fn tag(key: &str) -> Option<&str> {
+    let (_, rest) = key.split_once('{')?;
+    rest.split_once('}').map(|(name, _)| name)
 }
 
 impl TicketHandle {

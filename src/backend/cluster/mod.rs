@@ -6,11 +6,15 @@
 //! the per-client channels, which a cluster delivers to every node: the notifier
 //! subscribes on any one master (the next one when that fails).
 
+mod link;
+mod node;
 mod nodes;
+mod shards;
 mod slots;
 
 use self::nodes::NodeSettings;
 pub(crate) use self::nodes::Nodes;
+pub(crate) use self::shards::{ShardConfig, Shards};
 use super::Options;
 use crate::error::{Error, Result};
 use crate::keys::redact_url;

@@ -188,8 +188,25 @@ impl Nodes {
         }))
     }
 
+    /// The master that serves `key`'s slot (the map refreshed first if it may be out of
+    /// date).
+    pub fn owner_of(&self, key: &str, deadline: Option<Instant>) -> Result<Addr> {
+        self.owner(slot(key), deadline)
+    }
+
+    /// The master the map names for `key`'s slot, without asking the cluster.
+    pub fn known_owner(&self, key: &str) -> Option<Addr> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).owner(slot(key)).cloned()
+    }
+
+    /// A `MOVED` reply said that `addr` serves `slot` now.
+    pub fn moved(&self, slot: u16, addr: Addr) {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).set(slot, addr);
+        self.mark_stale();
+    }
+
     /// The map may be out of date: refresh it before the next operation.
-    fn mark_stale(&self) {
+    pub fn mark_stale(&self) {
         lock(&self.refresh).1 = true;
     }
 

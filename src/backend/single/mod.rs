@@ -3,6 +3,7 @@
 //! subscriber thread in `notifier`.
 
 mod connection;
+pub(crate) mod dispatch;
 pub(crate) mod notifier;
 mod replicas;
 mod route;
@@ -11,8 +12,8 @@ pub(crate) use self::connection::{ConnectSettings, OnConnect, Pool, Target, chec
 use self::route::Route;
 pub(crate) mod scripts;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use redis::{Connection, Value};
@@ -20,6 +21,7 @@ use redis::{Connection, Value};
 use self::notifier::NotifierConfig;
 use self::scripts::{Releaser, Scripts};
 use self::shared::SharedScripts;
+use super::cluster::{ShardConfig, Shards};
 use super::sentinel;
 use super::{
     Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas, SharedBackend,
@@ -49,6 +51,9 @@ struct Server {
     grant_ms: u64,
     /// The pooled connections' read timeout, which a `WAIT` lengthens (`replicas`).
     read_timeout: Duration,
+    /// On a cluster (without TLS), the per-lock sharded subscriptions that replace the
+    /// notifier (see `backend::cluster::shards`).
+    shards: OnceLock<Arc<Shards>>,
 }
 
 impl SingleServer {
@@ -75,8 +80,19 @@ impl SingleServer {
             connection::check(&settings, shown)?;
         }
         // Channels are server-wide, keys per database: the database is in their names.
-        let db = settings.target.redis_settings().db();
-        let channels = Channels::new(&options.prefix, db, &options.client_id);
+        // On a cluster, per lock and sharded, but for TLS (the subscriber connections of
+        // `cluster::link` are plain TCP): classic, through the one notifier.
+        let sharded = match &settings.target {
+            Target::Cluster(nodes) => {
+                let tls = matches!(nodes.template().addr(), redis::ConnectionAddr::TcpTls { .. });
+                (!tls).then(|| nodes.clone())
+            }
+            _ => None,
+        };
+        let channels = match &sharded {
+            Some(_) => Channels::sharded(&options.prefix, &options.client_id),
+            None => Channels::new(&options.prefix, settings.target.redis_settings().db(), &options.client_id),
+        };
         let server = Arc::new(Server {
             route: match &settings.target {
                 Target::Cluster(nodes) => Route::Cluster(nodes.clone()),
@@ -88,6 +104,7 @@ impl SingleServer {
             channels: channels.clone(),
             grant_ms: options.reservation.as_millis().max(1) as u64,
             read_timeout: options.read_timeout,
+            shards: OnceLock::new(),
         });
         let (stop, stopped) = crossbeam_channel::bounded(0);
         if let Target::Sentinel(master) = &settings.target {
@@ -104,12 +121,13 @@ impl SingleServer {
                 .map_err(|e| Error::spawn("redis-mutex-sentinel", e))?;
         }
         let unclaimed = {
-            let (server, sink, prefix) = (server.clone(), sink.clone(), options.prefix.clone());
+            // Weak: the sharded subscriptions that call it belong to the server.
+            let (server, sink, prefix) = (Arc::downgrade(&server), sink.clone(), options.prefix.clone());
             // A lock granted to this client after its last waiter left: release it
             // (owner-checked: it goes to the next waiting client), then let a waiter
             // that came meanwhile attempt.
             Box::new(move |name: &str, token: &str| {
-                if let Ok(keys) = LockKeys::new(&prefix, name) {
+                if let (Ok(keys), Some(server)) = (LockKeys::new(&prefix, name), server.upgrade()) {
                     match server.release(&keys, &ReleaseArgs::plain(token, server.grant_ms)) {
                         Ok(outcome) => {
                             log::debug!("redis-mutex: passed on an unclaimed grant of {}: {outcome:?}", keys.key)
@@ -122,6 +140,20 @@ impl SingleServer {
                 sink.wake_first(name);
             })
         };
+        if let Some(nodes) = sharded {
+            let cfg = ShardConfig {
+                channels,
+                name: format!("{}:notifier", settings.name),
+                grant_ms: server.grant_ms,
+                ping_after: options.ping_interval,
+                connect_timeout: options.connect_timeout,
+                read_timeout: options.read_timeout,
+                write_timeout: options.write_timeout,
+            };
+            let shards = Shards::new(nodes, cfg, notifier::Shared { sink, stats, unclaimed }, stopped);
+            let _ = server.shards.set(shards);
+            return Ok(SingleServer { server, _notifier_stop: stop });
+        }
         notifier::spawn(
             NotifierConfig {
                 connect: settings,
@@ -139,6 +171,16 @@ impl SingleServer {
 }
 
 impl Server {
+    /// On a cluster with sharded wake-ups: subscribes to the lock's channel on its
+    /// slot's master before a request after which this client may wait for a message
+    /// about it (see `cluster::shards`).
+    fn listen_for(&self, keys: &LockKeys, deadline: Option<Instant>) -> Result<()> {
+        match self.shards.get() {
+            Some(shards) => shards.ensure(&keys.name, &keys.key, deadline),
+            None => Ok(()),
+        }
+    }
+
     fn leave(&self, keys: &LockKeys) -> Result<()> {
         let inv = self.scripts.leave(keys, &self.client_id);
         let outcome: i64 = self.route.on_key(&keys.key, None, |c| inv.invoke::<i64>(c))?;
@@ -147,12 +189,18 @@ impl Server {
     }
 
     fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>) -> Result<Released> {
+        if a.handoff.is_some() {
+            // The release may queue this client again behind another (its waiter may
+            // never have attempted itself): the grant that ends that wait is a message.
+            self.listen_for(keys, None)?;
+        }
         if a.replicas.is_some() || a.handoff.is_some_and(|t| t.replicas.is_some()) {
             return self.release_acknowledged(keys, a);
         }
         // Used only if the release grants the lock to another client.
         let grant_token = uuid::Uuid::new_v4().to_string();
-        let inv = self.scripts.release(keys, a, &self.releaser(&grant_token), false);
+        let clients = self.channels.clients_of(&keys.name);
+        let inv = self.scripts.release(keys, a, &self.releaser(&grant_token, &clients), false);
         let v = self.route.on_key(&keys.key, None, |c| inv.invoke::<Value>(c))?;
         Scripts::release_reply(&v)
     }
@@ -177,9 +225,16 @@ impl Server {
             .collect())
     }
 
-    /// This client as the releaser, with the owner token a grant would get.
-    fn releaser<'a>(&'a self, grant_token: &'a str) -> Releaser<'a> {
-        Releaser { client_id: &self.client_id, channels: &self.channels, grant_token, grant_ms: self.grant_ms }
+    /// This client as the releaser, with the owner token a grant would get and the
+    /// channel prefix that addresses clients about the lock (`Channels::clients_of`).
+    fn releaser<'a>(&'a self, grant_token: &'a str, clients: &'a str) -> Releaser<'a> {
+        Releaser {
+            client_id: &self.client_id,
+            clients,
+            publish: self.channels.publish(),
+            grant_token,
+            grant_ms: self.grant_ms,
+        }
     }
 }
 
@@ -196,6 +251,9 @@ impl Backend for SingleServer {
 
     fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
         let s = &self.server;
+        if a.will_wait {
+            s.listen_for(keys, a.deadline)?;
+        }
         if let Some(r) = a.replicas {
             return s.attempt_acknowledged(keys, &a, r);
         }

@@ -91,7 +91,8 @@ impl Server {
         let for_handoff = a.handoff.and_then(|t| t.replicas);
         let for_grant = a.replicas.or(for_handoff);
         let grant_token = uuid::Uuid::new_v4().to_string();
-        let call = self.scripts.release(keys, a, &self.releaser(&grant_token), for_grant.is_some());
+        let clients = self.channels.clients_of(&keys.name);
+        let call = self.scripts.release(keys, a, &self.releaser(&grant_token, &clients), for_grant.is_some());
         let wait_ms = [for_handoff, for_grant].iter().flatten().map(|r| r.timeout_ms).max().unwrap_or(0);
         let (v, handoff_acks, grant_acks) = self.with_waiting_conn(&keys.key, None, wait_ms, |c| {
             let (v, handoff_acks) = match for_handoff {

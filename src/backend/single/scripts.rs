@@ -18,7 +18,11 @@ pub(crate) type HolderFields = (Option<String>, Option<String>, Option<String>, 
 /// Who releases: what `release.lua` needs besides the lock and the caller's tenure.
 pub(crate) struct Releaser<'a> {
     pub client_id: &'a str,
-    pub channels: &'a Channels,
+    /// What the script prefixes to a client id to address it about this lock
+    /// ([`Channels::clients_of`]).
+    pub clients: &'a str,
+    /// The command it publishes with ([`Channels::publish`]).
+    pub publish: &'static str,
     /// The owner token a grant to another client would get (fresh per release).
     pub grant_token: &'a str,
     /// How long a grant is the grantee's before it takes it.
@@ -173,7 +177,7 @@ impl Scripts {
 
     /// `release.lua` for one release by client `client_id`. A grant to the next
     /// waiting client (see `Granted`) makes `grant_token` its owner for `grant_ms`
-    /// and tells it on its channel (`channels.clients` + its id), unless `held_back`:
+    /// and tells it on its channel (`from.clients` + its id), unless `held_back`:
     /// then [`settle`](Self::settle) announces or revokes it.
     pub fn release(&self, keys: &LockKeys, a: &ReleaseArgs<'_>, from: &Releaser<'_>, held_back: bool) -> Call<'_> {
         let mut inv = Call::new(&self.release, &[&keys.key, &keys.fence]);
@@ -183,7 +187,8 @@ impl Scripts {
             None => inv.arg("").arg(0).arg(0),
         };
         inv.arg(a.limit).arg(from.grant_ms).arg(a.lease_ms).arg(a.local_handoffs);
-        inv.arg(from.grant_token).arg(&from.channels.clients).arg(&*keys.name).arg(a.mark).arg(flag(held_back));
+        inv.arg(from.grant_token).arg(from.clients).arg(&*keys.name).arg(a.mark).arg(flag(held_back));
+        inv.arg(from.publish);
         inv
     }
 
@@ -203,7 +208,7 @@ impl Scripts {
     ) -> ScriptInvocation<'_> {
         let mut inv = self.settle.prepare_invoke();
         inv.key(&keys.key).arg(grant_token).arg(flag(acknowledged.is_some())).arg(acknowledged.unwrap_or(0));
-        inv.arg(&channels.clients).arg(&*keys.name);
+        inv.arg(&*channels.clients_of(&keys.name)).arg(&*keys.name).arg(channels.publish());
         inv
     }
 
@@ -276,10 +281,16 @@ impl Scripts {
         Ok(replies)
     }
 
-    /// `force_unlock.lua`, which wakes every client on `channels.all`.
+    /// `force_unlock.lua`, which wakes every client on `channels.all`, or with sharded
+    /// channels, each client that waits for the lock on its own.
     pub fn force_unlock(&self, keys: &LockKeys, channels: &Channels) -> ScriptInvocation<'_> {
         let mut inv = self.force_unlock.prepare_invoke();
         inv.key(&keys.key).arg(&channels.all).arg(&*keys.name);
+        if channels.is_sharded() {
+            inv.arg(channels.publish()).arg(&*channels.clients_of(&keys.name));
+        } else {
+            inv.arg("").arg("");
+        }
         inv
     }
 

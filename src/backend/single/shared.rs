@@ -82,20 +82,26 @@ impl SingleServer {
         self.server.route.on_key(&keys.key, deadline, |c| inv.invoke::<Value>(c))
     }
 
-    /// What a script that may grant the lock needs to tell the grantees.
-    fn grant_args(&self) -> (u64, &str) {
-        (self.server.grant_ms, &self.server.channels.clients)
+    /// What a script about `keys` that may grant the lock needs to tell the grantees:
+    /// the grant's lease, the channel prefix that addresses a client, the command that
+    /// publishes.
+    fn grant_args(&self, keys: &LockKeys) -> (u64, std::borrow::Cow<'_, str>, &'static str) {
+        let channels = &self.server.channels;
+        (self.server.grant_ms, channels.clients_of(&keys.name), channels.publish())
     }
 }
 
 impl SharedBackend for SingleServer {
     fn attempt(&self, keys: &LockKeys, a: SharedArgs<'_>) -> Result<(SharedAttempt, LocalGrants)> {
-        let (grant_ms, channels) = self.grant_args();
+        if a.will_wait {
+            self.server.listen_for(keys, a.deadline)?;
+        }
+        let (grant_ms, channels, publish) = self.grant_args(keys);
         let side = if a.side == Side::Exclusive { "w" } else { "r" };
         let will_wait = if a.will_wait { "1" } else { "0" };
         let v = self.run_shared(keys, &self.server.shared.acquire, a.deadline, |inv| {
             inv.arg(a.token).arg(a.lease_ms).arg(side).arg(a.permits).arg(&self.server.client_id);
-            inv.arg(will_wait).arg(a.entry_ms).arg(grant_ms).arg(channels).arg(&*keys.name);
+            inv.arg(will_wait).arg(a.entry_ms).arg(grant_ms).arg(&*channels).arg(&*keys.name).arg(publish);
         })?;
         let (head, tokens) = with_grants(&v, 2, "acquire")?;
         let grants = LocalGrants { tokens, lease_ms: grant_ms };
@@ -112,9 +118,9 @@ impl SharedBackend for SingleServer {
     }
 
     fn release(&self, keys: &LockKeys, token: &str) -> Result<(bool, LocalGrants)> {
-        let (grant_ms, channels) = self.grant_args();
+        let (grant_ms, channels, publish) = self.grant_args(keys);
         let v = self.run_shared(keys, &self.server.shared.release, None, |inv| {
-            inv.arg(token).arg(grant_ms).arg(channels).arg(&*keys.name).arg(&self.server.client_id);
+            inv.arg(token).arg(grant_ms).arg(&*channels).arg(&*keys.name).arg(&self.server.client_id).arg(publish);
         })?;
         let (head, tokens) = with_grants(&v, 1, "release")?;
         match head.as_slice() {
@@ -124,9 +130,9 @@ impl SharedBackend for SingleServer {
     }
 
     fn leave(&self, keys: &LockKeys, token: &str) -> Result<(SharedLeave, LocalGrants)> {
-        let (grant_ms, channels) = self.grant_args();
+        let (grant_ms, channels, publish) = self.grant_args(keys);
         let v = self.run_shared(keys, &self.server.shared.leave, None, |inv| {
-            inv.arg(token).arg(grant_ms).arg(channels).arg(&*keys.name).arg(&self.server.client_id);
+            inv.arg(token).arg(grant_ms).arg(&*channels).arg(&*keys.name).arg(&self.server.client_id).arg(publish);
         })?;
         let (head, tokens) = with_grants(&v, 1, "leave")?;
         let outcome = match head.as_slice() {

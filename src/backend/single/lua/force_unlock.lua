@@ -1,6 +1,12 @@
 -- Delete the lock whoever holds it, and wake every client's waiters.
 -- KEYS[1] lock hash; ARGV[1] the broadcast channel (`<prefix>:<db>:all`), ARGV[2] the
--- lock's name. Returns 1 deleted, 0 nothing to delete.
+-- lock's name, ARGV[3] '' = broadcast on ARGV[1] (one server), or the command that
+-- publishes to one client ('SPUBLISH', a cluster), ARGV[4] with it, the lock's own
+-- clients' channel prefix (`<prefix>:{<name>}:c:`): then each client that waits for the
+-- lock is told, which is the holder's own client (`c`: its waiters set `w`) and every
+-- client in the queue `q`; a cluster's sharded channels are per lock, so a broadcast
+-- would reach no one there.
+-- Returns 1 deleted, 0 nothing to delete.
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then
   return 0
@@ -8,6 +14,22 @@ end
 if kind ~= 'hash' then
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a redis-mutex lock')
 end
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[1], '*' .. ARGV[2])
+  return 1
+end
+local held = redis.call('HMGET', KEYS[1], 'c', 'q')
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], '*' .. ARGV[2])
+local told = {}
+local function tell(id)
+  if id and id ~= '' and not told[id] then
+    told[id] = true
+    redis.call(ARGV[3], ARGV[4] .. id, '*' .. ARGV[2])
+  end
+end
+tell(held[1])
+for e in string.gmatch(held[2] or '', '%S+') do
+  tell(string.match(e, '^([^:]+)'))
+end
 return 1

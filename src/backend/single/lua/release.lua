@@ -9,7 +9,10 @@
 -- ARGV[10] the owner token of a grant to another client, ARGV[11] the clients' channel
 -- prefix (`<prefix>:<db>:c:`), ARGV[12] the lock's name, ARGV[13] the caller client's
 -- mark for queueing again (see queue.lua), ARGV[14] '1' = hold a grant's announcement
--- back until replicas acknowledged it (`wait_replicas`: WAIT cannot run in a script)
+-- back until replicas acknowledged it (`wait_replicas`: WAIT cannot run in a script),
+-- ARGV[15] the command that publishes to a client: 'PUBLISH' (one server: ARGV[11] is
+-- server-wide) or 'SPUBLISH' (a cluster: ARGV[11] is the lock's own, `<prefix>:{<name>}:c:`,
+-- in the lock's slot, as a script's SPUBLISH must be)
 -- Returns {0, 0} not the owner, {1, 0} deleted, {2, fence, turn} handed over (turn: the
 -- handoffs of the client's turn so far, 0 while nobody else waits), {3, 0} granted to
 -- the next waiting client, {4, 0} granted, its announcement held back for settle.lua.
@@ -64,12 +67,12 @@ if queue ~= '' then
   redis.call('PEXPIRE', KEYS[1], ttl)
   if not held_back then
     -- The 0: no replica was waited for (see settle.lua).
-    redis.call('PUBLISH', ARGV[11] .. nxt,
+    redis.call(ARGV[15], ARGV[11] .. nxt,
       '!' .. ARGV[10] .. ' ' .. integer_text(fence) .. ' ' .. mark .. ' 0 ' .. ARGV[12])
   end
   local after = queue_first(rest)
   if after then
-    redis.call('PUBLISH', ARGV[11] .. after, '@' .. grant .. ' ' .. ARGV[12])
+    redis.call(ARGV[15], ARGV[11] .. after, '@' .. grant .. ' ' .. ARGV[12])
   end
   if held_back then return {4, 0} end
   return {3, 0}

@@ -3,8 +3,9 @@
 -- grant to its client if enough replicas acknowledged it, or revokes it.
 -- KEYS[1] lock hash
 -- ARGV[1] the grant's owner token, ARGV[2] '1' = acknowledged, ARGV[3] replicas that
--- acknowledged, ARGV[4] the clients' channel prefix (`<prefix>:<db>:c:`), ARGV[5] the
--- lock's name
+-- acknowledged, ARGV[4] the clients' channel prefix (`<prefix>:<db>:c:`, or on a cluster
+-- the lock's own `<prefix>:{<name>}:c:`), ARGV[5] the lock's name, ARGV[6] the command
+-- that publishes to a client ('PUBLISH', or 'SPUBLISH' on a cluster: see release.lua)
 -- Returns 1 announced, 2 revoked, 0 nothing to settle (the grant ran out and someone
 -- else took the lock, or it was force-unlocked).
 local held = redis.call('HMGET', KEYS[1], 'o', 'gt', 'ge', 'f', 'q')
@@ -16,7 +17,7 @@ if ARGV[2] == '1' and not grant_over(KEYS[1], held[2]) then
   redis.call('HSET', KEYS[1], 'ge', '')
   local fence = '0'
   if span > 0 then fence = held[4] end
-  redis.call('PUBLISH', ARGV[4] .. id, '!' .. ARGV[1] .. ' ' .. fence .. ' ' .. mark .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
+  redis.call(ARGV[6], ARGV[4] .. id, '!' .. ARGV[1] .. ' ' .. fence .. ' ' .. mark .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
   return 1
 end
 -- Revoked (too few replicas, or the grant ran out meanwhile): the grantee was never
@@ -27,5 +28,5 @@ if not queue_has(queue, id) then
   if queue == '' then queue = held[3] else queue = held[3] .. ' ' .. queue end
 end
 redis.call('HSET', KEYS[1], 'o', '', 'c', '', 'gt', '', 'ge', '', 'w', '', 'h', 0, 'q', queue)
-redis.call('PUBLISH', ARGV[4] .. id, '*' .. ARGV[5])
+redis.call(ARGV[6], ARGV[4] .. id, '*' .. ARGV[5])
 return 2

@@ -117,7 +117,9 @@ end
 -- client than its own: a grantee that crashed costs the queue one `grant_ms` (a
 -- grantee of its own client crashes with it). Nothing is published when nobody is
 -- granted.
-local function grant_heads(st, grant_ms, channels, name, self_token, self_client)
+-- `publish` is the command that does it: 'PUBLISH', or on a cluster 'SPUBLISH' (then
+-- `channels` is the lock's own prefix, in its slot: see release.lua).
+local function grant_heads(st, grant_ms, channels, name, self_token, self_client, publish)
   st.local_grants = st.local_grants or {}
   if st.writer then return end
   local free = math.huge
@@ -153,7 +155,7 @@ local function grant_heads(st, grant_ms, channels, name, self_token, self_client
     if e.kind == 'w' then break end
   end
   for _, c in ipairs(clients) do
-    redis.call('PUBLISH', channels .. c, '^' .. table.concat(to_client[c], ',') .. ' ' .. name)
+    redis.call(publish, channels .. c, '^' .. table.concat(to_client[c], ',') .. ' ' .. name)
   end
   local nxt = st.queue[1]
   if granted and nxt and nxt ~= self_token then
@@ -163,7 +165,7 @@ local function grant_heads(st, grant_ms, channels, name, self_token, self_client
       if c ~= client then elsewhere = true end
     end
     if elsewhere then
-      redis.call('PUBLISH', channels .. client, '~' .. grant_ms .. ' ' .. nxt .. ' ' .. name)
+      redis.call(publish, channels .. client, '~' .. grant_ms .. ' ' .. nxt .. ' ' .. name)
     end
   end
 end

@@ -4,7 +4,8 @@
 -- writer), ARGV[4] permits (a semaphore's count; '0': a read-write lock), ARGV[5] the
 -- caller's client id, ARGV[6] '1' = queue the caller if it is not admitted, ARGV[7] how
 -- long its queue entry lasts without another attempt (ms), ARGV[8] grant ms, ARGV[9]
--- the clients' channel prefix (`<prefix>:<db>:c:`), ARGV[10] the lock's name
+-- the clients' channel prefix (`<prefix>:<db>:c:`), ARGV[10] the lock's name, ARGV[11]
+-- the command that publishes to a client (see grant_heads)
 -- Returns {1, 0, ...} the caller holds it (lease ARGV[2] from now), {0, ms, ...} not
 -- admitted: a lease or a grant ends by itself within ms (-1: none does), {-1, n} the
 -- semaphore is in use with n permits, not ARGV[4] (nothing is written). After the
@@ -20,7 +21,7 @@ if permits > 0 and st.n ~= permits then
   st.n = permits; n_changed = true
 end
 -- Room freed by a lease that ran out is announced by nobody: grant it now.
-grant_heads(st, tonumber(ARGV[8]), ARGV[9], ARGV[10], token, ARGV[5])
+grant_heads(st, tonumber(ARGV[8]), ARGV[9], ARGV[10], token, ARGV[5], ARGV[11])
 if holds(st, token) then
   -- Granted just now or before, or a retried attempt whose first try acquired: the
   -- lease runs from now.

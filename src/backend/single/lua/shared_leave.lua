@@ -2,7 +2,8 @@
 -- released (passed on).
 -- KEYS[1] holders, KEYS[2] state (see shared.lua)
 -- ARGV[1] token, ARGV[2] grant ms, ARGV[3] the clients' channel prefix, ARGV[4] the
--- lock's name, ARGV[5] the caller's client id
+-- lock's name, ARGV[5] the caller's client id, ARGV[6] the command that publishes to a
+-- client (see grant_heads)
 -- Returns {2, ...} a grant was released, {1, ...} left the queue, {0} was not queued;
 -- after the first: the tokens of the caller's client this granted the lock to.
 local st = load_state(now_ms())
@@ -17,6 +18,6 @@ else
   end
 end
 -- The head may have been what kept the waiters behind it out.
-if outcome > 0 then grant_heads(st, tonumber(ARGV[2]), ARGV[3], ARGV[4], '', ARGV[5]) end
+if outcome > 0 then grant_heads(st, tonumber(ARGV[2]), ARGV[3], ARGV[4], '', ARGV[5], ARGV[6]) end
 save_state(st, false)
 return reply(st, {outcome})
