@@ -411,3 +411,70 @@ fn sixteen_names_two_clients_eight_threads_each() {
     g.unlock().unwrap();
     waiter.join().unwrap().unwrap().unwrap();
 }
+
+/// The sharded channels a node has subscribers for (`PUBSUB SHARDCHANNELS`).
+fn shard_channels(node: &redis_mutex_harness::RedisServer) -> Vec<String> {
+    query(node, redis::cmd("PUBSUB").arg("SHARDCHANNELS"))
+}
+
+/// b waits for a lock a holds; its channel is subscribed on the lock's master
+/// (`from`) before its attempt. Then `moved` moves the lock's slot to another master
+/// while b waits, and returns that master's index: b's channel must follow it there,
+/// so that a's release reaches b by a message (a grant), not by a timeout.
+fn waiter_follows_its_slot(cluster: &mut Cluster, name: &str, moved: impl FnOnce(&mut Cluster, u16, usize) -> usize) {
+    let (a, b) = (client(cluster), client(cluster));
+    let g = a.mutex(name).lock().unwrap();
+    let key = format!("c:{{{name}}}");
+    let (slot, from) = owner(cluster, &key);
+    let before = b.stats();
+    let waiter = {
+        let (b, name) = (b.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            let g = b.mutex(&name).lock().unwrap();
+            let at = Instant::now();
+            g.unlock().unwrap();
+            at
+        })
+    };
+    let m = a.mutex(name);
+    wait_until(Duration::from_secs(5), "b to queue", || m.holder().unwrap().is_some_and(|h| h.contended));
+    let channel = |node: &redis_mutex_harness::RedisServer| {
+        shard_channels(node).iter().filter(|c| c.starts_with(&format!("c:{{{name}}}:c:"))).count()
+    };
+    assert_eq!(channel(&cluster.nodes()[from]), 1, "b subscribed on the lock's master before it waited");
+    let to = moved(cluster, slot, from);
+    wait_until(Duration::from_secs(10), "every node to name the new owner", || owner(cluster, &key).1 == to);
+    wait_until(Duration::from_secs(10), "b's channel to follow the slot", || channel(&cluster.nodes()[to]) == 1);
+    let released = Instant::now();
+    g.unlock().unwrap();
+    let took = waiter.join().unwrap().duration_since(released);
+    let s = b.stats().since(&before);
+    eprintln!("{name}: b had the lock {took:?} after a's release on the new master; {s:?}");
+    assert_eq!(s.wakeups_timeout, 0, "woken by messages, never by a timeout: {s:?}");
+    assert_eq!(s.grants, 1, "granted by a's release, heard on the new master: {s:?}");
+    assert!(took < Duration::from_millis(900), "no wait for a grant to run out: {took:?}");
+}
+
+#[test]
+fn a_waiter_s_channel_follows_a_resharded_slot_and_hears_the_release() {
+    let mut cluster = Cluster::start(3, 0);
+    waiter_follows_its_slot(&mut cluster, "resharded", |cluster, slot, from| {
+        let to = (from + 1) % 3;
+        migrate(cluster, slot, from, to, || {});
+        to
+    });
+}
+
+#[test]
+fn a_waiter_s_channel_follows_a_cluster_failover_and_hears_the_release() {
+    let mut cluster = Cluster::start(3, 1);
+    waiter_follows_its_slot(&mut cluster, "failed-over", |cluster, _, from| {
+        let replica = cluster.masters() + from;
+        query::<()>(&cluster.nodes()[replica], redis::cmd("CLUSTER").arg("FAILOVER"));
+        wait_until(Duration::from_secs(30), "the replica to take over", || {
+            let info: String = query(&cluster.nodes()[replica], redis::cmd("INFO").arg("replication"));
+            info.contains("role:master")
+        });
+        replica
+    });
+}

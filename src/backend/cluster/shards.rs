@@ -119,6 +119,16 @@ impl Shards {
         self.cfg.channels.mine_of(name).into_owned()
     }
 
+    /// Whether lock `name`'s channel is subscribed (and so stays subscribed a while:
+    /// this counts as a thread asking for it).
+    pub fn is_subscribed(&self, name: &str) -> bool {
+        let mut st = lock(&self.state);
+        st.subs.get_mut(name).is_some_and(|sub| {
+            sub.wanted_at = Instant::now();
+            matches!(sub.status, Status::Active)
+        })
+    }
+
     /// Subscribes to lock `name`'s channel (`key` is its lock key) on the master of its
     /// slot, unless it is already, and returns once the master confirmed it: a message
     /// about the lock sent after this returns reaches the client. Gives up at `deadline`

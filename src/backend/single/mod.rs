@@ -181,6 +181,21 @@ impl Server {
         }
     }
 
+    /// Whether messages about the lock reach this client now (always, but with sharded
+    /// wake-ups before the lock's channel is subscribed).
+    fn listening_for(&self, keys: &LockKeys) -> bool {
+        self.shards.get().is_none_or(|shards| shards.is_subscribed(&keys.name))
+    }
+
+    fn attempt(&self, keys: &LockKeys, a: &AttemptArgs<'_>) -> Result<Attempt> {
+        if let Some(r) = a.replicas {
+            return self.attempt_acknowledged(keys, a, r);
+        }
+        let inv = self.scripts.attempt(keys, a, &self.client_id);
+        let v = self.route.on_key(&keys.key, a.deadline, |c| inv.invoke::<Value>(c))?;
+        Scripts::attempt_reply(&v)
+    }
+
     fn leave(&self, keys: &LockKeys) -> Result<()> {
         let inv = self.scripts.leave(keys, &self.client_id);
         let outcome: i64 = self.route.on_key(&keys.key, None, |c| inv.invoke::<i64>(c))?;
@@ -251,15 +266,17 @@ impl Backend for SingleServer {
 
     fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
         let s = &self.server;
-        if a.will_wait {
+        if a.will_wait && !s.listening_for(keys) {
+            // Not subscribed to the lock's channel yet (a cluster's sharded wake-ups): a
+            // first try that queues nothing, so that an uncontended lock costs no
+            // subscription, and only then the subscription and the attempt that queues.
+            let first = s.attempt(keys, &AttemptArgs { will_wait: false, ..a })?;
+            if let Attempt::Acquired { .. } = first {
+                return Ok(first);
+            }
             s.listen_for(keys, a.deadline)?;
         }
-        if let Some(r) = a.replicas {
-            return s.attempt_acknowledged(keys, &a, r);
-        }
-        let inv = s.scripts.attempt(keys, &a, &s.client_id);
-        let v = s.route.on_key(&keys.key, a.deadline, |c| inv.invoke::<Value>(c))?;
-        Scripts::attempt_reply(&v)
+        s.attempt(keys, &a)
     }
 
     fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {

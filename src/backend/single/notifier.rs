@@ -232,6 +232,7 @@ fn interrupted(e: &redis::RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Granted;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
