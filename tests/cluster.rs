@@ -390,6 +390,9 @@ fn sixteen_names_two_clients_eight_threads_each() {
         assert!(by_client.values().all(|&n| n == 1), "node {node}: {by_client:?}");
         assert!(by_client.len() <= 2, "node {node}: {by_client:?}");
     }
+    // A subscription is kept while its lock is waited for: one per (client, name).
+    let subscribed: u64 = masters.iter().map(|n| n.command_calls("ssubscribe")).sum();
+    assert!(subscribed <= 2 * 16, "{subscribed} SSUBSCRIBE for 2 clients and 16 names");
     let total: usize = per_node.iter().map(|m| m.len()).sum();
     assert!((2..=6).contains(&total), "one per client and master at most: {per_node:?}");
     eprintln!("subscriber connections per node: {per_node:?}");
@@ -477,4 +480,66 @@ fn a_waiter_s_channel_follows_a_cluster_failover_and_hears_the_release() {
         });
         replica
     });
+}
+
+/// A force unlock tells each client that waits for the lock on its own channel of it
+/// (the holder's client and every queued client): a broadcast would reach no sharded
+/// subscriber. Nobody waits out the 30 s lease.
+#[test]
+fn a_force_unlock_wakes_the_waiting_clients_by_message() {
+    let cluster = Cluster::start(3, 0);
+    let (a, b, c) = (client(&cluster), client(&cluster), client(&cluster));
+    let g = a.mutex("forced").lock().unwrap();
+    let before = [b.stats(), c.stats()];
+    let waiters: Vec<_> = [&b, &c]
+        .into_iter()
+        .map(|w| {
+            let w = w.clone();
+            std::thread::spawn(move || w.mutex("forced").lock().map(|g| g.unlock()))
+        })
+        .collect();
+    let m = a.mutex("forced");
+    wait_until(Duration::from_secs(5), "b and c to queue", || {
+        m.holder().unwrap().is_some_and(|h| h.waiting_clients.len() == 2)
+    });
+    let forced = Instant::now();
+    assert!(m.force_unlock().unwrap());
+    for w in waiters {
+        w.join().unwrap().unwrap().unwrap();
+    }
+    assert!(forced.elapsed() < Duration::from_secs(5), "woken at once, not after the lease: {:?}", forced.elapsed());
+    for (w, before) in [&b, &c].into_iter().zip(&before) {
+        let s = w.stats().since(before);
+        assert_eq!(s.wakeups_timeout, 0, "woken by messages: {s:?}");
+    }
+    assert!(!g.is_held().unwrap());
+    drop(g);
+}
+
+/// A lock's channel is dropped `LINGER` (10 s) after the last thread of the client that
+/// waited for it left, and with it the client's subscriber connection to that node
+/// (which had no other channel).
+#[test]
+fn a_channel_nobody_waits_on_is_dropped_after_a_while_and_its_connection_closed() {
+    let cluster = Cluster::start(3, 0);
+    let (a, b) = (client(&cluster), client(&cluster));
+    let g = a.mutex("lingering").lock().unwrap();
+    let node = &cluster.nodes()[owner(&cluster, "c:{lingering}").1];
+    let channel = |node: &redis_mutex_harness::RedisServer| {
+        shard_channels(node).iter().filter(|c| c.starts_with("c:{lingering}:c:")).count()
+    };
+    let connections = |node: &redis_mutex_harness::RedisServer| {
+        let list: String = query(node, redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"));
+        list.lines().filter(|l| l.contains("name=redis-mutex:")).count()
+    };
+    assert!(b.mutex("lingering").try_lock_for(Duration::from_millis(300)).unwrap().is_none());
+    let left = Instant::now();
+    assert_eq!((channel(node), connections(node)), (1, 1), "subscribed while it waited");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(channel(node), 1, "kept a while after the waiter left");
+    wait_until(Duration::from_secs(20), "the channel and the connection to go", || {
+        channel(node) == 0 && connections(node) == 0
+    });
+    assert!(left.elapsed() >= Duration::from_secs(9), "dropped after {:?}", left.elapsed());
+    g.unlock().unwrap();
 }

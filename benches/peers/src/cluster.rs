@@ -1,9 +1,8 @@
 //! The cluster target (`--impls redis-mutex-cluster`, issue 15): a Redis Cluster of 3
 //! masters without replicas started beside the plain server, on which redis-mutex runs
-//! W2 and W5 (one lock, as every row: all of it on one master, the other two hearing
-//! each `PUBLISH` over the cluster bus; the lock on master 1 while every client's
-//! notifier subscribes on master 0, the owner of slot 0, so each message crosses the
-//! bus, as it does for 2 locks in 3) and the spread `W2s`/`W5s` (threads over 3 lock
+//! W2 and W5 (one lock, as every row: all of it on one master, master 1, which
+//! carries its messages too: `SPUBLISH` to the waiting clients' per-lock channels,
+//! subscribed there) and the spread `W2s`/`W5s` (threads over 3 lock
 //! names, one per master; run on the plain server too, so each has a same-workload row
 //! of one server). The comparison: acquisitions/s, handoff, Redis CPU per acquisition
 //! summed over the nodes and per node, what that CPU went to (`INFO commandstats`'
@@ -67,7 +66,7 @@ pub fn flush(target: &mut Target) {
     }
 }
 
-/// Per acquisition: `PUBLISH` calls (from the scripts, on the node that ran them),
+/// Per acquisition: `PUBLISH` and `SPUBLISH` calls (from the scripts, on the node that ran them),
 /// CPU in top-level commands (the scripts, with what they called), and CPU outside any
 /// command, summed over the servers and per server (µs).
 struct Spent {
@@ -79,7 +78,10 @@ struct Spent {
 fn spent(r: &Row) -> Spent {
     let mut s = Spent { publish: 0.0, in_commands: 0.0, outside: Vec::new() };
     for server in &r.servers {
-        s.publish += server.commands.get("publish").map_or(0.0, |c| c.0);
+        // Classic on one server, sharded on the cluster.
+        for cmd in ["publish", "spublish"] {
+            s.publish += server.commands.get(cmd).map_or(0.0, |c| c.0);
+        }
         s.in_commands += server.cpu_us - server.outside_commands_us();
         s.outside.push(server.outside_commands_us());
     }
@@ -103,7 +105,7 @@ pub fn print(rows: &[Row]) {
         "handoff p50/p99",
         "wait p99/max",
         "msg/rel",
-        "PUBLISH",
+        "(S)PUB",
         "rCPU/acq",
         "per node",
         "in cmds",
@@ -145,15 +147,14 @@ pub fn print(rows: &[Row]) {
     println!(
         "W2s/W5s: the threads (processes) spread over 3 lock names, one per master ({SPREAD:?}); W2/W5/W5t: one lock \
          ({:?} on one server,\n\
-         \x20 {:?} on the cluster: on master 1, while every client's notifier subscribes on master 0, the owner of slot \
-         0: each message crosses the bus)\n\
-         msg/rel: pub/sub messages received by all clients per release; PUBLISH: PUBLISH calls per acquisition (from the \
-         scripts, on the node that ran them;\n\
-         \x20 a cluster forwards each to every other node over its bus); rCPU/acq: Redis CPU per acquisition, summed over \
-         the nodes; per node: each node's;\n\
+         \x20 {:?} on the cluster: on master 1, whose waiting clients subscribe to their sharded channels of it there)\n\
+         msg/rel: pub/sub messages received by all clients per release; (S)PUB: PUBLISH (one server) or SPUBLISH \
+         (cluster) calls per acquisition,\n\
+         \x20 from the scripts, on the node that ran them (a classic PUBLISH would cross the bus to every node, a sharded \
+         one stays on the slot's master);\n\
+         \x20 rCPU/acq: Redis CPU per acquisition, summed over the nodes; per node: each node's;\n\
          \x20 in cmds: CPU in the commands clients sent (INFO commandstats usec: the scripts, with what they called);\n\
-         \x20 outside cmds: the rest, per node (reading and writing sockets, the event loop, the cluster bus: a forwarded \
-         PUBLISH is no command)",
+         \x20 outside cmds: the rest, per node (reading and writing sockets, the event loop, the cluster bus)",
         SPREAD[0], SPREAD[1]
     );
     if checks.is_empty() {

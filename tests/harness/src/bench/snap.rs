@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 /// Commands that reach a benchmark's server only from inside Lua scripts: those of
 /// redis-mutex's scripts, rlock's release/renew, redisson's lock/unlock, and the
-/// owner-checked release of redlock and the polling loops. `SET` is not here: rlock,
+/// owner-checked release of redlock and the polling loops (`SPUBLISH`: redis-mutex's
+/// scripts on a cluster, whose clients send `SSUBSCRIBE` themselves). `SET` is not here: rlock,
 /// redlock and the polling loops send it themselves (rlock's script SET is its
 /// multi-key path, unused here).
 const SCRIPT_ONLY: &[&str] = &[
-    "hmget", "hset", "hget", "hexists", "exists", "pexpire", "pttl", "incr", "del", "get", "publish", "type",
-    "hincrby", "hdel", "hlen", "time",
+    "hmget", "hset", "hget", "hexists", "exists", "pexpire", "pttl", "incr", "del", "get", "publish", "spublish",
+    "type", "hincrby", "hdel", "hlen", "time",
 ];
 
 /// The same for sorted sets: redis-mutex's read-write lock and semaphore scripts, and
