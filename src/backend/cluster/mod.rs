@@ -2,9 +2,12 @@
 //! one lock's keys share the hash tag `{name}`, so every script runs on one node: the
 //! master of that slot, found in a slot map (`CLUSTER SLOTS`) kept per client and
 //! corrected by `MOVED` (`nodes`); `ASK` during a migration is followed once. Renewals
-//! go in one pipeline per master. Wake-ups are classic `PUBLISH` from the scripts to
-//! the per-client channels, which a cluster delivers to every node: the notifier
-//! subscribes on any one master (the next one when that fails).
+//! go in one pipeline per master. Wake-ups are sharded (`shards`): the scripts
+//! `SPUBLISH` to a per-lock client channel in the lock's slot, which the client
+//! subscribes on that slot's master while it waits for the lock (`node`: a subscriber
+//! thread and connection per node, `link`: its socket). Over TLS they stay classic:
+//! `PUBLISH`, which a cluster delivers to every node, and the single server's notifier
+//! subscribed on any one master (the next one when that fails).
 
 mod link;
 mod node;

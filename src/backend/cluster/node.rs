@@ -92,6 +92,9 @@ fn run(shards: &Arc<Shards>, addr: &Addr) {
             // The node may have failed over: its slots' channels go to their new owner.
             shards.nodes.mark_stale();
             follow_the_map(shards, addr, true);
+            // Channels nobody waits on go, even while the node is unreachable: a node
+            // that never comes back keeps no thread once its waiters gave up.
+            linger(shards, addr);
             // Back off, but stop at once if the client goes away (checked above).
             let _ = shards.stop.recv_timeout(backoff.next_delay().max(std::time::Duration::from_millis(50)));
         }
@@ -128,10 +131,10 @@ fn connect(shards: &Arc<Shards>, addr: &Addr) -> Result<Reader, RedisError> {
         host,
         port,
         login: shards.nodes.template().redis_settings(),
-        name: &cfg.name,
-        connect_timeout: cfg.connect_timeout,
-        read_timeout: cfg.read_timeout,
-        write_timeout: cfg.write_timeout,
+        name: &format!("{}:notifier", cfg.connect.name),
+        connect_timeout: cfg.connect.connect_timeout,
+        read_timeout: cfg.connect.read_timeout,
+        write_timeout: cfg.connect.write_timeout,
     })?;
     reader.set_timeout(TICK)?;
     let mut st = lock(&shards.state);
@@ -172,7 +175,7 @@ fn serve(shards: &Arc<Shards>, addr: &Addr, mut reader: Reader, dispatch: &mut D
             None => {
                 let mut st = lock(&shards.state);
                 let Some(link) = st.links.get_mut(addr) else { return Ok(()) };
-                if link.pending.front().is_some_and(|(_, at)| at.elapsed() >= shards.cfg.read_timeout) {
+                if link.pending.front().is_some_and(|(_, at)| at.elapsed() >= shards.cfg.connect.read_timeout) {
                     return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the node stopped answering").into());
                 }
                 if last_heard.elapsed() >= shards.cfg.ping_after && link.pending.is_empty() {

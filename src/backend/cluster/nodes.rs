@@ -290,8 +290,9 @@ impl Nodes {
         outcome
     }
 
-    /// A client for the node the notifier subscribes on (any node hears every
-    /// `PUBLISH` of the cluster): one of the masters, the next one after a failure.
+    /// A client for the node the notifier subscribes on with classic wake-ups (a TLS
+    /// cluster: any node hears every `PUBLISH` of the cluster), and that the build's
+    /// check asks: one of the masters, the next one after a failure.
     pub fn subscriber(&self) -> std::result::Result<redis::Client, RedisError> {
         let masters = self.masters(None).map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
         let n = self.subscriber.load(std::sync::atomic::Ordering::Relaxed);

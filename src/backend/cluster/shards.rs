@@ -25,6 +25,7 @@ use redis::RedisError;
 use super::link::Writer;
 use super::nodes::Nodes;
 use super::slots::Addr;
+use crate::backend::single::ConnectSettings;
 use crate::backend::single::notifier::Shared;
 use crate::error::{Error, Result};
 use crate::keys::Channels;
@@ -38,13 +39,11 @@ pub(crate) const LINGER: Duration = Duration::from_secs(10);
 /// What the subscribers need besides the nodes.
 pub(crate) struct ShardConfig {
     pub channels: Channels,
-    /// `CLIENT SETNAME` of the subscriber connections (`redis-mutex:<id>:notifier`).
-    pub name: String,
+    /// The client's connection settings: the subscriber connections' timeouts, and their
+    /// name (`CLIENT SETNAME`, with `:notifier` appended).
+    pub connect: ConnectSettings,
     pub grant_ms: u64,
     pub ping_after: Duration,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub write_timeout: Duration,
 }
 
 /// This client's sharded subscriptions (see the module docs).
@@ -147,7 +146,7 @@ impl Shards {
             }
         }
         let owner = self.nodes.owner_of(key, deadline)?;
-        let bound = now + self.cfg.connect_timeout + self.cfg.read_timeout;
+        let bound = now + self.cfg.connect.connect_timeout + self.cfg.connect.read_timeout;
         let until = deadline.map_or(bound, |d| d.min(bound));
         let mut st = lock(&self.state);
         match st.subs.get_mut(name) {

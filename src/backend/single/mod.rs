@@ -143,12 +143,9 @@ impl SingleServer {
         if let Some(nodes) = sharded {
             let cfg = ShardConfig {
                 channels,
-                name: format!("{}:notifier", settings.name),
+                connect: settings,
                 grant_ms: server.grant_ms,
                 ping_after: options.ping_interval,
-                connect_timeout: options.connect_timeout,
-                read_timeout: options.read_timeout,
-                write_timeout: options.write_timeout,
             };
             let shards = Shards::new(nodes, cfg, notifier::Shared { sink, stats, unclaimed }, stopped);
             let _ = server.shards.set(shards);
