@@ -1,8 +1,10 @@
 //! The notifier: one pub/sub connection per client (per master on Redlock), outside
 //! the pool, owned by a `redis-mutex-notifier` thread. It `SUBSCRIBE`s the client's
 //! channel and the broadcast channel once per connection and turns each release
-//! message into a wake-up of one local waiter. Waiters never talk to it; it only delivers to the client's
-//! [`ReleaseSink`] (the waiter registry, which it does not otherwise know).
+//! message into a wake-up of one local waiter (`dispatch`). Waiters never talk to it;
+//! it only delivers to the client's [`ReleaseSink`] (the waiter registry, which it does
+//! not otherwise know). A cluster's sharded wake-ups have subscribers of their own, one
+//! per node (`backend::cluster::shards`); there this notifier serves a TLS cluster only.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
