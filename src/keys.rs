@@ -131,6 +131,13 @@ impl Channels {
     }
 }
 
+/// The hash tag of a key or sharded channel of ours: the text between its first `{` and
+/// the next `}`. Lock names and prefixes have no braces, so it is the lock's name.
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let (_, rest) = key.split_once('{')?;
+    rest.split_once('}').map(|(name, _)| name)
+}
+
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         "a lock name must not be empty"
@@ -272,6 +279,25 @@ mod tests {
             (c.mine.as_str(), c.all.as_str(), c.clients.as_str()),
             ("billing:3:c:abc", "billing:3:all", "billing:3:c:")
         );
+    }
+
+    #[test]
+    fn sharded_channels_are_per_lock_in_the_lock_s_slot_and_server_wide_ones_unchanged() {
+        let c = Channels::new("billing", 3, "abc");
+        assert_eq!(
+            (&*c.clients_of("job"), &*c.mine_of("job"), c.publish()),
+            ("billing:3:c:", "billing:3:c:abc", "PUBLISH")
+        );
+        let s = Channels::sharded("billing", "abc");
+        assert_eq!(&*s.clients_of("invoice:42"), "billing:{invoice:42}:c:");
+        assert_eq!(&*s.mine_of("invoice:42"), "billing:{invoice:42}:c:abc");
+        assert_eq!(s.publish(), "SPUBLISH");
+        let keys = LockKeys::new("billing", "invoice:42").unwrap();
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&s.mine_of("invoice:42")), tag(&keys.key), "the lock's hash tag, so its slot");
+        assert!(s.is_sharded() && !c.is_sharded());
+        assert_eq!(hash_tag(&s.mine_of("invoice:42")), Some("invoice:42"));
+        assert_eq!((hash_tag("p:{a}:rw"), hash_tag("nobraces"), hash_tag("p:{open")), (Some("a"), None, None));
     }
 
     #[test]

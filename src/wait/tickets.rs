@@ -14,6 +14,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::registry::Woken;
+use crate::keys::hash_tag;
 use crate::sync::lock;
 
 #[derive(Default)]
@@ -88,12 +89,12 @@ impl Tickets {
     /// Threads waiting for a lock whose keys have the hash tag `{name}` (a read-write
     /// lock or a semaphore named `name`).
     pub fn waiting_tagged(&self, name: &str) -> usize {
-        lock(&self.map).values().filter(|t| tag(&t.name) == Some(name)).count()
+        lock(&self.map).values().filter(|t| hash_tag(&t.name) == Some(name)).count()
     }
 
     /// Wakes every thread waiting for a lock whose keys have the hash tag `{name}`.
     pub fn wake_tagged(&self, name: &str) {
-        for t in lock(&self.map).values().filter(|t| tag(&t.name) == Some(name)) {
+        for t in lock(&self.map).values().filter(|t| hash_tag(&t.name) == Some(name)) {
             let _ = t.tx.try_send(());
         }
     }
@@ -102,13 +103,6 @@ impl Tickets {
     pub fn waiting(&self, name: &str) -> usize {
         lock(&self.map).values().filter(|t| &*t.name == name).count()
     }
-}
-
-/// The hash tag of `key`: the text between its first `{` and the next `}` (lock names
-/// and prefixes have no braces, so it is the lock's name).
-fn tag(key: &str) -> Option<&str> {
-    let (_, rest) = key.split_once('{')?;
-    rest.split_once('}').map(|(name, _)| name)
 }
 
 impl TicketHandle {
@@ -153,5 +147,22 @@ mod tests {
         drop(a);
         assert!(!tickets.contains("a") && tickets.contains("b"));
         assert_eq!(tickets.wake_all(), 1);
+    }
+
+    #[test]
+    fn tickets_are_found_by_the_lock_name_in_their_key_s_hash_tag() {
+        let tickets = Arc::new(Tickets::default());
+        let rw = tickets.register("a", "p:{job}:rw".into());
+        let _sem = tickets.register("b", "p:{job}:sem".into());
+        let _other = tickets.register("c", "p:{job2}:sem".into());
+        assert_eq!(
+            (tickets.waiting_tagged("job"), tickets.waiting_tagged("jo"), tickets.waiting_tagged("x")),
+            (2, 0, 0)
+        );
+        tickets.wake_tagged("job2");
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(rw.sleep_until(soon), Woken::TimedOut, "another name's wake-up");
+        tickets.wake_tagged("job");
+        assert_eq!(rw.sleep_until(soon), Woken::Notified);
     }
 }

@@ -15,6 +15,7 @@ use super::slots::{Addr, split_addr};
 use crate::backend::single::dispatch::Dispatch;
 use crate::backend::single::notifier::TICK;
 use crate::backoff::Backoff;
+use crate::keys::hash_tag;
 use crate::stats::bump;
 use crate::sync::lock;
 use std::sync::Arc;
@@ -247,7 +248,7 @@ fn on_frame(shards: &Arc<Shards>, addr: &Addr, frame: Frame, dispatch: &mut Disp
         b"ssubscribe" => {
             let mut st = lock(&shards.state);
             answered_locked(&mut st, addr);
-            let name = shards.name_of(&channel).unwrap_or_default();
+            let name = hash_tag(&channel).unwrap_or_default();
             let mut recheck = false;
             if let Some(sub) = st.subs.get_mut(name).filter(|s| s.node == *addr) {
                 sub.status = Status::Active;
@@ -273,7 +274,7 @@ fn on_frame(shards: &Arc<Shards>, addr: &Addr, frame: Frame, dispatch: &mut Disp
             }
             // The node gave the slot away (a resharding or a failover): subscribe on
             // its new owner, whom the map is asked for.
-            let Some(name) = shards.name_of(&channel).map(str::to_owned) else { return };
+            let Some(name) = hash_tag(&channel).map(str::to_owned) else { return };
             if let Some(sub) = st.subs.get_mut(&name).filter(|s| s.node == *addr) {
                 sub.status = Status::Unsent;
                 sub.recheck = true;

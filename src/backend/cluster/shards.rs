@@ -231,12 +231,6 @@ impl Shards {
     pub(super) fn update_listening(&self, st: &State) {
         self.shared.sink.set_listening(!st.links.values().any(|l| l.down));
     }
-
-    /// The lock name of one of this client's channels.
-    pub(super) fn name_of<'c>(&self, channel: &'c str) -> Option<&'c str> {
-        let (_, rest) = channel.split_once('{')?;
-        rest.split_once('}').map(|(name, _)| name)
-    }
 }
 
 fn unconfirmed(name: &str, why: &str) -> Error {
