@@ -38,11 +38,19 @@ pub enum Fault {
     /// The slot of a held (and perhaps waited for) lock moved to another master, key by
     /// key, as `redis-cli --cluster reshard` does.
     Reshard,
+    /// One Redlock master SIGKILLed, started again without its data; it sits out of
+    /// quorums for `redlock_max_lease` (the run's lease) before the next fault.
+    MasterKill,
+    /// One Redlock master frozen (SIGSTOP) for longer than the lease, then SIGCONT.
+    MasterStop,
+    /// A majority of the Redlock masters (3 of 5) frozen at once for about a lease: no
+    /// quorum, renewals fail, holders must be told they lost the lock.
+    MajorityStop,
 }
 
 impl Fault {
     /// Every kind.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 15] = [
         Fault::Kill,
         Fault::Stop,
         Fault::ClientKillNormal,
@@ -55,6 +63,9 @@ impl Fault {
         Fault::ClusterFailover,
         Fault::ClusterFailoverKill,
         Fault::Reshard,
+        Fault::MasterKill,
+        Fault::MasterStop,
+        Fault::MajorityStop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +82,9 @@ impl Fault {
             Fault::ClusterFailover => "cluster-failover",
             Fault::ClusterFailoverKill => "cluster-failover-kill",
             Fault::Reshard => "reshard",
+            Fault::MasterKill => "master-kill",
+            Fault::MasterStop => "master-stop",
+            Fault::MajorityStop => "majority-stop",
         }
     }
 
@@ -88,6 +102,7 @@ impl Fault {
             Fault::Restart | Fault::RestartAof => Some(Topology::Single),
             Fault::Failover | Fault::FailoverKill => Some(Topology::Sentinel),
             Fault::ClusterFailover | Fault::ClusterFailoverKill | Fault::Reshard => Some(Topology::Cluster),
+            Fault::MasterKill | Fault::MasterStop | Fault::MajorityStop => Some(Topology::Redlock),
             Fault::Kill | Fault::Stop | Fault::ClientKillNormal | Fault::ClientKillPubsub | Fault::Pause => None,
         }
     }
@@ -121,7 +136,8 @@ impl Fault {
             let only = f.topology().unwrap_or_else(|| unreachable!("{f} applies to every topology"));
             let why = match (only, topology) {
                 (Topology::Single, Topology::Sentinel) => ": on a Sentinel group a killed master is failover-kill",
-                (Topology::Single, _) => ": on a cluster a killed master is cluster-failover-kill",
+                (Topology::Single, Topology::Cluster) => ": on a cluster a killed master is cluster-failover-kill",
+                (Topology::Single, Topology::Redlock) => ": on Redlock a killed master is master-kill",
                 (Topology::Sentinel, Topology::Cluster) => {
                     ": on a cluster, use cluster-failover or cluster-failover-kill"
                 }
@@ -154,6 +170,9 @@ pub enum Topology {
     /// A Redis Cluster of three masters with a replica each, the locks' slots spread
     /// over the masters; the counters and the fenced resource on a server of their own.
     Cluster,
+    /// Five independent masters (Redlock, `build_redlock`); the counters and the fenced
+    /// resource on a server of their own.
+    Redlock,
 }
 
 impl fmt::Display for Topology {
@@ -162,6 +181,7 @@ impl fmt::Display for Topology {
             Topology::Single => "single",
             Topology::Sentinel => "sentinel",
             Topology::Cluster => "cluster",
+            Topology::Redlock => "redlock",
         })
     }
 }
@@ -209,7 +229,7 @@ pub struct Config {
     about = "Worker processes fight over a few locks while faults are injected; a checker looks for any \
              sign that mutual exclusion broke. Exit status 0: no violation.",
     after_help = "A 10-minute soak: --procs 4 --threads 4 --secs 600 --locks 3 --faults all \
-                  [--topology sentinel|cluster]"
+                  [--topology sentinel|cluster|redlock]"
 )]
 pub struct Args {
     /// Worker processes alive at any time.
@@ -224,14 +244,15 @@ pub struct Args {
     /// Lock names the threads pick from.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     locks: u64,
-    /// What the workers lock on: one server; a master, a replica and three Sentinels; or
-    /// a cluster of three masters with a replica each.
+    /// What the workers lock on: one server; a master, a replica and three Sentinels; a
+    /// cluster of three masters with a replica each; or five independent masters
+    /// (Redlock).
     #[arg(long, value_enum, default_value_t = Topology::Single)]
     topology: Topology,
     /// Faults to inject: all (every kind that applies to the topology), none, or a list
     /// of kill,stop,clientkill,pause and restart,restart-aof (single) or
     /// failover,failover-kill (sentinel) or cluster-failover,cluster-failover-kill,reshard
-    /// (cluster).
+    /// (cluster) or master-kill,master-stop,majority-stop (redlock).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Seed of every random choice [default: the clock].

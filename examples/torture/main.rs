@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example torture -- --procs 3 --threads 3 --secs 60 --locks 2 \
-//!     [--topology single|sentinel|cluster] [--faults all|none|kill,stop,clientkill,pause,...]
+//!     [--topology single|sentinel|cluster|redlock] [--faults all|none|kill,stop,clientkill,pause,...]
 //!     [--seed N] [--lease-ms 2000]
 //! ```
 //!
@@ -46,8 +46,16 @@
 //! lock through `build_cluster`; the controller reads each lock on its slot's master.
 //! Faults (`all` means them): `cluster-failover`, `cluster-failover-kill`, `reshard`,
 //! and `kill`, `stop`, `clientkill` (on every node), `pause` (`CLIENT PAUSE 2000` on a
-//! lock's master, under the node timeout). A fault that does not apply to the topology
-//! is refused with a message saying which topology it is for.
+//! lock's master, under the node timeout).
+//!
+//! `--topology redlock` starts five independent masters (subdirectories `master-N`, no
+//! persistence) and the `data/` server; workers lock through `build_redlock` with
+//! `redlock_max_lease` set to the run's lease (a master started again sits out only
+//! that long), and the controller takes as a lock's holder the client a quorum of
+//! masters names. Faults (`all` means them): `master-kill`, `master-stop`,
+//! `majority-stop`, and `kill`, `stop`, `clientkill` and `pause` on one master. A
+//! fault that does not apply to the topology is refused with a message saying which
+//! topology it is for.
 //!
 //! # Where things are
 //!
@@ -94,6 +102,12 @@
 //! `redis-cli --cluster reshard` does. Each returns when the cluster is ok again. A
 //! replica promoted less than 21 s ago is not failed over again (Redis starts its next
 //! election only 4 node timeouts after the last).
+//! On Redlock: `master-kill` SIGKILLs one master and starts it again empty 0.7 s later,
+//! then waits until it counts again (the lease and 1.5 s); `master-stop` SIGSTOPs one
+//! master for 1.5 leases; `majority-stop` SIGSTOPs three of the five at once for a
+//! lease (no quorum: nothing is acquired or renewed meanwhile). Every other fault takes
+//! at most one master away, one at a time, so a quorum always counts except during
+//! `majority-stop`.
 //!
 //! # The checker
 //!
@@ -109,7 +123,10 @@
 //! failover, when the Sentinels named the new master, when acquisitions resumed, the
 //! longest pause, and how many guards were told they lost their lock. On a cluster a
 //! window covers only the locks of the master that failed over, and a reshard excuses
-//! nothing; the report adds a line per move of a slot.
+//! nothing; the report adds a line per move of a slot. On Redlock nothing is excused
+//! (no failover, no restart of the lock service as a whole): the strict rules hold through
+//! every master fault, `majority-stop` included; the report adds a line per kind of
+//! master fault.
 
 mod checker;
 mod config;

@@ -1,4 +1,7 @@
-//! The outcome of a run, and how it prints.
+//! The outcome of a run, and how it prints. The Redlock masters' faults are in
+//! `masters.rs`.
+
+mod masters;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +11,7 @@ use std::time::Duration;
 use super::config::{Config, Fault, Topology};
 use super::controller::{Events, FailoverEvent, FailoverKind, ReshardEvent};
 use super::record::{Rec, Recovery, Totals, Unlock, WriteState};
+pub use masters::MasterFigures;
 
 /// How the worker processes fared.
 #[derive(Debug, Default, Clone)]
@@ -289,6 +293,8 @@ pub struct Report {
     pub failovers: Vec<FailoverFigures>,
     /// Per move of a slot (`reshard`), in order.
     pub reshards: Vec<ReshardFigures>,
+    /// Per kind of fault on Redlock masters.
+    pub masters: Vec<MasterFigures>,
     /// Fenced writes the resource refused (stale tokens).
     pub stale_writes_refused: usize,
     /// Fenced writes by holders whose guard already said `is_lost()`.
@@ -336,6 +342,14 @@ impl Report {
             topology: cfg.topology,
             failovers: events.failovers.iter().map(|f| FailoverFigures::new(f, records, cfg.topology)).collect(),
             reshards: events.reshards.iter().map(|m| ReshardFigures::new(m, records)).collect(),
+            masters: if cfg.topology == Topology::Redlock {
+                [Fault::MasterKill, Fault::MasterStop, Fault::MajorityStop]
+                    .into_iter()
+                    .map(|kind| MasterFigures::new(kind, &events.masters, records, cfg.locks))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             acquisitions: records.len(),
             faults: events.injected.clone(),
             notes: events.notes.clone(),
@@ -523,14 +537,21 @@ impl fmt::Display for Report {
             self.stale_writes_refused,
             self.writes_after_is_lost
         )?;
-        if self.topology == Topology::Single {
-            for (name, s) in
-                [("restart (no persistence)", &self.survivors_restart), ("restart-aof", &self.survivors_restart_aof)]
-            {
-                writeln!(f, "guards alive across {name}: {s}")?;
+        match self.topology {
+            Topology::Single => {
+                for (name, s) in [
+                    ("restart (no persistence)", &self.survivors_restart),
+                    ("restart-aof", &self.survivors_restart_aof),
+                ] {
+                    writeln!(f, "guards alive across {name}: {s}")?;
+                }
             }
-        } else {
-            self.fmt_failovers(f)?;
+            Topology::Sentinel | Topology::Cluster => self.fmt_failovers(f)?,
+            Topology::Redlock => {
+                for m in &self.masters {
+                    writeln!(f, "{m}")?;
+                }
+            }
         }
         if self.topology == Topology::Cluster {
             self.fmt_reshards(f)?;
@@ -540,6 +561,13 @@ impl fmt::Display for Report {
             _ => "no token on both sides of one".into(),
         };
         match self.topology {
+            Topology::Redlock => writeln!(
+                f,
+                "fencing order checked over the whole run, across {} fault(s) on masters (a master started again \
+                 has lost its fence counter; tokens must rise all the same); the fenced resource and the counters, \
+                 on a server no fault touches, over the whole run",
+                self.masters.iter().map(|m| m.count).sum::<usize>()
+            )?,
             Topology::Single => writeln!(
                 f,
                 "fencing order checked across {} epoch(s) (restarts without persistence lose the fence counter; \

@@ -58,6 +58,8 @@ pub enum LockTarget {
     Sentinel { master: String, sentinels: Vec<String> },
     /// The cluster of which `seeds` are nodes.
     Cluster { seeds: Vec<String> },
+    /// Independent masters (Redlock).
+    Redlock { masters: Vec<String> },
 }
 
 impl LockTarget {
@@ -69,6 +71,9 @@ impl LockTarget {
             }
             LockTarget::Cluster { seeds } => {
                 std::iter::once("cluster").chain(seeds.iter().map(String::as_str)).collect()
+            }
+            LockTarget::Redlock { masters } => {
+                std::iter::once("redlock").chain(masters.iter().map(String::as_str)).collect()
             }
         };
         parts.join(&PART.to_string())
@@ -85,19 +90,25 @@ impl LockTarget {
             ["cluster", seeds @ ..] if !seeds.is_empty() => {
                 Ok(LockTarget::Cluster { seeds: seeds.iter().map(|u| (*u).to_owned()).collect() })
             }
+            ["redlock", masters @ ..] if !masters.is_empty() => {
+                Ok(LockTarget::Redlock { masters: masters.iter().map(|u| (*u).to_owned()).collect() })
+            }
             _ => Err(format!("malformed lock target in {WORKER_ENV}")),
         }
     }
 
-    /// A client for the locks. A Sentinel or cluster client is built checked (it must
-    /// find the master, or the slot map), and retried until `end`: a replacement worker
-    /// may start while the master is down (or a cluster node it asks).
-    fn client(&self, end: Instant) -> Result<LockClient, String> {
+    /// A client for the locks. A Sentinel, cluster or Redlock client is built checked
+    /// (it must find the master, the slot map, a majority of the masters), and retried
+    /// until `end`: a replacement worker may start while the master is down (or a
+    /// cluster node it asks, or masters are frozen). On Redlock, `redlock_max_lease` is
+    /// the run's `lease`: a master killed and started again sits out only that long.
+    fn client(&self, lease: Duration, end: Instant) -> Result<LockClient, String> {
         let builder = LockClient::builder().key_prefix(KEY_PREFIX);
         let build = || match self {
             LockTarget::Url(url) => builder.clone().build_unchecked(url),
             LockTarget::Sentinel { master, sentinels } => builder.clone().build_sentinel(master, sentinels),
             LockTarget::Cluster { seeds } => builder.clone().build_cluster(seeds),
+            LockTarget::Redlock { masters } => builder.clone().redlock_max_lease(lease).build_redlock(masters),
         };
         if let LockTarget::Url(_) = self {
             return build().map_err(|e| format!("cannot build the client: {e}"));
@@ -221,8 +232,8 @@ impl ThreadCtx {
 fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
     let until_end = Duration::from_nanos(spec.end_ns.saturating_sub(wall_clock_ns()));
     // Unchecked on one server: a replacement worker may start while Redis is briefly away.
-    let client = spec.target.client(Instant::now() + until_end)?;
     let lease = Duration::from_millis(spec.lease_ms);
+    let client = spec.target.client(lease, Instant::now() + until_end)?;
     let options = MutexOptions::default().lease(lease).auto_renew(true).fencing(true);
     let out = File::create(&spec.out).map_err(|e| format!("cannot create {}: {e}", spec.out.display()))?;
     let ctx = Arc::new(Ctx {

@@ -107,10 +107,6 @@ impl ServerBuilder {
         self
     }
 
-    pub(crate) fn has_dir(&self) -> bool {
-        self.dir.is_some()
-    }
-
     pub(crate) fn given_dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }

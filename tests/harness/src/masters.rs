@@ -1,6 +1,8 @@
 //! [`Masters`]: independent masters, as Redlock uses them.
 
+use std::fs;
 use std::ops::{Deref, DerefMut};
+use std::path::Path;
 
 use crate::{RedisServer, ServerBuilder};
 
@@ -24,11 +26,22 @@ impl Masters {
     }
 
     /// Starts `n` servers from `builder` (e.g. with AOF, or TLS), each in its own
-    /// temporary directory. Panics if the builder names a directory (they cannot
-    /// share one), or as [`ServerBuilder::start`] does.
+    /// temporary directory; when `builder` names a directory, master `i` runs in its
+    /// subdirectory `master-i`, which stays after the masters are dropped (with its
+    /// log): a program's post-mortem keeps every log, as
+    /// [`Cluster::start_with`](crate::Cluster::start_with) does. Panics as
+    /// [`ServerBuilder::start`] does, or when a subdirectory cannot be created.
     pub fn start_with(n: usize, builder: &ServerBuilder) -> Masters {
-        assert!(!builder.has_dir(), "independent masters need a directory each: do not set ServerBuilder::dir");
-        Masters { servers: (0..n).map(|_| builder.start()).collect() }
+        let parent = builder.given_dir().map(Path::to_owned);
+        let start = |i: usize| match &parent {
+            Some(parent) => {
+                let dir = parent.join(format!("master-{i}"));
+                fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+                builder.clone().dir(dir).start()
+            }
+            None => builder.start(),
+        };
+        Masters { servers: (0..n).map(start).collect() }
     }
 
     /// Every server's [`url`](RedisServer::url), in order.
