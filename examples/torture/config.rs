@@ -186,6 +186,47 @@ impl fmt::Display for Topology {
     }
 }
 
+/// What kind of lock the workers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LockKind {
+    /// `client.mutex_with`, fencing on: one holder at a time.
+    #[default]
+    Mutex,
+    /// `client.rw_lock_with`: readers share, a writer holds alone.
+    #[value(name = "rwlock")]
+    RwLock,
+    /// `client.semaphore_with(name, permits)`: at most `permits` holders at once.
+    Semaphore,
+}
+
+impl LockKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LockKind::Mutex => "mutex",
+            LockKind::RwLock => "rwlock",
+            LockKind::Semaphore => "semaphore",
+        }
+    }
+
+    /// Why `self` cannot run on `topology`, if it cannot.
+    pub fn refused_on(self, topology: Topology) -> Option<String> {
+        (self != LockKind::Mutex && topology == Topology::Redlock).then(|| {
+            format!(
+                "--lock {self} is not available on --topology redlock: a quorum of independent masters cannot bound \
+                 a semaphore's permits or keep a writer apart from readers (with 2 permits and 5 masters, three \
+                 holders can each own a different majority), so the crate refuses it (Error::Unsupported); use \
+                 --topology single, sentinel or cluster"
+            )
+        })
+    }
+}
+
+impl fmt::Display for LockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How to start one worker process: `program args...` with [`WORKER_ENV`] set.
 #[derive(Debug, Clone)]
 pub struct WorkerCommand {
@@ -208,6 +249,12 @@ pub struct Config {
     pub locks: usize,
     /// What the workers lock on.
     pub topology: Topology,
+    /// What kind of lock they take.
+    pub lock: LockKind,
+    /// A semaphore's permits (`LockKind::Semaphore`).
+    pub permits: u32,
+    /// Percent of a read-write lock's acquisitions that are reads (`LockKind::RwLock`).
+    pub reads: u32,
     /// Faults to inject (each at least once when the run is long enough); each must
     /// apply to `topology`.
     pub faults: Vec<Fault>,
@@ -229,7 +276,7 @@ pub struct Config {
     about = "Worker processes fight over a few locks while faults are injected; a checker looks for any \
              sign that mutual exclusion broke. Exit status 0: no violation.",
     after_help = "A 10-minute soak: --procs 4 --threads 4 --secs 600 --locks 3 --faults all \
-                  [--topology sentinel|cluster|redlock]"
+                  [--topology sentinel|cluster|redlock] [--lock rwlock|semaphore]"
 )]
 pub struct Args {
     /// Worker processes alive at any time.
@@ -249,6 +296,16 @@ pub struct Args {
     /// (Redlock).
     #[arg(long, value_enum, default_value_t = Topology::Single)]
     topology: Topology,
+    /// What kind of lock the workers take: a mutex (fencing on), a read-write lock, or a
+    /// semaphore (not on redlock).
+    #[arg(long, value_enum, default_value_t = LockKind::Mutex)]
+    lock: LockKind,
+    /// A semaphore's permits (with --lock semaphore).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    permits: u32,
+    /// Percent of a read-write lock's acquisitions that are reads (with --lock rwlock).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u32).range(0..=100))]
+    reads: u32,
     /// Faults to inject: all (every kind that applies to the topology), none, or a list
     /// of kill,stop,clientkill,pause and restart,restart-aof (single) or
     /// failover,failover-kill (sentinel) or cluster-failover,cluster-failover-kill,reshard
@@ -270,12 +327,18 @@ impl Args {
     /// The run these arguments describe; workers are this program with `--worker`.
     pub fn into_config(self) -> Result<Config, String> {
         let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        if let Some(why) = self.lock.refused_on(self.topology) {
+            return Err(why);
+        }
         Ok(Config {
             procs: self.procs as usize,
             threads: self.threads as usize,
             secs: self.secs,
             locks: self.locks as usize,
             topology: self.topology,
+            lock: self.lock,
+            permits: self.permits,
+            reads: self.reads,
             faults: Fault::parse_list(&self.faults, self.topology).map_err(|e| format!("--faults: {e}"))?,
             seed: self.seed.unwrap_or_else(wall_clock_ns),
             lease: Duration::from_millis(self.lease_ms),

@@ -3,6 +3,7 @@
 //! Redlock's in `redlock.rs`.
 
 mod cluster;
+mod holders;
 mod redlock;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use super::config::{Config, Fault, Topology};
 use super::fleet::Fleet;
 use super::record::{self, Rec, Summary, Totals};
 use super::report::{Report, WorkerOutcome};
-use super::worker::{LockTarget, counter_key, lock_key};
+use super::worker::{LockTarget, counter_key};
 
 /// When set, the run's directory (records, worker stderr, server log) is kept; it is
 /// kept anyway when the run fails.
@@ -450,7 +451,7 @@ impl Controller {
             let stop_ns = wall_clock_ns();
             thread::sleep(Duration::from_millis(50));
             let client = self.fleet.client_id(target);
-            let holds = client.is_some() && (0..self.cfg.locks).any(|k| self.lock_client(k) == client);
+            let holds = client.is_some_and(|c| (0..self.cfg.locks).any(|k| self.lock_clients(k).contains(&c)));
             if !holds {
                 // It released between our look and the signal; try again.
                 self.fleet.signal(target, "-CONT");
@@ -475,24 +476,13 @@ impl Controller {
         self.servers.locks().ok_or_else(|| "no Sentinel names a master the run started".to_string())
     }
 
-    /// The client id in lock `k`'s hash (`c`), if someone holds it.
-    fn lock_client(&self, k: usize) -> Option<String> {
-        match &self.servers {
-            Servers::Cluster { cluster, slots, .. } => return cluster::lock_field(cluster, slots[k], k, "c"),
-            Servers::Redlock { .. } => return self.redlock_holder(k),
-            Servers::Single(_) | Servers::Sentinel { .. } => {}
-        }
-        let mut con = self.servers.locks()?.try_admin_conn(ADMIN_TIMEOUT).ok()?;
-        redis::cmd("HGET").arg(lock_key(k)).arg("c").query::<Option<String>>(&mut con).ok().flatten()
-    }
-
     fn find_holder(&mut self) -> Option<usize> {
         let running = self.fleet.running();
         let first = self.rng.below(self.cfg.locks as u64) as usize;
         for k in (0..self.cfg.locks).map(|j| (first + j) % self.cfg.locks) {
-            let Some(holder) = self.lock_client(k) else { continue };
+            let holders = self.lock_clients(k);
             for &i in &running {
-                if self.fleet.client_id(i).as_deref() == Some(holder.as_str()) {
+                if self.fleet.client_id(i).is_some_and(|c| holders.contains(&c)) {
                     return Some(i);
                 }
             }
@@ -702,6 +692,9 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     if let Some(f) = cfg.faults.iter().find(|f| !f.applies_to(cfg.topology)) {
         return Err(format!("the {f} fault does not apply to --topology {}", cfg.topology));
+    }
+    if let Some(why) = cfg.lock.refused_on(cfg.topology) {
+        return Err(why);
     }
     let servers = Servers::start(cfg.topology, dir.path(), cfg.locks)?;
     if cfg.topology == Topology::Redlock {

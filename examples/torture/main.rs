@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example torture -- --procs 3 --threads 3 --secs 60 --locks 2 \
 //!     [--topology single|sentinel|cluster|redlock] [--faults all|none|kill,stop,clientkill,pause,...]
-//!     [--seed N] [--lease-ms 2000]
+//!     [--lock mutex|rwlock|semaphore [--reads PCT] [--permits N]] [--seed N] [--lease-ms 2000]
 //! ```
 //!
 //! It starts its own `redis-server` (AOF on, `appendfsync always`; the test harness's
@@ -56,6 +56,18 @@
 //! `majority-stop`, and `kill`, `stop`, `clientkill` and `pause` on one master. A
 //! fault that does not apply to the topology is refused with a message saying which
 //! topology it is for.
+//!
+//! # Kinds of lock
+//!
+//! `--lock mutex` (the default) is `client.mutex_with`, fencing on. `--lock rwlock` is
+//! `client.rw_lock_with`: each acquisition is a read with probability `--reads` percent
+//! (default 80), else a write; `--lock semaphore` is `client.semaphore_with(name,
+//! --permits)` (default 3). Neither has fencing tokens, so there is no fenced write; a
+//! writer does the counter's read-modify-write, a reader or a permit reads the counter
+//! and pauses as long, and leaves its client id under its owner token on the data
+//! server (how the controller finds a worker that holds one of many shares, for
+//! `stop`). Every fault of the topology applies; both are refused on `--topology
+//! redlock` (the crate refuses them there: a quorum cannot bound them).
 //!
 //! # Where things are
 //!
@@ -111,6 +123,14 @@
 //!
 //! # The checker
 //!
+//! For a read-write lock: a writer never overlaps any other holder (readers may overlap
+//! each other), and the counter (the writers') loses no update; for a semaphore: never
+//! more holders at once than permits. With no tokens to order grants, an overlap is
+//! allowed only when a holder that may have been granted first (it asked before the
+//! other returned) was told it lost its lease, or in a failover window as below. The
+//! report adds acquisitions per role, the most holders at once and the longest time a
+//! lock went without an acquisition (waiters keep progressing). For a mutex:
+//!
 //! See `checker.rs`: overlapping critical sections, fencing-token order, stale fenced writes
 //! that were accepted, and lost counter updates, with the accounting explained there.
 //! Fencing tokens must rise across restarts without persistence too (the fence counter
@@ -137,7 +157,7 @@ mod report;
 mod worker;
 
 // What `tests/torture.rs` runs in-process.
-pub use config::{Config, Fault, Topology, WorkerCommand};
+pub use config::{Config, Fault, LockKind, Topology, WorkerCommand};
 pub use controller::run;
 pub use report::Report;
 pub use worker::{WORKER_ENV, worker_entry};
