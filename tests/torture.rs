@@ -57,6 +57,22 @@ fn run(cfg: &Config) -> Report {
     torture::run(cfg).unwrap_or_else(|e| panic!("the torture run could not run: {e}"))
 }
 
+/// Runs `cfg` and prints its report, which must show no violation, every worker that
+/// was not killed finished, every fault of `cfg` injected at least once, and enough
+/// critical sections to prove anything.
+fn checked_run(cfg: &Config) -> Report {
+    let report = run(cfg);
+    println!("{report}");
+    assert_eq!(report.violation_count(), 0, "the checker found violations:\n{report}");
+    assert!(report.workers.failures.is_empty(), "workers that were not killed must finish:\n{report}");
+    assert_eq!(report.workers.finished + report.workers.killed, report.workers.started, "{report}");
+    for kind in &cfg.faults {
+        assert!(report.injected(*kind) >= 1, "no `{kind}` fault was injected:\n{report}");
+    }
+    assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
+    report
+}
+
 fn config(secs: u64, faults: Vec<Fault>) -> Config {
     Config {
         topology: Topology::Single,
@@ -90,17 +106,8 @@ fn torture_with_every_fault_finds_no_violation() {
 
     // 40 s leaves room for every fault kind at least once (about 20 s a round).
     let cfg = config(env_u64("TORTURE_SECS").unwrap_or(40), Fault::all(Topology::Single));
-    let report = run(&cfg);
-    println!("{report}");
-
-    assert_eq!(report.violation_count(), 0, "the checker found violations:\n{report}");
-    assert!(report.workers.failures.is_empty(), "workers that were not killed must finish:\n{report}");
-    assert_eq!(report.workers.finished + report.workers.killed, report.workers.started, "{report}");
-    for kind in Fault::all(Topology::Single) {
-        assert!(report.injected(kind) >= 1, "no `{kind}` fault was injected:\n{report}");
-    }
+    let report = checked_run(&cfg);
     assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
-    assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
     assert!(report.workers.local_handoffs >= 100, "in-process handoffs must be part of the run:\n{report}");
     assert!(report.workers.grants >= 100, "grants across processes must be part of the run:\n{report}");
 }
@@ -139,20 +146,11 @@ fn torture_across_sentinel_failovers_finds_no_violation() {
     // 40 s: a round of the three faults takes about 30 s (each failover waits until the
     // Sentinels have made the old master a replica, about 11 s).
     let faults = vec![Fault::Kill, Fault::Failover, Fault::FailoverKill];
-    let cfg = Config { topology: Topology::Sentinel, ..config(env_u64("TORTURE_SECS").unwrap_or(40), faults.clone()) };
-    let report = run(&cfg);
-    println!("{report}");
-
-    assert_eq!(report.violation_count(), 0, "the checker found violations:\n{report}");
-    assert!(report.workers.failures.is_empty(), "workers that were not killed must finish:\n{report}");
-    assert_eq!(report.workers.finished + report.workers.killed, report.workers.started, "{report}");
-    for kind in faults {
-        assert!(report.injected(kind) >= 1, "no `{kind}` fault was injected:\n{report}");
-    }
+    let cfg = Config { topology: Topology::Sentinel, ..config(env_u64("TORTURE_SECS").unwrap_or(40), faults) };
+    let report = checked_run(&cfg);
     for f in &report.failovers {
         assert!(f.first_acquisition.is_some(), "acquisitions must resume after every failover:\n{report}");
     }
-    assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
 }
 
 #[test]
@@ -160,21 +158,12 @@ fn torture_across_cluster_failovers_and_reshards_finds_no_violation() {
     // 40 s: a round of the four faults takes about 15 s (a SIGKILLed master is failed
     // over after the 5 s node timeout, about 8 s in all).
     let faults = vec![Fault::Kill, Fault::ClusterFailover, Fault::ClusterFailoverKill, Fault::Reshard];
-    let cfg = Config { topology: Topology::Cluster, ..config(env_u64("TORTURE_SECS").unwrap_or(40), faults.clone()) };
-    let report = run(&cfg);
-    println!("{report}");
-
-    assert_eq!(report.violation_count(), 0, "the checker found violations:\n{report}");
-    assert!(report.workers.failures.is_empty(), "workers that were not killed must finish:\n{report}");
-    assert_eq!(report.workers.finished + report.workers.killed, report.workers.started, "{report}");
-    for kind in faults {
-        assert!(report.injected(kind) >= 1, "no `{kind}` fault was injected:\n{report}");
-    }
+    let cfg = Config { topology: Topology::Cluster, ..config(env_u64("TORTURE_SECS").unwrap_or(40), faults) };
+    let report = checked_run(&cfg);
     for f in report.failovers.iter().filter(|f| !f.locks.is_empty()) {
         assert!(f.first_acquisition.is_some(), "acquisitions must resume after every failover:\n{report}");
     }
     assert!(report.reshards.iter().all(|m| m.held), "a reshard moves a held lock:\n{report}");
-    assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
 }
 
 #[test]
@@ -182,39 +171,20 @@ fn torture_on_redlock_masters_finds_no_violation() {
     // 40 s (44 s with the masters' start): a round of the eight faults takes about 25 s
     // (master-kill waits until its master counts again, a lease and 1.5 s).
     let faults = Fault::all(Topology::Redlock);
-    let cfg = Config { topology: Topology::Redlock, ..config(env_u64("TORTURE_SECS").unwrap_or(40), faults.clone()) };
-    let report = run(&cfg);
-    println!("{report}");
-
-    assert_eq!(report.violation_count(), 0, "the checker found violations:\n{report}");
-    assert!(report.workers.failures.is_empty(), "workers that were not killed must finish:\n{report}");
-    assert_eq!(report.workers.finished + report.workers.killed, report.workers.started, "{report}");
-    for kind in faults {
-        assert!(report.injected(kind) >= 1, "no `{kind}` fault was injected:\n{report}");
-    }
+    let cfg = Config { topology: Topology::Redlock, ..config(env_u64("TORTURE_SECS").unwrap_or(40), faults) };
+    let report = checked_run(&cfg);
     assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
     for m in &report.masters {
         assert!(m.longest_pause < Duration::from_secs(10), "acquisitions must resume after {}:\n{report}", m.fault);
     }
-    assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
 }
 
-/// A run of `lock` on one server with every fault, for `secs` (30: a round of the seven
+/// A run of `lock` on one server with every fault, for 30 s (a round of the seven
 /// faults takes about 20 s), checked as every run is, and for what the kind promises.
 fn shared_run(lock: LockKind) -> Report {
-    let faults = Fault::all(Topology::Single);
-    let cfg = Config { lock, ..config(env_u64("TORTURE_SECS").unwrap_or(30), faults.clone()) };
-    let report = run(&cfg);
-    println!("{report}");
-
-    assert_eq!(report.violation_count(), 0, "the checker found violations:\n{report}");
-    assert!(report.workers.failures.is_empty(), "workers that were not killed must finish:\n{report}");
-    assert_eq!(report.workers.finished + report.workers.killed, report.workers.started, "{report}");
-    for kind in faults {
-        assert!(report.injected(kind) >= 1, "no `{kind}` fault was injected:\n{report}");
-    }
+    let cfg = Config { lock, ..config(env_u64("TORTURE_SECS").unwrap_or(30), Fault::all(Topology::Single)) };
+    let report = checked_run(&cfg);
     assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
-    assert!(report.acquisitions >= 1000, "too few critical sections to prove anything:\n{report}");
     // Waiters keep progressing: no lock sits unused for long (the longest faults, a
     // restart and a pause, stop everyone for about 2 s).
     for gap in &report.longest_gap {

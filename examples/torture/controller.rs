@@ -681,6 +681,8 @@ impl Controller {
 /// started); violations are in the [`Report`], not errors.
 pub fn run(cfg: &Config) -> Result<Report, String> {
     let started = Instant::now();
+    // Notes count from here; records are in wall-clock ns.
+    let started_ns = wall_clock_ns();
     // On tmpfs when there is one: `appendfsync always` on a disk costs milliseconds per
     // write and would make locks sit idle. A SIGKILLed redis-server loses nothing that
     // it wrote on either: the restart-aof fault kills the process, not the machine.
@@ -727,6 +729,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         owners_seen: None,
         elections: BTreeMap::new(),
     };
+    c.note(format!("t=0 is wall-clock {started_ns} ns (the records' clock)"));
     match &c.servers {
         Servers::Sentinel { group, .. } => c.master_seen = Some((group.master().port(), wall_clock_ns())),
         Servers::Cluster { .. } => c.owners_seen = Some((c.owners_now(FAILOVER_LIMIT)?, wall_clock_ns())),
