@@ -14,7 +14,8 @@
 //! names, every lock with `fencing(true)`, `auto_renew` and a short lease (2 s) so that
 //! faults matter. Exit status 0 when the checker found no violation, 1 otherwise. A
 //! failed run keeps its directory (records, worker stderr, server log) and says where;
-//! `TORTURE_KEEP_DIR=1` keeps it always. `--no-exclusion` is the checker's self-test:
+//! `TORTURE_KEEP_DIR=1` keeps it always; `TORTURE_LOG=debug` (or `trace`) writes the
+//! crate's log to each worker's stderr file, stamped with the records' wall clock. `--no-exclusion` is the checker's self-test:
 //! worker processes lock private names, so the run must fail.
 //!
 //! A 10-minute soak:

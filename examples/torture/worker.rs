@@ -258,7 +258,34 @@ impl ThreadCtx {
     }
 }
 
+/// Set to a level (`debug`, `trace`) in the controller's environment, the crate's log
+/// at that level goes to each worker's stderr (`worker-N.stderr`), each line with the
+/// wall clock in ns (the records' clock): for a post-mortem of a kept run.
+pub const LOG_ENV: &str = "TORTURE_LOG";
+
+/// Writes the crate's log records to stderr, stamped with the wall clock in ns.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.target().starts_with("redis_mutex")
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("[{}] {} {:?} {}", wall_clock_ns(), r.level(), thread::current().name(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
+    if let Some(level) = std::env::var(LOG_ENV).ok().and_then(|l| l.parse::<log::LevelFilter>().ok())
+        && log::set_logger(&StderrLog).is_ok()
+    {
+        log::set_max_level(level);
+    }
     let until_end = Duration::from_nanos(spec.end_ns.saturating_sub(wall_clock_ns()));
     // Unchecked on one server: a replacement worker may start while Redis is briefly away.
     let lease = Duration::from_millis(spec.lease_ms);
