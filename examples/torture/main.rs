@@ -11,14 +11,15 @@
 //! launcher) on a free port in a temporary directory (on `/dev/shm` when there is one:
 //! fsync on a disk would make the locks sit idle), then `--procs` worker processes (this program again, with
 //! `--worker`) of `--threads` threads each, for `--secs` seconds, over `--locks` lock
-//! names, every lock with `fencing(true)`, `auto_renew` and a short lease (2 s) so that
-//! faults matter. Exit status 0 when the checker found no violation, 1 otherwise. A
+//! names, every lock with `auto_renew`, a short lease (2 s) so that faults matter, and
+//! (a mutex's) `fencing(true)`. Exit status 0 when the checker found no violation, 1 otherwise. A
 //! failed run keeps its directory (records, worker stderr, server log) and says where;
 //! `TORTURE_KEEP_DIR=1` keeps it always; `TORTURE_LOG=debug` (or `trace`) writes the
-//! crate's log to each worker's stderr file, stamped with the records' wall clock. `--no-exclusion` is the checker's self-test:
-//! worker processes lock private names, so the run must fail.
+//! crate's log to each worker's stderr file, stamped with the records' wall clock.
+//! `--no-exclusion` is the checker's self-test: worker processes lock private names, so
+//! the run must fail.
 //!
-//! A 10-minute soak:
+//! A 10-minute soak (add `--topology redlock`, or `--lock rwlock`, `--lock semaphore`):
 //!
 //! ```text
 //! cargo run --release --example torture -- --procs 4 --threads 4 --secs 600 --locks 3 --faults all
