@@ -1,8 +1,6 @@
 //! [`Masters`]: independent masters, as Redlock uses them.
 
-use std::fs;
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
 
 use crate::{RedisServer, ServerBuilder};
 
@@ -32,16 +30,7 @@ impl Masters {
     /// [`Cluster::start_with`](crate::Cluster::start_with) does. Panics as
     /// [`ServerBuilder::start`] does, or when a subdirectory cannot be created.
     pub fn start_with(n: usize, builder: &ServerBuilder) -> Masters {
-        let parent = builder.given_dir().map(Path::to_owned);
-        let start = |i: usize| match &parent {
-            Some(parent) => {
-                let dir = parent.join(format!("master-{i}"));
-                fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-                builder.clone().dir(dir).start()
-            }
-            None => builder.start(),
-        };
-        Masters { servers: (0..n).map(start).collect() }
+        Masters { servers: (0..n).map(|i| builder.in_subdir(&format!("master-{i}")).start()).collect() }
     }
 
     /// Every server's [`url`](RedisServer::url), in order.
