@@ -44,8 +44,8 @@ use super::config::{Config, LockKind};
 use super::controller::{Events, FailoverEvent, ReshardEvent, RestartEvent, Snapshot};
 use super::record::{Rec, SetState, Unlock, WriteState};
 use super::report::{
-    DUPLICATE_TOKEN, FENCING_ORDER, LOST_UPDATE, OVERLAP, REFUSED_WHILE_HELD, RELEASED_AFTER_WIPE, Report,
-    STALE_ACCEPTED, TOKEN_MARGIN_US,
+    DUPLICATE_TOKEN, FENCING_ORDER, LOST_UPDATE, OVERLAP, REFUSED_WHILE_HELD, RELEASED_AFTER_STOP, RELEASED_AFTER_WIPE,
+    Report, STALE_ACCEPTED, TOKEN_MARGIN_US,
 };
 
 fn ms(ns: u64) -> f64 {
@@ -131,6 +131,7 @@ pub fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) ->
     report.epochs = epochs.wipes.len() + 1;
     count_survivors(&mut report, records, events);
     released_after_wipe(&mut report, records, &epochs);
+    released_after_stop(&mut report, records, events);
     for k in 0..cfg.locks {
         let mut mine: Vec<&Rec> = records.iter().filter(|r| r.lock == k).collect();
         mine.sort_by_key(|r| r.start);
@@ -173,6 +174,26 @@ fn released_after_wipe(report: &mut Report, records: &[Rec], epochs: &Epochs<'_>
             report.violation(
                 RELEASED_AFTER_WIPE,
                 format!("{} released normally after a restart that forgot its lock", describe(r)),
+            );
+        }
+    }
+}
+
+/// **Released after a stop**: a critical section under way when its worker was
+/// SIGSTOPped (for longer than the lease, so no renewal could keep it) was released
+/// normally after the SIGCONT, and its guard never said it was lost: its release must
+/// have found the lease gone (or not been confirmed, an error). Also counts the
+/// sections a stop caught, and how many of them were told.
+fn released_after_stop(report: &mut Report, records: &[Rec], events: &Events) {
+    for r in records {
+        if !events.stops.iter().any(|s| s.worker == r.worker && r.start < s.stop_ns && r.end > s.stop_ns) {
+            continue;
+        }
+        report.caught_in_stop += 1;
+        if r.unlock == Unlock::Ok && !r.lost() {
+            report.violation(
+                RELEASED_AFTER_STOP,
+                format!("{} released normally after its worker was stopped past the lease", describe(r)),
             );
         }
     }
@@ -573,5 +594,22 @@ mod tests {
         four[0].3 = true;
         let report = shared(LockKind::Semaphore, 3, &four);
         assert_eq!(report.violation_count(), 0, "{report}");
+    }
+
+    #[test]
+    fn a_section_stopped_past_its_lease_and_released_normally_is_a_violation() {
+        use super::super::controller::StopEvent;
+        use super::super::report::RELEASED_AFTER_STOP;
+        let events =
+            Events { stops: vec![StopEvent { worker: 0, stop_ns: 1_050, cont_ns: 5_000 }], ..Events::default() };
+        let mut caught = section(1, 1_000);
+        caught.end = 5_010;
+        let last = Snapshot { sent_ns: 9_000, values: vec![Some(1)] };
+        let report = check(&config(), std::slice::from_ref(&caught), &events, &last);
+        assert_eq!(report.violations[RELEASED_AFTER_STOP], 1, "{report}");
+        assert_eq!(report.caught_in_stop, 1, "{report}");
+        caught.unlock = Unlock::Lost;
+        let report = check(&config(), &[caught], &events, &last);
+        assert_eq!(report.violation_count(), 0, "told at release:\n{report}");
     }
 }

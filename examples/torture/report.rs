@@ -295,6 +295,9 @@ pub struct Report {
     pub lost_in_stop: usize,
     /// SIGSTOPs of a lock holder.
     pub stops: usize,
+    /// Critical sections under way in a worker when it was SIGSTOPped (the guard
+    /// returned before, the section ended after).
+    pub caught_in_stop: usize,
     /// Overlapping critical sections where the earlier holder had lost its lease
     /// (allowed: that is what leases and fencing are for).
     pub overlaps_after_loss: usize,
@@ -401,9 +404,10 @@ impl Report {
                 REFUSED_WHILE_HELD,
                 LOST_UPDATE,
                 RELEASED_AFTER_WIPE,
+                RELEASED_AFTER_STOP,
             ],
-            LockKind::RwLock => &[WRITER_OVERLAP, LOST_UPDATE, RELEASED_AFTER_WIPE],
-            LockKind::Semaphore => &[TOO_MANY_HOLDERS, RELEASED_AFTER_WIPE],
+            LockKind::RwLock => &[WRITER_OVERLAP, LOST_UPDATE, RELEASED_AFTER_WIPE, RELEASED_AFTER_STOP],
+            LockKind::Semaphore => &[TOO_MANY_HOLDERS, RELEASED_AFTER_WIPE, RELEASED_AFTER_STOP],
         };
         for kind in kinds {
             report.violations.insert(kind, 0);
@@ -542,6 +546,7 @@ pub const STALE_ACCEPTED: &str = "stale-write-accepted";
 pub const REFUSED_WHILE_HELD: &str = "refused-while-held";
 pub const LOST_UPDATE: &str = "counter-lost-update";
 pub const RELEASED_AFTER_WIPE: &str = "released-after-restart";
+pub const RELEASED_AFTER_STOP: &str = "released-after-stop";
 pub const WRITER_OVERLAP: &str = "writer-overlap";
 pub const TOO_MANY_HOLDERS: &str = "too-many-holders";
 
@@ -575,12 +580,14 @@ impl fmt::Display for Report {
         writeln!(f, "faults injected: {}", faults.join(", "))?;
         writeln!(
             f,
-            "lost leases reported: {} ({} in workers while SIGSTOPped, {} stops of a holder; client stats: {}); \
+            "lost leases reported: {} ({} in workers while SIGSTOPped, {} stops of a holder catching {} sections; \
+             client stats: {}); \
              overlaps after a lost lease (allowed): {}; stale fenced writes refused: {}; writes by guards already \
              is_lost(): {}",
             self.lost_leases,
             self.lost_in_stop,
             self.stops,
+            self.caught_in_stop,
             w.stats_leases_lost,
             self.overlaps_after_loss,
             self.stale_writes_refused,
