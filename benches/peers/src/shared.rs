@@ -62,7 +62,7 @@ impl PrimImpl {
             PrimImpl::SemNaive,
         ]
         .into_iter()
-            .find(|p| p.name() == name)
+        .find(|p| p.name() == name)
     }
 
     /// The Redis keys it writes (deleted before each run).
