@@ -5,7 +5,9 @@
 //! their count and every thread gets a fair share; a writer gets in within the stated
 //! bound behind a stream of readers of its own process that join each other's read
 //! share; waiting threads behind the one that represents their client in Redis send
-//! nothing while idle.
+//! nothing while idle; threads that give up (short deadlines) amid handoffs and joins
+//! leave nothing behind (every permit back, the lock free, no key left) and never break
+//! exclusion.
 //!
 //! Other processes are this test binary run again (`child_entry`, selected by the
 //! `REDIS_MUTEX_CHILD` environment variable); they report on stdout.
@@ -246,4 +248,97 @@ fn threads_behind_their_client_s_representative_send_nothing_while_idle() {
     assert_eq!(s.permit_acquisitions, 10);
     assert_eq!(s.wakeups_timeout, 0, "woken by notification or handoff only: {s:?}");
     assert!(s.local_handoffs >= 8, "passed on in memory after the first: {s:?}");
+}
+
+#[test]
+fn waiters_that_give_up_amid_handoffs_leave_nothing_behind() {
+    let server = RedisServer::start();
+    let clients = [connected(&server), connected(&server)];
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + Duration::from_secs(2);
+    let (got, gave_up) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    thread::scope(|s| {
+        for i in 0..12u64 {
+            let sem = clients[(i % 2) as usize].semaphore("give-up", 2);
+            let (inside, most, got, gave_up) = (inside.clone(), most.clone(), &got, &gave_up);
+            s.spawn(move || {
+                let mut n = i;
+                while Instant::now() < end {
+                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    // Deadlines from 0 to 3 ms: many run out while a permit passes.
+                    let patience = Duration::from_micros((n >> 33) % 3_000);
+                    let Some(p) = sem.try_acquire_for(patience).unwrap() else {
+                        gave_up.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    most.fetch_max(inside.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    thread::sleep(Duration::from_micros(500));
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    p.unlock().unwrap();
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let (got, gave_up) = (got.into_inner(), gave_up.into_inner());
+    let local: u64 = clients.iter().map(|c| c.stats().local_handoffs).sum();
+    println!("{got} acquisitions ({local} in memory), {gave_up} gave up");
+    assert!(most.load(Ordering::SeqCst) <= 2, "{} holders of 2 permits", most.load(Ordering::SeqCst));
+    assert!(got > 100 && gave_up > 100, "both happened: {got} acquisitions, {gave_up} gave up");
+    // Every permit is back (no tenure left renewed; a grant left untaken would hold
+    // its permit for the reservation timeout, 1 s; the watchdog releases orphans at
+    // once), and the queue is empty: the next acquisitions do not wait.
+    let sem = clients[0].semaphore("give-up", 2);
+    wait_until(Duration::from_millis(500), "every permit back", || sem.available().unwrap() == 2);
+    assert!(clients.iter().all(|c| c.stats().leases_lost == 0));
+    let p: Vec<_> = (0..2).map(|_| clients[1].semaphore("give-up", 2).try_acquire().unwrap().expect("free")).collect();
+    drop(p);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*give-up*").query(&mut server.conn()).unwrap();
+    assert!(keys.is_empty(), "nothing left in Redis: {keys:?}");
+}
+
+#[test]
+fn readers_and_writers_that_give_up_amid_joins_and_handoffs_leave_nothing_behind() {
+    let server = RedisServer::start();
+    let clients = [connected(&server), connected(&server)];
+    // Readers inside (low bits) and writers inside (× 1000).
+    let inside = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + Duration::from_secs(2);
+    let (violations, got) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    thread::scope(|s| {
+        for i in 0..12u64 {
+            let rw = clients[(i % 2) as usize].rw_lock("give-up-rw");
+            let (inside, violations, got) = (inside.clone(), &violations, &got);
+            s.spawn(move || {
+                let mut n = i;
+                while Instant::now() < end {
+                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let patience = Duration::from_micros((n >> 33) % 3_000);
+                    let write = (n >> 20) % 4 == 0;
+                    let (guard, me) = if write {
+                        (rw.try_write_for(patience).unwrap().map(|g| Box::new(g) as Box<dyn Send>), 1000)
+                    } else {
+                        (rw.try_read_for(patience).unwrap().map(|g| Box::new(g) as Box<dyn Send>), 1)
+                    };
+                    let Some(guard) = guard else { continue };
+                    let now = inside.fetch_add(me, Ordering::SeqCst) + me;
+                    if now >= 2000 || (now >= 1000 && now % 1000 != 0) {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                    thread::sleep(Duration::from_micros(300));
+                    inside.fetch_sub(me, Ordering::SeqCst);
+                    drop(guard);
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let joins: u64 = clients.iter().map(|c| c.stats().read_joins).sum();
+    println!("{} acquisitions, {joins} joined", got.into_inner());
+    assert_eq!(violations.into_inner(), 0, "a writer overlapped someone");
+    let rw = clients[1].rw_lock("give-up-rw");
+    wait_until(Duration::from_millis(500), "the lock free", || rw.try_write().unwrap().is_some());
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*give-up-rw*").query(&mut server.conn()).unwrap();
+    assert!(keys.is_empty(), "nothing left in Redis: {keys:?}");
 }
