@@ -258,7 +258,12 @@ impl Tickets {
         let mut inner = lock(&self.inner);
         let l = inner.locks.entry(name.into()).or_default();
         l.reads.push((tenure.clone(), 1));
-        l.fifo.iter().filter(|t| t.class == Class::Reader).for_each(|t| t.wake());
+        // Only those that may join it: ahead of every waiting writer, never sent.
+        for t in l.fifo.iter().take_while(|t| t.class != Class::Writer) {
+            if t.class == Class::Reader && !t.state().entry.sent {
+                t.wake();
+            }
+        }
     }
 
     /// A reader of `tenure` leaves it: `true` when it was the last one here (then the
@@ -315,6 +320,8 @@ impl Tickets {
         drop(st);
         l.fifo.pop_front();
         first.wake();
+        // It may have been about to ask Redis for its class: the next one does.
+        l.wake_representative(class);
         true
     }
 }
@@ -414,9 +421,16 @@ impl TicketHandle {
             inner.by_token.remove(&token);
         }
         let name = &self.ticket.name;
+        let class = self.ticket.class;
         if let Some(l) = inner.locks.get_mut(name) {
+            // Who asks Redis next changes only if it was the first of its class or
+            // queued there.
+            let first = l.fifo.iter().find(|t| t.class == class).is_some_and(|t| Arc::ptr_eq(t, &self.ticket));
+            let queued = self.ticket.state().entry.queued.is_some();
             l.fifo.retain(|t| !Arc::ptr_eq(t, &self.ticket));
-            l.wake_representative(self.ticket.class);
+            if first || queued {
+                l.wake_representative(class);
+            }
             if l.fifo.is_empty() && l.reads.is_empty() {
                 inner.locks.remove(name);
             }
