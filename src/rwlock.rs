@@ -27,9 +27,9 @@ use crate::wait::{Core, SharedWant, Side};
 ///   its entry. Once a writer waits, readers that come after it queue behind it, so a
 ///   stream of readers cannot starve it: a writer waits only for the holders there when
 ///   it queued, the entries queued before it, and readers of other clients that joined
-///   a read share of theirs within 20 ms of its queueing (readers of its own client
+///   a read share of theirs within 5 ms of its queueing (readers of its own client
 ///   stop joining at once). With readers whose critical sections last at most C, and
-///   no writer ahead, it gets in within C plus 20 ms, a round trip and a wake-up. A
+///   no writer ahead, it gets in within C plus 5 ms, a round trip and a wake-up. A
 ///   writer's release admits the readers queued behind it together (up to the next
 ///   writer); the last reader's release admits the writer at the head of the queue.
 /// - **In-process fast path**: a reader joins a read share its client already holds

@@ -46,7 +46,7 @@ pub(crate) struct SharedWant {
 /// readers may still join its read shares in memory: once a writer of another client
 /// queued, new readers of this client stop coming in within this (the writer's bound
 /// grows by it; a writer of this client stops them at once).
-pub(crate) const JOIN_WINDOW: Duration = Duration::from_millis(20);
+pub(crate) const JOIN_WINDOW: Duration = Duration::from_millis(5);
 
 /// What passes between threads of one client in memory.
 fn class_of(keys: &LockKeys, side: Side) -> Class {
