@@ -445,8 +445,14 @@ impl Core {
         let lost = || Error::LockLost { key: tenure.keys.key.clone() };
         let class = class_of(&tenure.keys, tenure.side);
         if class == Class::Reader && !self.registry.tickets().leave_read(&tenure.keys.key, tenure) {
-            // Other readers of this client hold it: the last of them releases it.
+            // Other readers of this client hold it: the last of them releases it. This
+            // one is told whether the share held throughout: when Redis has not
+            // confirmed it within a renewal period (the process stalled, or renewals
+            // fail), Redis is asked, as a release through Redis would.
             bump(&self.stats.releases);
+            if !tenure.is_lost() && !tenure.is_fresh(Stamp::now()) && !still_holds(&*self.backend, tenure)? {
+                tenure.mark_lost(&self.stats, &self.registry, "Redis no longer lists this read share");
+            }
             return if tenure.is_lost() { Err(lost()) } else { Ok(()) };
         }
         if self.hand_over_shared(tenure, class) {

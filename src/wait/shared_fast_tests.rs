@@ -182,3 +182,23 @@ fn with_handoff_limit_0_every_waiting_thread_asks_redis_and_nothing_passes_in_me
     let r2 = core.acquire_shared(&rw_keys(), READ).unwrap();
     assert!(!Arc::ptr_eq(&r1.tenure, &r2.tenure), "no join");
 }
+
+#[test]
+fn a_reader_leaving_a_share_that_is_not_fresh_asks_redis_whether_it_held() {
+    let fake = Arc::new(Fake::default());
+    let core = core_over(&fake, 8);
+    fake.free.store(true, Ordering::SeqCst);
+    let (r1, r2, r3) = (
+        core.acquire_shared(&rw_keys(), READ).unwrap(),
+        core.acquire_shared(&rw_keys(), READ).unwrap(),
+        core.acquire_shared(&rw_keys(), READ).unwrap(),
+    );
+    // As after a stall past the lease: no longer fresh, and Redis still has it.
+    r1.tenure.recheck(crate::clock::Stamp::now());
+    core.release_shared(&r1.tenure).unwrap();
+    // Now Redis has let it go: the next reader to leave is told.
+    fake.holders.lock().unwrap().clear();
+    assert!(matches!(core.release_shared(&r2.tenure), Err(Error::LockLost { .. })));
+    assert!(r3.tenure.is_lost(), "and every reader of the share");
+    assert!(matches!(core.release_shared(&r3.tenure), Err(Error::LockLost { .. })));
+}
