@@ -21,19 +21,28 @@ use crate::wait::{Core, SharedWant, Side};
 ///
 /// - **Readers share, a writer excludes everyone**, across threads, processes and
 ///   machines, while leases hold (see Limits).
-/// - **Writer preference, and FIFO.** Every waiting thread of the fleet is an entry in
-///   one queue, in the order of its first attempt. Once a writer waits, readers that
-///   come after it queue behind it, so a stream of readers cannot starve it: a writer
-///   waits only for the holders there when it queued and the entries queued before it
-///   (with readers whose critical sections last at most C, and no writer ahead, it gets
-///   in within C plus a round trip and a wake-up). A writer's release admits the readers
-///   queued behind it together (up to the next writer); the last reader's release
-///   admits the writer at the head of the queue.
+/// - **Writer preference, and FIFO.** The waiting threads of the fleet are entries in
+///   one queue (one per client and kind while the in-process fast path is on, one per
+///   thread with `handoff_limit(0)`), and a client's threads wait in FIFO order behind
+///   its entry. Once a writer waits, readers that come after it queue behind it, so a
+///   stream of readers cannot starve it: a writer waits only for the holders there when
+///   it queued, the entries queued before it, and readers of other clients that joined
+///   a read share of theirs within 5 ms of its queueing (readers of its own client
+///   stop joining at once). With readers whose critical sections last at most C, and
+///   no writer ahead, it gets in within C plus 5 ms, a round trip and a wake-up. A
+///   writer's release admits the readers queued behind it together (up to the next
+///   writer); the last reader's release admits the writer at the head of the queue.
+/// - **In-process fast path**: a reader joins a read share its client already holds
+///   (no round trip; the last local reader releases it), and the write lock passes in
+///   memory to the next waiting writer of the same client, at most
+///   `handoff_limit` times in a row (see [`LockClientBuilder::handoff_limit`](crate::LockClientBuilder::handoff_limit);
+///   0 turns both off).
 /// - **A lease per reader**: each reader holds its own lease, renewed by the client's
 ///   watchdog while its guard lives (`auto_renew`, on by default). A crashed reader
 ///   frees its share when *its* lease runs out, not when the last reader's does.
 /// - **Lost leases are told**: a renewal that finds the lease gone marks the guard
-///   lost ([`RwLockReadGuard::is_lost`]).
+///   lost ([`RwLockReadGuard::is_lost`]), and every reader of the client that joined
+///   the same read share.
 /// - **Waiting costs nothing while nothing changes**: waiting threads sleep until a
 ///   release grants them the lock (a message to their client; the thread returns
 ///   without a request of its own when the grant is fresh), or until the shortest
@@ -46,7 +55,8 @@ use crate::wait::{Core, SharedWant, Side};
 ///   past its lease loses the lock while it still runs. No fencing tokens, and no
 ///   [`wait_replicas`](MutexOptions::wait_replicas): both options are refused
 ///   ([`Error::InvalidOption`](crate::Error::InvalidOption)).
-/// - No in-process handoff: every acquisition and release is a round trip to Redis.
+/// - Readers of one client that joined one read share share its lease: `extend` on one
+///   extends it for all, and a share lost is lost for all of them.
 /// - A waiting thread asks Redis again once per lease it saw end (the holders' renewed
 ///   leases: about every two thirds of a lease while they hold), even when idle.
 /// - A waiting process that crashes holds the queue up by at most the client's
@@ -291,7 +301,8 @@ macro_rules! guard_methods {
 }
 
 /// A read lock on a [`RwLock`]: other readers may hold it at the same time, no writer
-/// does. Dropping it releases it (one round trip).
+/// does. Dropping it releases it (one round trip, none while other readers of the
+/// same client share its read share).
 ///
 /// `Send`: a worker may hand it to another thread. Its own lease, renewed by the
 /// client's watchdog while it lives (`auto_renew`).
@@ -302,8 +313,9 @@ pub struct RwLockReadGuard {
 }
 
 /// The write lock on a [`RwLock`]: no reader and no other writer holds it while this
-/// guard does (as long as its lease holds). Dropping it releases it (one round trip)
-/// and admits the readers queued behind it together.
+/// guard does (as long as its lease holds). Dropping it releases it (one round trip,
+/// or none when it passes to a waiting writer of the same client) and admits the
+/// readers queued behind it together.
 ///
 /// `Send`: a worker may hand it to another thread.
 #[must_use = "if unused the write lock will immediately unlock"]

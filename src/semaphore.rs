@@ -26,11 +26,17 @@ use crate::wait::{Core, SharedWant};
 ///   crashes gives its permit back when its lease runs out (within a lease and a
 ///   renewal period of its last renewal); one that forgets its permit
 ///   (`mem::forget`) without `auto_renew` gives it back after its lease.
-/// - **FIFO across the fleet**: every waiting thread is an entry in one queue, in the
-///   order of its first attempt, and a freed permit goes to the longest-waiting one (a
-///   thread that releases and acquires again queues behind the others). A release
-///   wakes one waiter: it grants the permit to the head of the queue and tells its
-///   client; the thread returns without a request of its own when the grant is fresh.
+/// - **FIFO, bounded like the mutex's handoffs**: a permit released while a thread of
+///   the same client waits passes to the longest-waiting one in memory (no round
+///   trip; the permit's token and lease stay in Redis, renewed by the watchdog), at
+///   most `handoff_limit` times in a row (see
+///   [`LockClientBuilder::handoff_limit`](crate::LockClientBuilder::handoff_limit));
+///   then its release goes through Redis, which gives it to the head of the fleet's
+///   queue, where each client with waiting threads has an entry (FIFO by client, as
+///   the mutex's turns). With `handoff_limit(0)` every waiting thread is its own entry
+///   (FIFO by thread across the fleet). A release through Redis wakes one waiter: it
+///   grants the permit to the head of the queue and tells its client; the thread
+///   returns without a request of its own when the grant is fresh.
 /// - **One count per name**: two clients that disagree on `permits` for a name in use
 ///   get [`Error::PermitsMismatch`](crate::Error::PermitsMismatch), not a silently
 ///   larger limit. The count is stored while a permit is held or a thread waits, and
@@ -45,7 +51,7 @@ use crate::wait::{Core, SharedWant};
 ///   lease loses its permit while it still runs, and another may take it. No fencing
 ///   tokens, and no [`wait_replicas`](MutexOptions::wait_replicas) (refused with
 ///   [`Error::InvalidOption`](crate::Error::InvalidOption)).
-/// - Every acquisition and release is a round trip to Redis.
+/// - Acquisitions and releases that do not pass in memory are a round trip each.
 /// - A waiting thread asks Redis again once per lease it saw end (about every two
 ///   thirds of a lease while the holders renew), even when idle.
 /// - A waiting process that crashes holds the queue up by at most the client's
@@ -210,8 +216,9 @@ impl Semaphore {
     }
 }
 
-/// A permit of a [`Semaphore`]. Dropping it returns the permit (one round trip), which
-/// goes to the longest-waiting thread.
+/// A permit of a [`Semaphore`]. Dropping it returns the permit (one round trip, or none
+/// when it passes to a waiting thread of the same client), which goes to the
+/// longest-waiting thread.
 ///
 /// `Send`: a worker may hand it to another thread. Its own lease, renewed by the
 /// client's watchdog while it lives (`auto_renew`).

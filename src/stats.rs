@@ -48,6 +48,9 @@ pub struct Stats {
     /// [`Semaphore`](crate::Semaphore) permits acquired (also counted in
     /// `acquisitions`).
     pub permit_acquisitions: u64,
+    /// Read locks that joined a read share this client already held, in memory (no
+    /// round trip; also counted in `read_acquisitions`).
+    pub read_joins: u64,
 }
 
 impl Stats {
@@ -85,6 +88,7 @@ impl Stats {
             read_acquisitions: d(self.read_acquisitions, earlier.read_acquisitions),
             write_acquisitions: d(self.write_acquisitions, earlier.write_acquisitions),
             permit_acquisitions: d(self.permit_acquisitions, earlier.permit_acquisitions),
+            read_joins: d(self.read_joins, earlier.read_joins),
         }
     }
 }
@@ -108,6 +112,7 @@ pub(crate) struct Counters {
     pub read_acquisitions: AtomicU64,
     pub write_acquisitions: AtomicU64,
     pub permit_acquisitions: AtomicU64,
+    pub read_joins: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -135,6 +140,7 @@ impl Counters {
             read_acquisitions: g(&self.read_acquisitions),
             write_acquisitions: g(&self.write_acquisitions),
             permit_acquisitions: g(&self.permit_acquisitions),
+            read_joins: g(&self.read_joins),
         }
     }
 }

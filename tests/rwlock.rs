@@ -3,6 +3,8 @@
 //! write interval overlaps any other interval); a writer behind a continuous stream
 //! of readers gets in within the stated bound (writer preference); a writer's release
 //! wakes the queued readers together, by notification; idle waiters send nothing.
+//! The last two use a client with `handoff_limit(0)` (every waiting thread its own
+//! entry in Redis); `shared_fast.rs` proves the in-process fast path.
 //!
 //! Other processes are this test binary run again (`child_entry`, selected by the
 //! `REDIS_MUTEX_CHILD` environment variable); they report on stdout.
@@ -12,14 +14,19 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis_mutex::{Error, LockClient, MutexOptions};
 use support::child::{ChildProcess, say};
-use support::{RedisServer, connected_with, poll_until, wait_until};
+use support::{RedisServer, connected_with, poll_until, wait_until, writer_waits};
 
 fn connected(server: &RedisServer) -> LockClient {
     connected_with(server, LockClient::builder())
+}
+
+/// A client whose every waiting thread queues in Redis (no in-process fast path).
+fn per_thread(server: &RedisServer) -> LockClient {
+    connected_with(server, LockClient::builder().handoff_limit(0))
 }
 
 fn wall_ns() -> u128 {
@@ -255,15 +262,7 @@ fn a_writer_behind_a_stream_of_readers_gets_in_within_the_bound() {
     // The stream is on: readers hold it continuously (8 threads, 20 ms each, no pause).
     wait_until(Duration::from_secs(10), "the readers to stream", || rw.try_write().unwrap().is_none());
     thread::sleep(Duration::from_millis(300));
-    let mut waits = Vec::new();
-    for _ in 0..5 {
-        let asked = Instant::now();
-        let w = rw.try_write_for(Duration::from_secs(10)).unwrap().expect("the writer gets in");
-        waits.push(asked.elapsed());
-        thread::sleep(Duration::from_millis(5));
-        w.unlock().unwrap();
-        thread::sleep(Duration::from_millis(100));
-    }
+    let waits = writer_waits(&rw);
     let _: () = redis::cmd("SET").arg(STOP).arg(1).query(&mut server.conn()).unwrap();
     let mut reads = 0;
     for c in &mut children {
@@ -280,7 +279,7 @@ fn a_writer_behind_a_stream_of_readers_gets_in_within_the_bound() {
 #[test]
 fn a_writer_s_release_wakes_the_queued_readers_together_by_notification() {
     let server = RedisServer::start();
-    let (a, b) = (connected(&server), connected(&server));
+    let (a, b) = (connected(&server), per_thread(&server));
     let w = a.rw_lock("board").write().unwrap();
     let inside = Arc::new(AtomicUsize::new(0));
     let all_in = Arc::new(AtomicBool::new(false));
@@ -322,7 +321,7 @@ fn a_writer_s_release_wakes_the_queued_readers_together_by_notification() {
 #[test]
 fn idle_waiters_send_nothing() {
     let server = RedisServer::start();
-    let (a, b) = (connected(&server), connected(&server));
+    let (a, b) = (connected(&server), per_thread(&server));
     let r = a.rw_lock("idle").read().unwrap();
     let w = a.rw_lock("idle2").write().unwrap();
     // Writers wait behind a reader, readers and writers behind a writer.

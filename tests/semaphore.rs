@@ -4,7 +4,9 @@
 //! without auto-renewal comes back after its lease; a waiter killed at the head of the
 //! queue costs the others about the reservation timeout; permits go to waiters in FIFO
 //! order across clients; a release wakes one waiter, by notification; idle waiters
-//! send nothing; clients that disagree on the count get a clear error.
+//! send nothing; clients that disagree on the count get a clear error. The tests of
+//! the queue in Redis use clients with `handoff_limit(0)` (every waiting thread its own
+//! entry, nothing passed in memory); `shared_fast.rs` proves the in-process fast path.
 //!
 //! Other processes are this test binary run again (`child_entry`, selected by the
 //! `REDIS_MUTEX_CHILD` environment variable); they report on stdout.
@@ -22,6 +24,11 @@ use support::{RedisServer, connected_with, wait_until};
 
 fn connected(server: &RedisServer) -> LockClient {
     connected_with(server, LockClient::builder())
+}
+
+/// A client whose every waiting thread queues in Redis (no in-process fast path).
+fn per_thread(server: &RedisServer) -> LockClient {
+    connected_with(server, LockClient::builder().handoff_limit(0))
 }
 
 fn wall_ns() -> u128 {
@@ -237,7 +244,7 @@ fn queued(server: &RedisServer, name: &str) -> usize {
 #[test]
 fn permits_go_to_waiters_in_fifo_order_across_clients() {
     let server = RedisServer::start();
-    let clients = [connected(&server), connected(&server)];
+    let clients = [per_thread(&server), per_thread(&server)];
     let holder = clients[0].semaphore("fifo", 1).acquire().unwrap();
     let order = Arc::new(StdMutex::new(Vec::new()));
     let mut waiters = Vec::new();
@@ -263,7 +270,7 @@ fn permits_go_to_waiters_in_fifo_order_across_clients() {
 #[test]
 fn idle_waiters_send_nothing_and_a_release_wakes_one_by_notification() {
     let server = RedisServer::start();
-    let (a, b) = (connected(&server), connected(&server));
+    let (a, b) = (connected(&server), per_thread(&server));
     let held: Vec<_> = (0..2).map(|_| a.semaphore("quiet", 2).acquire().unwrap()).collect();
     let (tx, rx) = mpsc::channel();
     let go = Arc::new(StdMutex::new(()));
@@ -305,7 +312,7 @@ fn idle_waiters_send_nothing_and_a_release_wakes_one_by_notification() {
 #[test]
 fn grants_to_threads_of_the_releasing_client_cost_no_message() {
     let server = RedisServer::start();
-    let client = connected(&server);
+    let client = per_thread(&server);
     let sem = client.semaphore("local", 1);
     let held = sem.acquire().unwrap();
     let waiters: Vec<_> = (0..4)

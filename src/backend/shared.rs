@@ -71,12 +71,15 @@ pub(crate) enum SharedLeave {
 /// announced on its channel: the caller wakes them itself, so a release inside one
 /// process costs no message (and no hop through the subscriber thread). When the reply
 /// is lost, the caller wakes every thread of the client waiting for the lock, and
-/// each finds out by its next attempt.
+/// each finds out by its next attempt. Also what the request saw of the queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LocalGrants {
     pub tokens: Vec<String>,
     /// The grants' short lease (`reservation_timeout`).
     pub lease_ms: u64,
+    /// A thread of another client was queued when the request ran: this client's
+    /// readers stop joining its read shares in memory (writer preference).
+    pub others_queued: bool,
 }
 
 /// Read-write locks and semaphores on a backend that keeps them on one master.

@@ -153,6 +153,13 @@ impl LockClientBuilder {
     /// also bounds how many of this client's threads can take over a lock Redis lost
     /// (restart without persistence, force-unlock) before one is told. `0` sends every
     /// release through Redis and lets a waiting client go first. Defaults to 8.
+    ///
+    /// The same bound applies to a [`Semaphore`](crate::Semaphore)'s permits and a
+    /// [`RwLock`](crate::RwLock)'s write lock, which pass between threads of a client
+    /// in memory; `0` also stops readers from joining a read share of their client,
+    /// and makes every waiting thread of theirs its own entry in the lock's queue in
+    /// Redis (FIFO by thread across the fleet, a round trip per acquisition and
+    /// release).
     pub fn handoff_limit(mut self, n: u32) -> Self {
         self.handoff_limit = n;
         self

@@ -34,6 +34,8 @@ mod replicas_tests;
 mod server_change_tests;
 mod shared;
 #[cfg(test)]
+mod shared_fast_tests;
+#[cfg(test)]
 mod shared_tests;
 mod tenure;
 #[cfg(test)]

@@ -32,11 +32,7 @@ impl Core {
     /// (the caller then releases through Redis).
     pub(super) fn hand_over_locally(&self, tenure: &Arc<Tenure>) -> bool {
         let turn = tenure.turn_base.saturating_add(tenure.local_handoffs());
-        if turn >= self.settings.handoff_limit
-            || tenure.is_lost()
-            || !tenure.is_renewed()
-            || !tenure.is_fresh(Stamp::now())
-        {
+        if !tenure.may_pass_on(turn, self.settings.handoff_limit, Stamp::now()) {
             return false;
         }
         let Some(claim) = self.registry.claim_first(&tenure.keys.name) else { return false };

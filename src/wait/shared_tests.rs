@@ -21,22 +21,36 @@ use crate::keys::Kind;
 /// Redis's side of a semaphore of one permit, as far as these tests need it: a
 /// waiter is queued until the test grants it the permit (`grant_first`).
 #[derive(Default)]
-struct Fake {
-    free: AtomicBool,
-    attempts: AtomicU32,
-    leaves: AtomicU32,
-    extends: AtomicU32,
-    holders: StdMutex<Vec<String>>,
-    queued: StdMutex<Vec<String>>,
+pub(super) struct Fake {
+    pub free: AtomicBool,
+    pub attempts: AtomicU32,
+    pub releases: AtomicU32,
+    pub leaves: AtomicU32,
+    pub extends: AtomicU32,
+    pub holders: StdMutex<Vec<String>>,
+    pub queued: StdMutex<Vec<String>>,
 }
 
 impl Fake {
-    fn holds(&self, token: &str) -> bool {
+    pub fn holds(&self, token: &str) -> bool {
         self.holders.lock().unwrap().iter().any(|t| t == token)
     }
 
+    /// A release grants the permit to the first queued waiter (of this client: the
+    /// fake has one client), and tells the caller.
+    fn drop_holder(&self, token: &str) -> (bool, LocalGrants) {
+        let mut h = self.holders.lock().unwrap();
+        let before = h.len();
+        h.retain(|t| t != token);
+        let released = h.len() < before;
+        drop(h);
+        let tokens =
+            if released && !self.queued.lock().unwrap().is_empty() { vec![self.grant_first()] } else { vec![] };
+        (released, LocalGrants { tokens, lease_ms: 3_000, others_queued: false })
+    }
+
     /// What a release does: the first queued waiter holds the permit now.
-    fn grant_first(&self) -> String {
+    pub fn grant_first(&self) -> String {
         let token = self.queued.lock().unwrap().remove(0);
         self.holders.lock().unwrap().push(token.clone());
         token
@@ -56,21 +70,13 @@ impl SharedBackend for Fake {
         }
         Ok((SharedAttempt::Waiting { remaining: Some(Duration::from_secs(60)) }, LocalGrants::default()))
     }
-    /// A release grants the permit to the first queued waiter (of this client: the
-    /// fake has one client), and tells the caller.
     fn release(&self, _: &LockKeys, token: &str) -> Result<(bool, LocalGrants)> {
-        let mut h = self.holders.lock().unwrap();
-        let before = h.len();
-        h.retain(|t| t != token);
-        let released = h.len() < before;
-        drop(h);
-        let tokens =
-            if released && !self.queued.lock().unwrap().is_empty() { vec![self.grant_first()] } else { vec![] };
-        Ok((released, LocalGrants { tokens, lease_ms: 3_000 }))
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        Ok(self.drop_holder(token))
     }
-    fn leave(&self, keys: &LockKeys, token: &str) -> Result<(SharedLeave, LocalGrants)> {
+    fn leave(&self, _: &LockKeys, token: &str) -> Result<(SharedLeave, LocalGrants)> {
         self.leaves.fetch_add(1, Ordering::SeqCst);
-        let (released, grants) = self.release(keys, token)?;
+        let (released, grants) = self.drop_holder(token);
         if released {
             return Ok((SharedLeave::ReleasedGrant, grants));
         }
@@ -88,9 +94,9 @@ impl SharedBackend for Fake {
 }
 
 /// The in-memory backend for mutexes, the fake for the rest.
-struct WithShared {
-    mem: MemBackend,
-    fake: Arc<Fake>,
+pub(super) struct WithShared {
+    pub mem: MemBackend,
+    pub fake: Arc<Fake>,
 }
 
 impl Backend for WithShared {
@@ -129,9 +135,9 @@ impl Backend for WithShared {
     }
 }
 
-const PERMIT: SharedWant = SharedWant { side: Side::Shared, permits: 1, lease_ms: 60_000, auto_renew: true };
+pub(super) const PERMIT: SharedWant = SharedWant { side: Side::Shared, permits: 1, lease_ms: 60_000, auto_renew: true };
 
-fn sem_keys() -> LockKeys {
+pub(super) fn sem_keys() -> LockKeys {
     LockKeys::shared("t", "pool", Kind::Semaphore).unwrap()
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{ReleaseSink, Replicas};
+use crate::backend::{ReleaseSink, Replicas, Side};
 use crate::clock::{Stamp, later};
 use crate::error::Error;
 use crate::keys::LockKeys;
@@ -36,6 +36,9 @@ pub(crate) struct Tenure {
     /// Replicas that acknowledged its acquisition and must acknowledge an `extend`
     /// (`wait_replicas`); only a waiter that asks the same takes it over in memory.
     pub replicas: Option<Replicas>,
+    /// What a read-write lock's or semaphore's tenure is: a reader or a permit
+    /// (`Shared`), or a writer; a mutex's is `Exclusive`.
+    pub side: Side,
     /// In-process handoffs of this tenure so far (see `Core::hand_over_locally`).
     local_handoffs: AtomicU32,
     lost: AtomicBool,
@@ -75,6 +78,7 @@ impl Tenure {
             fence_base,
             turn_base,
             replicas: None,
+            side: Side::Exclusive,
             local_handoffs: AtomicU32::new(0),
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
@@ -87,6 +91,18 @@ impl Tenure {
     /// The tenure of an acquisition `replicas` acknowledged (see [`Tenure::replicas`]).
     pub fn acknowledged_by(self, replicas: Option<Replicas>) -> Tenure {
         Tenure { replicas, ..self }
+    }
+
+    /// The tenure of a read-write lock's or semaphore's acquisition on `side`.
+    pub fn on_side(self, side: Side) -> Tenure {
+        Tenure { side, ..self }
+    }
+
+    /// Whether it may pass to another thread in memory now, after `turn` acquisitions
+    /// of its client's turn (at most `limit`): not lost, renewed by the watchdog, and
+    /// confirmed by Redis within its renewal period (`is_fresh`).
+    pub fn may_pass_on(&self, turn: u32, limit: u32, now: Stamp) -> bool {
+        turn < limit && !self.is_lost() && self.is_renewed() && self.is_fresh(now)
     }
 
     pub fn is_lost(&self) -> bool {

@@ -327,8 +327,9 @@ fn release_orphans(r: &Renewer) -> Option<Instant> {
             replicas: None,
         };
         let released = if orphan.keys.is_shared() {
+            let sent = Stamp::now();
             let released = super::shared::shared_of(&*r.backend).and_then(|b| b.release(&orphan.keys, &orphan.token));
-            super::shared::hand_out(&r.registry, &r.orphans, &orphan.keys, released)
+            super::shared::hand_out(&r.registry, &r.orphans, &orphan.keys, sent, released).map(|(r, _)| r)
         } else {
             r.backend.release(&orphan.keys, args).map(|outcome| outcome != Released::NotOwner)
         };

@@ -126,3 +126,18 @@ pub fn while_all_busy(order: &[usize], clients: usize, per_client: usize) -> &[u
         .map_or(order.len(), |i| i + 1);
     &order[..end]
 }
+
+/// Five writes of `rw` (5 ms inside, 100 ms apart), each given 10 s: how long each
+/// waited to get in (the writer-preference tests).
+pub fn writer_waits(rw: &redis_mutex::RwLock) -> Vec<Duration> {
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let w = rw.try_write_for(Duration::from_secs(10)).unwrap().expect("the writer gets in");
+        waits.push(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+        w.unlock().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    waits
+}

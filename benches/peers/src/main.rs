@@ -398,7 +398,9 @@ fn main() {
         println!(
             "  min/max sh: smallest and largest thread's share of acquisitions × threads (1.00 = even); cmd/a: commands \
              Redis received per acquisition; rt/a: client round trips per acquisition; grants: acquisitions a release \
-             granted (no request of the waiter's own) per acquisition"
+             granted (no request of the waiter's own) per acquisition; local: acquisitions passed in memory or joining \
+             a read share of the same client, per acquisition; -rt: redis-mutex with handoff_limit(0), no in-process \
+             fast path (every acquisition and release a round trip, as before it)"
         );
         println!("\ntarget checks (issue 18):");
         for l in shared::targets(&prim_rows) {

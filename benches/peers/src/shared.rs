@@ -5,6 +5,9 @@
 //! lock → 100 µs busy hold → unlock, in a tight loop or with 0.5–1.5 ms asleep outside
 //! the lock: see [`plan`]), one `Prim` per process, one `PrimWorker` per thread.
 //! Targets: ≥ 3× the peer's acq/s, and every thread within 10% of its fair share.
+//! Each workload also runs redis-mutex with `handoff_limit(0)` (`…-rt`: every
+//! acquisition and release a round trip, as before the in-process fast path), so the
+//! fast path is measured against what it replaced in the same run.
 
 use std::error::Error;
 use std::path::Path;
@@ -29,8 +32,11 @@ const WRITE_ONE_IN: u64 = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrimImpl {
     RwRedisMutex,
+    /// `handoff_limit(0)`: no in-process fast path.
+    RwRedisMutexRt,
     RwRlock,
     SemRedisMutex,
+    SemRedisMutexRt,
     SemNaive,
 }
 
@@ -38,24 +44,35 @@ impl PrimImpl {
     pub fn name(self) -> &'static str {
         match self {
             PrimImpl::RwRedisMutex => "rw:redis-mutex",
+            PrimImpl::RwRedisMutexRt => "rw:redis-mutex-rt",
             PrimImpl::RwRlock => "rw:rlock",
             PrimImpl::SemRedisMutex => "sem:redis-mutex",
+            PrimImpl::SemRedisMutexRt => "sem:redis-mutex-rt",
             PrimImpl::SemNaive => "sem:naive",
         }
     }
 
     pub fn from_name(name: &str) -> Option<PrimImpl> {
-        [PrimImpl::RwRedisMutex, PrimImpl::RwRlock, PrimImpl::SemRedisMutex, PrimImpl::SemNaive]
-            .into_iter()
-            .find(|p| p.name() == name)
+        [
+            PrimImpl::RwRedisMutex,
+            PrimImpl::RwRedisMutexRt,
+            PrimImpl::RwRlock,
+            PrimImpl::SemRedisMutex,
+            PrimImpl::SemRedisMutexRt,
+            PrimImpl::SemNaive,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
     }
 
     /// The Redis keys it writes (deleted before each run).
     fn keys(self) -> Vec<String> {
         match self {
-            PrimImpl::RwRedisMutex => vec![format!("redis-mutex:{{{RW}}}:rw"), format!("redis-mutex:{{{RW}}}:rw:s")],
+            PrimImpl::RwRedisMutex | PrimImpl::RwRedisMutexRt => {
+                vec![format!("redis-mutex:{{{RW}}}:rw"), format!("redis-mutex:{{{RW}}}:rw:s")]
+            }
             PrimImpl::RwRlock => vec![format!("{RW}:rlock")],
-            PrimImpl::SemRedisMutex => {
+            PrimImpl::SemRedisMutex | PrimImpl::SemRedisMutexRt => {
                 vec![format!("redis-mutex:{{{SEM}}}:sem"), format!("redis-mutex:{{{SEM}}}:sem:s")]
             }
             PrimImpl::SemNaive => vec![format!("{SEM}:naive")],
@@ -77,6 +94,10 @@ impl Prim {
             // Client defaults (lease 30 s renewed by the watchdog, pool_max_size 8).
             PrimImpl::RwRedisMutex | PrimImpl::SemRedisMutex => {
                 Prim::RedisMutex(imp, LockClient::open(url).expect("redis-mutex client"))
+            }
+            PrimImpl::RwRedisMutexRt | PrimImpl::SemRedisMutexRt => {
+                let client = LockClient::builder().handoff_limit(0).build(url).expect("redis-mutex client");
+                Prim::RedisMutex(imp, client)
             }
             // Default AcquireOptions: TTL 10 s, retry every 100 ms, auto renewal.
             PrimImpl::RwRlock => Prim::Rlock(rlock::sync_lock::RLock::new(url).expect("rlock manager")),
@@ -116,7 +137,9 @@ impl Subject for Prim {
     fn contender(&self, id: u32) -> PrimWorker {
         let rng = XorShift::new(redis_mutex_harness::wall_clock_ns() ^ (u64::from(id) << 32) ^ 0x9e37);
         match self {
-            Prim::RedisMutex(PrimImpl::SemRedisMutex, c) => PrimWorker::Sem { sem: c.semaphore(SEM, PERMITS), p: None },
+            Prim::RedisMutex(PrimImpl::SemRedisMutex | PrimImpl::SemRedisMutexRt, c) => {
+                PrimWorker::Sem { sem: c.semaphore(SEM, PERMITS), p: None }
+            }
             Prim::RedisMutex(_, c) => PrimWorker::Rw { rw: c.rw_lock(RW), rng, r: None, w: None },
             Prim::Rlock(rl) => PrimWorker::Rlock { rl: rl.clone(), rng, r: None, w: None },
             Prim::Naive(url) => PrimWorker::Naive {
@@ -128,12 +151,13 @@ impl Subject for Prim {
         }
     }
 
-    /// redis-mutex's round trips: attempts, releases, renewals.
+    /// redis-mutex's round trips: attempts, releases sent to Redis (not those passed in
+    /// memory, nor a joined reader's, which leaves the share to the last one), renewals.
     fn round_trips(&self) -> Option<u64> {
         match self {
             Prim::RedisMutex(_, c) => {
                 let s = c.stats();
-                Some(s.attempts + s.releases + s.renewals)
+                Some(s.attempts + s.releases - s.local_handoffs - s.read_joins + s.renewals)
             }
             _ => None,
         }
@@ -141,7 +165,10 @@ impl Subject for Prim {
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         match self {
-            Prim::RedisMutex(_, c) => vec![(crate::peers::GRANTS, c.stats().grants)],
+            Prim::RedisMutex(_, c) => {
+                let s = c.stats();
+                vec![(crate::peers::GRANTS, s.grants), (LOCAL, s.local_handoffs + s.read_joins)]
+            }
             _ => Vec::new(),
         }
     }
@@ -226,6 +253,10 @@ impl Contender for PrimWorker {
     }
 }
 
+/// Acquisitions without a request: permits and write locks passed in memory, read
+/// shares joined.
+const LOCAL: &str = "local";
+
 /// One run of one implementation.
 pub struct PrimRow {
     pub workload: &'static str,
@@ -236,16 +267,16 @@ pub struct PrimRow {
 }
 
 /// One workload: its name, processes, threads, whether threads sleep 0.5–1.5 ms
-/// outside the lock (as W2/W3 do), and `[ours, the peer]`.
-pub type Plan = (&'static str, u32, u32, bool, [PrimImpl; 2]);
+/// outside the lock (as W2/W3 do), and `[ours, ours without the fast path, the peer]`.
+pub type Plan = (&'static str, u32, u32, bool, [PrimImpl; 3]);
 
 /// The runs, shaped as the mutex workloads are: with `rw`, RW1 (8 threads, tight
 /// loop), RW2 (8 threads, with the sleep outside) and RW3 (4 processes × 4 threads,
 /// with the sleep); with `sem`, SEM1 (16 threads, tight loop) and SEM2 (16 threads,
 /// with the sleep).
 pub fn plan(rw: bool, sem: bool) -> Vec<Plan> {
-    let pair = [PrimImpl::RwRedisMutex, PrimImpl::RwRlock];
-    let sems = [PrimImpl::SemRedisMutex, PrimImpl::SemNaive];
+    let pair = [PrimImpl::RwRedisMutex, PrimImpl::RwRedisMutexRt, PrimImpl::RwRlock];
+    let sems = [PrimImpl::SemRedisMutex, PrimImpl::SemRedisMutexRt, PrimImpl::SemNaive];
     let mut plan = Vec::new();
     if rw {
         plan.extend([("RW1", 1, 8, false, pair), ("RW2", 1, 8, true, pair), ("RW3", 4, 4, true, pair)]);
@@ -279,7 +310,7 @@ pub fn run(
 
 pub fn header() -> String {
     format!(
-        "{:<4} {:<8} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6} {:>6} {:>7} {:>7} {:>7}",
+        "{:<4} {:<8} {:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7}",
         "wl",
         "shape",
         "impl",
@@ -292,6 +323,7 @@ pub fn header() -> String {
         "rt/a",
         "rCPU/a",
         "grants",
+        "local",
         "errors"
     )
 }
@@ -299,11 +331,11 @@ pub fn header() -> String {
 pub fn line(r: &PrimRow) -> String {
     let m = &r.m;
     let shape = if r.procs == 1 { format!("{} thr", r.threads) } else { format!("{}p×{}t", r.procs, r.threads) };
-    let grants = m
-        .counter(crate::peers::GRANTS)
-        .map_or("-".to_owned(), |g| format!("{:.2}", g as f64 / m.acquisitions.max(1) as f64));
+    let per_acq =
+        |name| m.counter(name).map_or("-".to_owned(), |g| format!("{:.2}", g as f64 / m.acquisitions.max(1) as f64));
+    let (grants, local) = (per_acq(crate::peers::GRANTS), per_acq(LOCAL));
     format!(
-        "{:<4} {:<8} {:<16} {:>9.0} {:>9} {:>9} {:>9} {:>4.2}/{:<4.2} {:>6.1} {:>6.1} {:>7} {:>7} {:>7}",
+        "{:<4} {:<8} {:<18} {:>9.0} {:>9} {:>9} {:>9} {:>4.2}/{:<4.2} {:>6.1} {:>6.1} {:>7} {:>7} {:>7} {:>7}",
         r.workload,
         shape,
         r.imp.name(),
@@ -317,6 +349,7 @@ pub fn line(r: &PrimRow) -> String {
         m.rt_per_acq,
         t(m.rcpu_us),
         grants,
+        local,
         m.errors
     )
 }
@@ -325,12 +358,22 @@ pub fn line(r: &PrimRow) -> String {
 /// redis-mutex within 10% of its fair share (0.90 ≤ share ≤ 1.10).
 pub fn targets(rows: &[PrimRow]) -> Vec<String> {
     let mut out = Vec::new();
-    for (wl, procs, threads, _, [ours, peer]) in plan(true, true) {
+    for (wl, procs, threads, _, [ours, before, peer]) in plan(true, true) {
         let find =
             |imp| rows.iter().find(|r| r.workload == wl && r.procs == procs && r.threads == threads && r.imp == imp);
         let shape = if procs == 1 { format!("{wl} {threads} thr") } else { format!("{wl} {procs}p×{threads}t") };
         if let (Some(o), Some(p)) = (find(ours), find(peer)) {
             out.push(times_check(&shape, 3.0, peer.name(), o.m.acq_per_s, p.m.acq_per_s));
+        }
+        if let (Some(o), Some(b)) = (find(ours), find(before)) {
+            out.push(format!(
+                "INFO {shape}: {} {:.0} acq/s vs {:.0} without the fast path ({}): {:.1}×",
+                ours.name(),
+                o.m.acq_per_s,
+                b.m.acq_per_s,
+                before.name(),
+                o.m.acq_per_s / b.m.acq_per_s
+            ));
         }
         if let Some(o) = find(ours) {
             let fair = o.m.min_share >= 0.9 && o.m.max_share <= 1.1;
@@ -365,6 +408,7 @@ struct CsvRow<'a> {
     proc_cpu_us_per_acq: f64,
     ping_p50_us: f64,
     grants_per_acq: Option<f64>,
+    local_per_acq: Option<f64>,
     errors: u64,
 }
 
@@ -389,6 +433,7 @@ pub fn write_csv(path: &Path, rows: &[PrimRow]) -> Result<(), Box<dyn Error>> {
             proc_cpu_us_per_acq: m.pcpu_us,
             ping_p50_us: m.ping_us,
             grants_per_acq: m.counter(crate::peers::GRANTS).map(|g| g as f64 / m.acquisitions.max(1) as f64),
+            local_per_acq: m.counter(LOCAL).map(|g| g as f64 / m.acquisitions.max(1) as f64),
             errors: m.errors,
         })?;
     }

@@ -103,11 +103,12 @@ impl SharedBackend for SingleServer {
             inv.arg(a.token).arg(a.lease_ms).arg(side).arg(a.permits).arg(&self.server.client_id);
             inv.arg(will_wait).arg(a.entry_ms).arg(grant_ms).arg(&*channels).arg(&*keys.name).arg(publish);
         })?;
-        let (head, tokens) = with_grants(&v, 2, "acquire")?;
-        let grants = LocalGrants { tokens, lease_ms: grant_ms };
+        let (head, tokens) = with_grants(&v, 3, "acquire")?;
+        let others_queued = head.get(2) == Some(&1);
+        let grants = LocalGrants { tokens, lease_ms: grant_ms, others_queued };
         match head.as_slice() {
-            [1, _] => Ok((SharedAttempt::Acquired, grants)),
-            [0, ms] => {
+            [1, _, _] => Ok((SharedAttempt::Acquired, grants)),
+            [0, ms, _] => {
                 Ok((SharedAttempt::Waiting { remaining: u64::try_from(*ms).ok().map(Duration::from_millis) }, grants))
             }
             [-1, n] => {
@@ -122,9 +123,9 @@ impl SharedBackend for SingleServer {
         let v = self.run_shared(keys, &self.server.shared.release, None, |inv| {
             inv.arg(token).arg(grant_ms).arg(&*channels).arg(&*keys.name).arg(&self.server.client_id).arg(publish);
         })?;
-        let (head, tokens) = with_grants(&v, 1, "release")?;
+        let (head, tokens) = with_grants(&v, 2, "release")?;
         match head.as_slice() {
-            [n @ (0 | 1)] => Ok((*n == 1, LocalGrants { tokens, lease_ms: grant_ms })),
+            [n @ (0 | 1), o] => Ok((*n == 1, LocalGrants { tokens, lease_ms: grant_ms, others_queued: *o == 1 })),
             _ => Err(unexpected("release", &v)),
         }
     }
@@ -134,14 +135,14 @@ impl SharedBackend for SingleServer {
         let v = self.run_shared(keys, &self.server.shared.leave, None, |inv| {
             inv.arg(token).arg(grant_ms).arg(&*channels).arg(&*keys.name).arg(&self.server.client_id).arg(publish);
         })?;
-        let (head, tokens) = with_grants(&v, 1, "leave")?;
-        let outcome = match head.as_slice() {
-            [0] => SharedLeave::Gone,
-            [1] => SharedLeave::Left,
-            [2] => SharedLeave::ReleasedGrant,
+        let (head, tokens) = with_grants(&v, 2, "leave")?;
+        let (outcome, o) = match head.as_slice() {
+            [0, o] => (SharedLeave::Gone, o),
+            [1, o] => (SharedLeave::Left, o),
+            [2, o] => (SharedLeave::ReleasedGrant, o),
             _ => return Err(unexpected("leave", &v)),
         };
-        Ok((outcome, LocalGrants { tokens, lease_ms: grant_ms }))
+        Ok((outcome, LocalGrants { tokens, lease_ms: grant_ms, others_queued: *o == 1 }))
     }
 
     fn holds(&self, keys: &LockKeys, token: &str) -> Result<bool> {

@@ -170,6 +170,16 @@ local function grant_heads(st, grant_ms, channels, name, self_token, self_client
   end
 end
 
+-- Whether a thread of another client than `client` is queued now (1 or 0): a client
+-- hands permits and write locks on in memory, and its readers join its read shares,
+-- only while it knows that nobody else waits.
+local function others_queued(st, client)
+  for _, t in ipairs(st.queue) do
+    if st.entries[t].client ~= client then return 1 end
+  end
+  return 0
+end
+
 -- `head` followed by the tokens granted to the caller's own client (see grant_heads).
 local function reply(st, head)
   for _, t in ipairs(st.local_grants or {}) do head[#head + 1] = t end

@@ -6,10 +6,11 @@
 -- long its queue entry lasts without another attempt (ms), ARGV[8] grant ms, ARGV[9]
 -- the clients' channel prefix (`<prefix>:<db>:c:`), ARGV[10] the lock's name, ARGV[11]
 -- the command that publishes to a client (see grant_heads)
--- Returns {1, 0, ...} the caller holds it (lease ARGV[2] from now), {0, ms, ...} not
--- admitted: a lease or a grant ends by itself within ms (-1: none does), {-1, n} the
--- semaphore is in use with n permits, not ARGV[4] (nothing is written). After the
--- first two: the tokens of the caller's client this attempt granted the lock to.
+-- Returns {1, 0, o, ...} the caller holds it (lease ARGV[2] from now), {0, ms, o, ...}
+-- not admitted: a lease or a grant ends by itself within ms (-1: none does), {-1, n}
+-- the semaphore is in use with n permits, not ARGV[4] (nothing is written). o: 1 when
+-- a thread of another client is queued (see others_queued). After the first three:
+-- the tokens of the caller's client this attempt granted the lock to.
 local now = now_ms()
 local st = load_state(now)
 local token, lease, kind, permits = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
@@ -33,7 +34,7 @@ if holds(st, token) then
   local i = queue_index(st, token)
   if i then drop_entry(st, i) end
   save_state(st, n_changed)
-  return reply(st, {1, 0})
+  return reply(st, {1, 0, others_queued(st, ARGV[5])})
 end
 if not st.entries[token] and #st.queue == 0 and not st.writer then
   local admitted
@@ -46,7 +47,7 @@ if not st.entries[token] and #st.queue == 0 and not st.writer then
       st.held = st.held + 1
     end
     save_state(st, n_changed)
-    return reply(st, {1, 0})
+    return reply(st, {1, 0, others_queued(st, ARGV[5])})
   end
 end
 if ARGV[6] == '1' then
@@ -62,4 +63,4 @@ local wait = -1
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if first[2] then wait = tonumber(first[2]) - now end
 if st.writer and (wait < 0 or st.writer_end - now < wait) then wait = st.writer_end - now end
-return reply(st, {0, wait})
+return reply(st, {0, wait, others_queued(st, ARGV[5])})
