@@ -16,8 +16,9 @@ use crate::keys::LockKeys;
 pub(super) enum Vote {
     /// It holds the lock for the caller now, with this fencing token (0 without).
     Granted { fence: u64 },
-    /// `owner` holds it here, for this much longer (`None`: no expiry).
-    Held { remaining: Option<Duration>, owner: String },
+    /// `owner`'s acquisition round `round` holds it here, for this much longer
+    /// (`None`: no expiry).
+    Held { remaining: Option<Duration>, owner: String, round: u64 },
 }
 
 pub(super) struct RedlockScripts {
@@ -74,9 +75,15 @@ impl RedlockScripts {
         let Value::Array(items) = v else { return Err(unexpected("acquire", v)) };
         match items.as_slice() {
             [Value::Int(1), Value::Int(fence)] => Ok(Vote::Granted { fence: (*fence).max(0) as u64 }),
-            [Value::Int(0), Value::Int(pttl), owner] => {
+            [Value::Int(0), Value::Int(pttl), owner, round] => {
                 let owner: String = redis::from_redis_value(owner.clone()).map_err(|_| unexpected("acquire", v))?;
-                Ok(Vote::Held { remaining: u64::try_from(*pttl).ok().map(Duration::from_millis), owner })
+                // Written by the acquire script, as a decimal; anything else (a key
+                // written by hand) is no round: 0.
+                let round: u64 = redis::from_redis_value::<String>(round.clone())
+                    .map_err(|_| unexpected("acquire", v))?
+                    .parse()
+                    .unwrap_or(0);
+                Ok(Vote::Held { remaining: u64::try_from(*pttl).ok().map(Duration::from_millis), owner, round })
             }
             _ => Err(unexpected("acquire", v)),
         }
@@ -122,12 +129,13 @@ mod tests {
     fn votes_parse() {
         let ints = |v: &[i64]| Value::Array(v.iter().map(|n| Value::Int(*n)).collect());
         assert_eq!(RedlockScripts::vote(&ints(&[1, 7])).unwrap(), Vote::Granted { fence: 7 });
-        let held = Value::Array(vec![Value::Int(0), Value::Int(250), Value::BulkString(b"tok".to_vec())]);
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let held = Value::Array(vec![Value::Int(0), Value::Int(250), bulk("tok"), bulk("12")]);
         assert_eq!(
             RedlockScripts::vote(&held).unwrap(),
-            Vote::Held { remaining: Some(Duration::from_millis(250)), owner: "tok".into() }
+            Vote::Held { remaining: Some(Duration::from_millis(250)), owner: "tok".into(), round: 12 }
         );
-        let forever = Value::Array(vec![Value::Int(0), Value::Int(-1), Value::BulkString(b"tok".to_vec())]);
+        let forever = Value::Array(vec![Value::Int(0), Value::Int(-1), bulk("tok"), bulk("0")]);
         assert!(matches!(RedlockScripts::vote(&forever).unwrap(), Vote::Held { remaining: None, .. }));
         assert!(RedlockScripts::vote(&ints(&[2, 0])).is_err());
     }

@@ -6,7 +6,9 @@
 -- caller this vote belongs to (the release of a failed attempt takes back its own
 -- round's votes only)
 -- Returns {1, fence}: this master votes for the caller (fence 0 without fencing);
--- {0, ms, owner}: `owner` holds it here for ms more (-1: no expiry).
+-- {0, ms, owner, round}: `owner`'s round `round` holds it here for ms more (-1: no
+-- expiry). The round tells a holder from a mix of one owner's rounds: only one
+-- round's votes can make up a quorum that its owner knows of.
 -- One HMGET reads everything; on a key of another type it raises WRONGTYPE and the
 -- key is left untouched.
 local held = redis.call('HMGET', KEYS[1], 'o', 'c', 'q', 'w', 'r')
@@ -35,4 +37,4 @@ if ARGV[5] == '1' then
     redis.call('HSET', KEYS[1], 'q', queue_push(held[3], ARGV[4], 0, 0))
   end
 end
-return {0, redis.call('PTTL', KEYS[1]), held[1]}
+return {0, redis.call('PTTL', KEYS[1]), held[1], held[5] or '0'}
