@@ -47,11 +47,6 @@ fn take_back(pool: &Pool, lua: &RedlockScripts, keys: &LockKeys, a: &AcquireArgs
 /// shortest lease seen on its masters bounds the waiter's sleep), a split (look again
 /// soon), or too few masters.
 pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Result<Attempt> {
-    if a.will_wait
-        && let Some(left) = r.giving_way(&keys.name)
-    {
-        return Ok(Attempt::Held { remaining: Some(left) });
-    }
     let started = Stamp::now();
     let timeout = r.settings.master_timeout;
     let deadline = later(started.mono, timeout);

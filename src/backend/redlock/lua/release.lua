@@ -1,26 +1,35 @@
--- Release on one Redlock master, owner-checked; tells the waiting clients.
+-- Release on one Redlock master, owner-checked.
 -- KEYS[1] lock hash
 -- ARGV[1] token, ARGV[2] caller's client id, ARGV[3] the round whose vote to take
 -- back ('' = whichever: the holder's release), ARGV[4] the clients' channel prefix
--- (`<prefix>:<db>:c:`), ARGV[5] the lock's name. A failed attempt's vote tells its
--- waiters too: one that saw the attempt's votes as a majority sleeps until told.
+-- (`<prefix>:<db>:c:`; '' = tell nobody), ARGV[5] the lock's name, ARGV[6] how long
+-- (ms) a client named by the holder's release has the lock to itself.
 -- Returns 0 not the caller's (or another round's) here, else 1 + the clients told.
 -- Unlike the single-server release, nothing is granted: each master would grant to its
--- own first waiter and no client would reach a quorum. Every client in `q` is told
--- (`-<token> <name>`, the token telling this release's copies from each master apart)
--- and their first waiters compete.
+-- own first waiter and no client would reach a quorum. The holder's release names
+-- the next waiting client instead (nominate.lua), which alone is told; the others stay
+-- queued. A failed attempt's take-back keeps the queue too, and tells every client in
+-- it when it is loud (`ARGV[4]` set): one that saw the attempt's votes as a majority
+-- sleeps until told.
 local held = redis.call('HMGET', KEYS[1], 'o', 'r', 'q')
 if held[1] ~= ARGV[1] or (ARGV[3] ~= '' and held[2] ~= ARGV[3]) then
   return 0
 end
-redis.call('DEL', KEYS[1])
+if ARGV[3] == '' then
+  return 1 + name_next(KEYS[1], held[3], ARGV[2], ARGV[6], ARGV[4], ARGV[1], ARGV[5])
+end
 local told = 0
-if ARGV[4] ~= '' and held[3] then
-  for e in string.gmatch(held[3], '%S+') do
-    local id = entry_id(e)
-    if id ~= ARGV[2] then
-      redis.call('PUBLISH', ARGV[4] .. id, '-' .. ARGV[1] .. ' ' .. ARGV[5])
-      told = told + 1
+if unset(held[3]) then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HDEL', KEYS[1], 'o', 'c', 'r', 'f', 'w')
+  if ARGV[4] ~= '' then
+    for e in string.gmatch(held[3], '%S+') do
+      local id = entry_id(e)
+      if id ~= ARGV[2] then
+        redis.call('PUBLISH', ARGV[4] .. id, '-' .. ARGV[1] .. ' ' .. ARGV[5])
+        told = told + 1
+      end
     end
   end
 end
