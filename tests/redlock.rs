@@ -649,7 +649,9 @@ fn waiting_clients_are_named_in_turn_by_the_release() {
 /// after its own in the order of ids and tells it alone; while the name lasts (the
 /// release says how long) another client's attempt is answered as held by `~<named>`, and it queues; the named
 /// client's attempt is granted and leaves the queue; a named client that leaves passes
-/// the name on; a name nobody takes lapses.
+/// the name on; a name nobody takes lapses; a failed attempt's take-back keeps its
+/// client queued; a holder's release where another owns the lock takes its client out
+/// of that queue (and passes a name it was given there on) unless a thread of it waits.
 #[test]
 fn a_release_names_the_next_waiting_client_for_a_short_while() {
     let server = RedisServer::start();
@@ -688,10 +690,24 @@ fn a_release_names_the_next_waiting_client_for_a_short_while() {
         redis::Value::Array(a) => redis::from_redis_value::<String>(a[2].clone()).unwrap(),
         _ => panic!("{v:?}"),
     };
-    let unlock = |con: &mut redis::Connection, client: &str| -> i64 {
+    // The holder's release; `leave`: no thread of the client waits any more.
+    let release_by = |con: &mut redis::Connection, client: &str, leave: &str| -> i64 {
         let token = format!("tok-{client}");
-        release.key(key).arg(token).arg(client).arg("").arg("rl:0:c:").arg("named").arg(WINDOW).invoke(con).unwrap()
+        release
+            .key(key)
+            .arg(token)
+            .arg(client)
+            .arg("")
+            .arg("rl:0:c:")
+            .arg("named")
+            .arg(WINDOW)
+            .arg(leave)
+            .invoke(con)
+            .unwrap()
     };
+    let unlock = |con: &mut redis::Connection, client: &str| release_by(con, client, "1");
+    let queue =
+        |con: &mut redis::Connection| -> Option<String> { redis::cmd("HGET").arg(key).arg("q").query(con).unwrap() };
     let told = |sub: &mut redis::PubSub<'_>| -> Vec<String> {
         std::iter::from_fn(|| sub.get_message().ok()).map(|m| m.get_channel_name().to_owned()).collect()
     };
@@ -704,8 +720,7 @@ fn a_release_names_the_next_waiting_client_for_a_short_while() {
     let answer = attempt(&mut con, "a");
     assert!(!granted(&answer) && owner(&answer) == "~d", "{answer:?}");
     assert!(granted(&attempt(&mut con, "d")), "the named client");
-    let q: String = redis::cmd("HGET").arg(key).arg("q").query(&mut con).unwrap();
-    assert_eq!(q, "a:0:0 b:0:0", "d left the queue; a queued once");
+    assert_eq!(queue(&mut con).as_deref(), Some("a:0:0 b:0:0"), "d left the queue; a queued once");
     assert_eq!(unlock(&mut con, "d"), 2);
     assert_eq!(told(&mut sub), ["rl:0:c:a"], "after d, cyclically: a");
     let left: i64 = leave.key(key).arg("a").arg("rl:0:c:").arg("named").arg(WINDOW).invoke(&mut con).unwrap();
@@ -714,6 +729,39 @@ fn a_release_names_the_next_waiting_client_for_a_short_while() {
     assert_eq!(owner(&attempt(&mut con, "c")), "~b");
     thread::sleep(Duration::from_millis(WINDOW + 100));
     assert!(granted(&attempt(&mut con, "c")), "b never came: the name lapsed");
+    // A failed attempt's take-back keeps its client queued (it waits on), silently.
+    let take_back = |con: &mut redis::Connection, client: &str, round: u64| -> i64 {
+        let token = format!("tok-{client}");
+        release
+            .key(key)
+            .arg(token)
+            .arg(client)
+            .arg(round)
+            .arg("")
+            .arg("named")
+            .arg(WINDOW)
+            .arg("1")
+            .invoke(con)
+            .unwrap()
+    };
+    assert_eq!(unlock(&mut con, "c"), 1, "nobody queued: deleted");
+    assert!(granted(&attempt(&mut con, "e")), "e's attempt, round 1");
+    assert_eq!(take_back(&mut con, "e", 1), 1, "taken back, nobody told");
+    assert_eq!(queue(&mut con).as_deref(), Some("e:0:0"), "e stays queued");
+    // A holder's release where another owns the lock (its attempt won on other
+    // masters): it leaves the queue there unless a thread of it waits; named there,
+    // it passes the name on.
+    assert!(granted(&attempt(&mut con, "f")));
+    assert_eq!(owner(&attempt(&mut con, "g")), "tok-f");
+    assert_eq!(release_by(&mut con, "g", "0"), 0);
+    assert_eq!(queue(&mut con).as_deref(), Some("e:0:0 g:0:0"), "a thread of g still waits");
+    assert_eq!(release_by(&mut con, "g", "1"), 0);
+    assert_eq!(queue(&mut con).as_deref(), Some("e:0:0"));
+    assert_eq!(owner(&attempt(&mut con, "g")), "tok-f");
+    assert_eq!(unlock(&mut con, "f"), 2, "after f: g");
+    assert_eq!(told(&mut sub), ["rl:0:c:g"]);
+    assert_eq!(release_by(&mut con, "g", "1"), 0, "g holds the lock elsewhere");
+    assert_eq!(told(&mut sub), ["rl:0:c:e"], "g's name passed to e");
 }
 
 /// Idle waiters send nothing but keep-alives: while a lock is held (and renewed),

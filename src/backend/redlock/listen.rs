@@ -82,6 +82,11 @@ impl Listeners {
         self.sink.wake_first(name)
     }
 
+    /// Whether a thread of this client waits for `name`.
+    pub fn has_waiters(&self, name: &str) -> bool {
+        self.sink.has_waiters(name)
+    }
+
     /// An attempt on `name` found these owners on the masters that answered. If the
     /// last release heard of is among them, it had not reached every master: its later
     /// copies are let through, and a copy dropped meanwhile wakes the first waiter.

@@ -232,7 +232,8 @@ impl Redlock {
             let (lua, keys, token, me) = (self.lua.clone(), keys.clone(), token.to_owned(), self.client_id.clone());
             let prefix = self.channels[i].clients.clone();
             master.submit(Box::new(move |pool: &Pool| {
-                let _ = pool.with_conn(Some(&keys.key), None, |c| lua.release(c, &keys, &token, &me, None, &prefix));
+                let _ =
+                    pool.with_conn(Some(&keys.key), None, |c| lua.release(c, &keys, &token, &me, None, &prefix, true));
             }));
         }
     }
@@ -254,7 +255,14 @@ impl Redlock {
         let (lua, keys2, token, me) = (self.lua.clone(), keys.clone(), token.to_owned(), self.client_id.clone());
         let prefixes: Vec<String> = self.channels.iter().map(|c| c.clients.clone()).collect();
         let released = |told: &Option<u32>| told.is_some();
-        self.on_all(move |i, c| lua.release(c, &keys2, &token, &me, None, &prefixes[i]), Some(&keys.key), released)
+        // Where another owner holds it, an attempt of this client that won elsewhere
+        // queued it: it leaves those queues unless a thread of it waits.
+        let queued = self.listeners.has_waiters(&keys.name);
+        self.on_all(
+            move |i, c| lua.release(c, &keys2, &token, &me, None, &prefixes[i], queued),
+            Some(&keys.key),
+            released,
+        )
     }
 }
 

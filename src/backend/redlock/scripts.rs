@@ -111,7 +111,10 @@ impl RedlockScripts {
     /// the clients that queued on it are told on `channels_prefix`, unless it is
     /// empty) or, with `round` `None`, the holder's (the next waiting client is named
     /// and told: see `nominate.lua`). How many clients were told when it was released
-    /// here, `None` when it was not the caller's.
+    /// here, `None` when it was not the caller's. `queued`: with a `round`, whether
+    /// the caller's client waits on (it stays queued here); without, whether a thread
+    /// of it still waits (else it leaves the queue where it is not the owner).
+    #[allow(clippy::too_many_arguments)] // one per script argument, named
     pub fn release(
         &self,
         con: &mut Connection,
@@ -120,7 +123,10 @@ impl RedlockScripts {
         client_id: &str,
         round: Option<u64>,
         channels_prefix: &str,
+        queued: bool,
     ) -> redis::RedisResult<Option<u32>> {
+        // ARGV[7]: a take-back's "stay queued", a holder's release's "leave the queue".
+        let flag = if queued == round.is_some() { "1" } else { "0" };
         let round = round.map(|r| r.to_string()).unwrap_or_default();
         let n: i64 = self
             .release
@@ -131,6 +137,7 @@ impl RedlockScripts {
             .arg(channels_prefix)
             .arg(&*keys.name)
             .arg(NAMED_MS)
+            .arg(flag)
             .invoke(con)?;
         Ok(u32::try_from(n - 1).ok())
     }

@@ -19,7 +19,7 @@ if unset(held[1]) and not unset(held[6]) and held[6] ~= ARGV[4] then
   named_left = tonumber(held[7] or '0') - now_ms()
 end
 if (unset(held[1]) and named_left <= 0)
-  or (held[1] == ARGV[1] and tonumber(held[5] or '0') <= tonumber(ARGV[6])) then
+  or (held[1] == ARGV[1] and (tonumber(held[5] or '0') or 0) <= tonumber(ARGV[6])) then
   -- Free (or named for the caller, or a name that lapsed), or the caller's from an
   -- earlier round of the same call whose release has not arrived yet: this round's
   -- vote now (that release checks the round), with fencing tokens of its own. Never a
@@ -36,8 +36,10 @@ if (unset(held[1]) and named_left <= 0)
   if queue_has(held[3], ARGV[4]) then
     fields[#fields + 1] = 'q'; fields[#fields + 1] = queue_without(held[3], ARGV[4])
   end
+  if not unset(held[6]) then
+    fields[#fields + 1] = 'n'; fields[#fields + 1] = ''
+  end
   redis.call('HSET', KEYS[1], unpack(fields))
-  if not unset(held[6]) then redis.call('HDEL', KEYS[1], 'n', 't') end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, fence}
 end
