@@ -8,8 +8,9 @@
 //! round collects the replies within `redlock_master_timeout` (`round`); the replies
 //! are counted (`tally`); the acquire and release scripts of its own (`scripts`, `lua/`)
 //! grant nothing (each master would grant to its own first waiter: nobody would reach
-//! a quorum), so a release tells every waiting client and their waiters compete; the
-//! notifiers' messages reach the registry through `listen`. A master that restarted
+//! a quorum); a release names the next waiting client instead (the same rule on every
+//! master: the next client id after the releaser's), which alone is told and for a
+//! short while alone may take a master's vote; the notifiers' messages reach the registry through `listen`. A master that restarted
 //! less than `redlock_max_lease` ago counts for no quorum (`master::Boot`).
 //!
 //! ARCHITECTURE.md ("Redlock") has the reasons.

@@ -1,7 +1,7 @@
 //! The scripts Redlock runs on each master besides the single-server ones it reuses
-//! (`extend`, `leave`, `force_unlock`, the holder read): an acquire that answers with
-//! the owner it found, a release that grants nothing and tells every waiting client,
-//! and the fence write-back. Why they differ from the single-server ones is in
+//! (`extend`, `force_unlock`, the holder read): an acquire that answers with the
+//! owner (and round) it found, a release that grants nothing but names the next
+//! waiting client, a leave that passes such a name on, and the fence write-back. Why they differ from the single-server ones is in
 //! ARCHITECTURE.md ("Redlock").
 
 use std::time::Duration;
