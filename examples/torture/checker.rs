@@ -31,15 +31,21 @@
 //! the strict rules. A **reshard** (a slot moved key by key while its lock is used)
 //! opens no window: at every moment one node serves each key (`MIGRATE` moves it
 //! atomically, and a node that lacks it redirects), so nothing is excused there.
+//!
+//! **Read-write locks and semaphores** (`--lock rwlock|semaphore`) have no fencing
+//! tokens: the token checks give way to a writer's exclusion and the permit count
+//! (`shared.rs`), by the same epochs and windows; the counter is a writer's.
+
+mod shared;
 
 use std::collections::HashMap;
 
-use super::config::Config;
+use super::config::{Config, LockKind};
 use super::controller::{Events, FailoverEvent, ReshardEvent, RestartEvent, Snapshot};
 use super::record::{Rec, SetState, Unlock, WriteState};
 use super::report::{
-    DUPLICATE_TOKEN, FENCING_ORDER, LOST_UPDATE, OVERLAP, REFUSED_WHILE_HELD, RELEASED_AFTER_WIPE, Report,
-    STALE_ACCEPTED, TOKEN_MARGIN_US,
+    DUPLICATE_TOKEN, FENCING_ORDER, LOST_UPDATE, OVERLAP, REFUSED_WHILE_HELD, RELEASED_AFTER_STOP, RELEASED_AFTER_WIPE,
+    Report, STALE_ACCEPTED, TOKEN_MARGIN_US,
 };
 
 fn ms(ns: u64) -> f64 {
@@ -48,8 +54,9 @@ fn ms(ns: u64) -> f64 {
 
 fn describe(r: &Rec) -> String {
     format!(
-        "lock-{} worker {} thread {} token {} [{:.3} ms .. {:.3} ms] lost={} unlock={:?} recovery={:?}",
+        "lock-{} {:?} worker {} thread {} token {} [{:.3} ms .. {:.3} ms] lost={} unlock={:?} recovery={:?}",
         r.lock,
+        r.role,
         r.worker,
         r.thread,
         r.token,
@@ -124,16 +131,27 @@ pub fn check(cfg: &Config, records: &[Rec], events: &Events, last: &Snapshot) ->
     report.epochs = epochs.wipes.len() + 1;
     count_survivors(&mut report, records, events);
     released_after_wipe(&mut report, records, &epochs);
+    released_after_stop(&mut report, records, events);
     for k in 0..cfg.locks {
         let mut mine: Vec<&Rec> = records.iter().filter(|r| r.lock == k).collect();
         mine.sort_by_key(|r| r.start);
-        overlaps(&mut report, &mine, &epochs, &windows);
-        fencing_order(&mut report, &mine, &epochs, &windows, &events.reshards);
-        duplicate_tokens(&mut report, &mine, &windows);
-        stale_writes_accepted(&mut report, &mine, &epochs);
-        refused_while_held(&mut report, &mine, &epochs, &windows);
+        report.most_at_once.push(shared::most_at_once(&mine));
+        match cfg.lock {
+            LockKind::Mutex => {
+                overlaps(&mut report, &mine, &epochs, &windows);
+                fencing_order(&mut report, &mine, &epochs, &windows, &events.reshards);
+                duplicate_tokens(&mut report, &mine, &windows);
+                stale_writes_accepted(&mut report, &mine, &epochs);
+                refused_while_held(&mut report, &mine, &epochs, &windows);
+            }
+            LockKind::RwLock => shared::writer_exclusion(&mut report, &mine, &windows),
+            LockKind::Semaphore => shared::permit_count(&mut report, &mine, cfg.permits as usize, &windows),
+        }
     }
-    lost_updates(&mut report, cfg, records, &epochs, last);
+    // A semaphore's holders do not write the counter.
+    if cfg.lock != LockKind::Semaphore {
+        lost_updates(&mut report, cfg, records, &epochs, last);
+    }
     report
 }
 
@@ -156,6 +174,26 @@ fn released_after_wipe(report: &mut Report, records: &[Rec], epochs: &Epochs<'_>
             report.violation(
                 RELEASED_AFTER_WIPE,
                 format!("{} released normally after a restart that forgot its lock", describe(r)),
+            );
+        }
+    }
+}
+
+/// **Released after a stop**: a critical section under way when its worker was
+/// SIGSTOPped (for longer than the lease, so no renewal could keep it) was released
+/// normally after the SIGCONT, and its guard never said it was lost: its release must
+/// have found the lease gone (or not been confirmed, an error). Also counts the
+/// sections a stop caught, and how many of them were told.
+fn released_after_stop(report: &mut Report, records: &[Rec], events: &Events) {
+    for r in records {
+        if !events.stops.iter().any(|s| s.worker == r.worker && r.start < s.stop_ns && r.end > s.stop_ns) {
+            continue;
+        }
+        report.caught_in_stop += 1;
+        if r.unlock == Unlock::Ok && !r.lost() {
+            report.violation(
+                RELEASED_AFTER_STOP,
+                format!("{} released normally after its worker was stopped past the lease", describe(r)),
             );
         }
     }
@@ -358,7 +396,8 @@ mod tests {
 
     use super::super::config::{Fault, Topology, WorkerCommand};
     use super::super::controller::FailoverKind;
-    use super::super::record::Recovery;
+    use super::super::record::{Recovery, Role};
+    use super::super::report::{TOO_MANY_HOLDERS, WRITER_OVERLAP};
     use super::*;
 
     fn config() -> Config {
@@ -373,6 +412,9 @@ mod tests {
             worker: WorkerCommand { program: PathBuf::new(), args: Vec::new() },
             no_exclusion: false,
             topology: Topology::Single,
+            lock: LockKind::Mutex,
+            permits: 3,
+            reads: 80,
         }
     }
 
@@ -383,6 +425,7 @@ mod tests {
             worker: 0,
             thread: 0,
             lock: 0,
+            role: Role::Mutex,
             token,
             asked: start - 10,
             start,
@@ -493,5 +536,80 @@ mod tests {
         let report = clash_on(true, Some((4_000, 6_000)), vec![1]);
         assert_eq!(report.violations[OVERLAP], 1, "{report}");
         assert_eq!(report.overlaps_in_failover, 0, "{report}");
+    }
+
+    /// Sections of a read-write lock or semaphore (`lock`), no fault: each `(role,
+    /// asked, start, lost)` lasts 100 ns from `start`.
+    fn shared(lock: LockKind, permits: u32, sections: &[(Role, u64, u64, bool)]) -> Report {
+        let records: Vec<Rec> = sections
+            .iter()
+            .map(|&(role, asked, start, lost)| {
+                let mut r = section(0, start);
+                (r.role, r.asked, r.set, r.write) = (role, asked, SetState::NotSent, WriteState::NotSent);
+                r.lost_at_end = lost;
+                r
+            })
+            .collect();
+        let cfg = Config { lock, permits, ..config() };
+        check(&cfg, &records, &Events::default(), &Snapshot { sent_ns: 9_000, values: vec![Some(0)] })
+    }
+
+    #[test]
+    fn readers_share_a_read_write_lock_and_a_writer_overlapping_anyone_is_a_violation() {
+        let (r, w) = (Role::Reader, Role::Writer);
+        let readers = shared(LockKind::RwLock, 0, &[(r, 900, 1_000, false), (r, 950, 1_050, false)]);
+        assert_eq!(readers.violation_count(), 0, "{readers}");
+        assert_eq!(readers.most_at_once, vec![2], "{readers}");
+        for other in [r, w] {
+            let report = shared(LockKind::RwLock, 0, &[(other, 900, 1_000, false), (w, 950, 1_050, false)]);
+            assert_eq!(report.violations[WRITER_OVERLAP], 1, "{other:?} and a writer:\n{report}");
+        }
+    }
+
+    #[test]
+    fn an_overlap_is_excused_only_for_a_holder_told_it_lost_that_may_have_come_first() {
+        let (r, w) = (Role::Reader, Role::Writer);
+        // The reader lost its lease and asked before the writer returned: its lease ran
+        // out, then the writer was granted.
+        let report = shared(LockKind::RwLock, 0, &[(r, 900, 1_000, true), (w, 950, 1_050, false)]);
+        assert_eq!(report.violation_count(), 0, "{report}");
+        assert_eq!(report.overlaps_after_loss, 1, "{report}");
+        // The writer was told, but it asked only after the reader held the lock: granted
+        // second, while the reader kept it.
+        let report = shared(LockKind::RwLock, 0, &[(r, 900, 1_000, false), (w, 1_010, 1_050, true)]);
+        assert_eq!(report.violations[WRITER_OVERLAP], 1, "{report}");
+    }
+
+    #[test]
+    fn more_holders_than_permits_at_once_is_a_violation_unless_one_that_came_first_was_told() {
+        let p = Role::Permit;
+        let three = [(p, 900, 1_000, false), (p, 900, 1_010, false), (p, 900, 1_020, false)];
+        assert_eq!(shared(LockKind::Semaphore, 3, &three).violation_count(), 0);
+        let mut four = three.to_vec();
+        four.push((p, 1_025, 1_030, false));
+        let report = shared(LockKind::Semaphore, 3, &four);
+        assert_eq!(report.violations[TOO_MANY_HOLDERS], 1, "{report}");
+        assert_eq!(report.most_at_once, vec![4], "{report}");
+        // The first permit's holder was told: its lease ran out before the fourth came.
+        four[0].3 = true;
+        let report = shared(LockKind::Semaphore, 3, &four);
+        assert_eq!(report.violation_count(), 0, "{report}");
+    }
+
+    #[test]
+    fn a_section_stopped_past_its_lease_and_released_normally_is_a_violation() {
+        use super::super::controller::StopEvent;
+        use super::super::report::RELEASED_AFTER_STOP;
+        let events =
+            Events { stops: vec![StopEvent { worker: 0, stop_ns: 1_050, cont_ns: 5_000 }], ..Events::default() };
+        let mut caught = section(1, 1_000);
+        caught.end = 5_010;
+        let last = Snapshot { sent_ns: 9_000, values: vec![Some(1)] };
+        let report = check(&config(), std::slice::from_ref(&caught), &events, &last);
+        assert_eq!(report.violations[RELEASED_AFTER_STOP], 1, "{report}");
+        assert_eq!(report.caught_in_stop, 1, "{report}");
+        caught.unlock = Unlock::Lost;
+        let report = check(&config(), &[caught], &events, &last);
+        assert_eq!(report.violation_count(), 0, "told at release:\n{report}");
     }
 }

@@ -38,11 +38,19 @@ pub enum Fault {
     /// The slot of a held (and perhaps waited for) lock moved to another master, key by
     /// key, as `redis-cli --cluster reshard` does.
     Reshard,
+    /// One Redlock master SIGKILLed, started again without its data; it sits out of
+    /// quorums for `redlock_max_lease` (the run's lease) before the next fault.
+    MasterKill,
+    /// One Redlock master frozen (SIGSTOP) for longer than the lease, then SIGCONT.
+    MasterStop,
+    /// A majority of the Redlock masters (3 of 5) frozen at once for about a lease: no
+    /// quorum, renewals fail, holders must be told they lost the lock.
+    MajorityStop,
 }
 
 impl Fault {
     /// Every kind.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 15] = [
         Fault::Kill,
         Fault::Stop,
         Fault::ClientKillNormal,
@@ -55,6 +63,9 @@ impl Fault {
         Fault::ClusterFailover,
         Fault::ClusterFailoverKill,
         Fault::Reshard,
+        Fault::MasterKill,
+        Fault::MasterStop,
+        Fault::MajorityStop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +82,9 @@ impl Fault {
             Fault::ClusterFailover => "cluster-failover",
             Fault::ClusterFailoverKill => "cluster-failover-kill",
             Fault::Reshard => "reshard",
+            Fault::MasterKill => "master-kill",
+            Fault::MasterStop => "master-stop",
+            Fault::MajorityStop => "majority-stop",
         }
     }
 
@@ -88,6 +102,7 @@ impl Fault {
             Fault::Restart | Fault::RestartAof => Some(Topology::Single),
             Fault::Failover | Fault::FailoverKill => Some(Topology::Sentinel),
             Fault::ClusterFailover | Fault::ClusterFailoverKill | Fault::Reshard => Some(Topology::Cluster),
+            Fault::MasterKill | Fault::MasterStop | Fault::MajorityStop => Some(Topology::Redlock),
             Fault::Kill | Fault::Stop | Fault::ClientKillNormal | Fault::ClientKillPubsub | Fault::Pause => None,
         }
     }
@@ -121,7 +136,8 @@ impl Fault {
             let only = f.topology().unwrap_or_else(|| unreachable!("{f} applies to every topology"));
             let why = match (only, topology) {
                 (Topology::Single, Topology::Sentinel) => ": on a Sentinel group a killed master is failover-kill",
-                (Topology::Single, _) => ": on a cluster a killed master is cluster-failover-kill",
+                (Topology::Single, Topology::Cluster) => ": on a cluster a killed master is cluster-failover-kill",
+                (Topology::Single, Topology::Redlock) => ": on Redlock a killed master is master-kill",
                 (Topology::Sentinel, Topology::Cluster) => {
                     ": on a cluster, use cluster-failover or cluster-failover-kill"
                 }
@@ -154,6 +170,9 @@ pub enum Topology {
     /// A Redis Cluster of three masters with a replica each, the locks' slots spread
     /// over the masters; the counters and the fenced resource on a server of their own.
     Cluster,
+    /// Five independent masters (Redlock, `build_redlock`); the counters and the fenced
+    /// resource on a server of their own.
+    Redlock,
 }
 
 impl fmt::Display for Topology {
@@ -162,7 +181,49 @@ impl fmt::Display for Topology {
             Topology::Single => "single",
             Topology::Sentinel => "sentinel",
             Topology::Cluster => "cluster",
+            Topology::Redlock => "redlock",
         })
+    }
+}
+
+/// What kind of lock the workers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LockKind {
+    /// `client.mutex_with`, fencing on: one holder at a time.
+    #[default]
+    Mutex,
+    /// `client.rw_lock_with`: readers share, a writer holds alone.
+    #[value(name = "rwlock")]
+    RwLock,
+    /// `client.semaphore_with(name, permits)`: at most `permits` holders at once.
+    Semaphore,
+}
+
+impl LockKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LockKind::Mutex => "mutex",
+            LockKind::RwLock => "rwlock",
+            LockKind::Semaphore => "semaphore",
+        }
+    }
+
+    /// Why `self` cannot run on `topology`, if it cannot.
+    pub fn refused_on(self, topology: Topology) -> Option<String> {
+        (self != LockKind::Mutex && topology == Topology::Redlock).then(|| {
+            format!(
+                "--lock {self} is not available on --topology redlock: a quorum of independent masters cannot bound \
+                 a semaphore's permits or keep a writer apart from readers (with 2 permits and 5 masters, three \
+                 holders can each own a different majority), so the crate refuses it (Error::Unsupported); use \
+                 --topology single, sentinel or cluster"
+            )
+        })
+    }
+}
+
+impl fmt::Display for LockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -188,6 +249,12 @@ pub struct Config {
     pub locks: usize,
     /// What the workers lock on.
     pub topology: Topology,
+    /// What kind of lock they take.
+    pub lock: LockKind,
+    /// A semaphore's permits (`LockKind::Semaphore`).
+    pub permits: u32,
+    /// Percent of a read-write lock's acquisitions that are reads (`LockKind::RwLock`).
+    pub reads: u32,
     /// Faults to inject (each at least once when the run is long enough); each must
     /// apply to `topology`.
     pub faults: Vec<Fault>,
@@ -209,7 +276,7 @@ pub struct Config {
     about = "Worker processes fight over a few locks while faults are injected; a checker looks for any \
              sign that mutual exclusion broke. Exit status 0: no violation.",
     after_help = "A 10-minute soak: --procs 4 --threads 4 --secs 600 --locks 3 --faults all \
-                  [--topology sentinel|cluster]"
+                  [--topology sentinel|cluster|redlock] [--lock rwlock|semaphore]"
 )]
 pub struct Args {
     /// Worker processes alive at any time.
@@ -224,14 +291,25 @@ pub struct Args {
     /// Lock names the threads pick from.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     locks: u64,
-    /// What the workers lock on: one server; a master, a replica and three Sentinels; or
-    /// a cluster of three masters with a replica each.
+    /// What the workers lock on: one server; a master, a replica and three Sentinels; a
+    /// cluster of three masters with a replica each; or five independent masters
+    /// (Redlock).
     #[arg(long, value_enum, default_value_t = Topology::Single)]
     topology: Topology,
+    /// What kind of lock the workers take: a mutex (fencing on), a read-write lock, or a
+    /// semaphore (not on redlock).
+    #[arg(long, value_enum, default_value_t = LockKind::Mutex)]
+    lock: LockKind,
+    /// A semaphore's permits (with --lock semaphore).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    permits: u32,
+    /// Percent of a read-write lock's acquisitions that are reads (with --lock rwlock).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u32).range(0..=100))]
+    reads: u32,
     /// Faults to inject: all (every kind that applies to the topology), none, or a list
     /// of kill,stop,clientkill,pause and restart,restart-aof (single) or
     /// failover,failover-kill (sentinel) or cluster-failover,cluster-failover-kill,reshard
-    /// (cluster).
+    /// (cluster) or master-kill,master-stop,majority-stop (redlock).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Seed of every random choice [default: the clock].
@@ -249,12 +327,18 @@ impl Args {
     /// The run these arguments describe; workers are this program with `--worker`.
     pub fn into_config(self) -> Result<Config, String> {
         let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        if let Some(why) = self.lock.refused_on(self.topology) {
+            return Err(why);
+        }
         Ok(Config {
             procs: self.procs as usize,
             threads: self.threads as usize,
             secs: self.secs,
             locks: self.locks as usize,
             topology: self.topology,
+            lock: self.lock,
+            permits: self.permits,
+            reads: self.reads,
             faults: Fault::parse_list(&self.faults, self.topology).map_err(|e| format!("--faults: {e}"))?,
             seed: self.seed.unwrap_or_else(wall_clock_ns),
             lease: Duration::from_millis(self.lease_ms),

@@ -1,7 +1,10 @@
 //! The run: the server, the fleet of workers, the faults injected into both, and the
-//! records collected for the checker. The cluster topology's side is in `cluster.rs`.
+//! records collected for the checker. The cluster topology's side is in `cluster.rs`,
+//! Redlock's in `redlock.rs`.
 
 mod cluster;
+mod holders;
+mod redlock;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,14 +13,14 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_mutex_harness::{Cluster, RedisServer, SentinelGroup, XorShift, wall_clock_ns};
+use redis_mutex_harness::{Cluster, Masters, RedisServer, SentinelGroup, XorShift, wall_clock_ns};
 
 use super::checker::check;
 use super::config::{Config, Fault, Topology};
 use super::fleet::Fleet;
 use super::record::{self, Rec, Summary, Totals};
 use super::report::{Report, WorkerOutcome};
-use super::worker::{LockTarget, counter_key, lock_key};
+use super::worker::{LockTarget, counter_key};
 
 /// When set, the run's directory (records, worker stderr, server log) is kept; it is
 /// kept anyway when the run fails.
@@ -75,6 +78,9 @@ enum Servers {
     /// `slots[k]` (placed on master `k % 3` at the start); the counters and the fenced
     /// resource on `data`, as for Sentinel.
     Cluster { cluster: Box<Cluster>, slots: Vec<u16>, data: RedisServer },
+    /// The locks on five independent masters (Redlock); the counters and the fenced
+    /// resource on `data`, as for Sentinel.
+    Redlock { masters: Masters, data: RedisServer },
 }
 
 impl Servers {
@@ -109,6 +115,12 @@ impl Servers {
                 let (cluster, slots) = cluster::start(dir, locks)?;
                 Ok(Servers::Cluster { cluster: Box::new(cluster), slots, data })
             }
+            Topology::Redlock => {
+                let data = data()?;
+                // Without persistence (the harness panics, with the log, when a master
+                // does not start).
+                Ok(Servers::Redlock { masters: redlock::start(dir), data })
+            }
         }
     }
 
@@ -118,7 +130,7 @@ impl Servers {
         match self {
             Servers::Single(server) => Some(server),
             Servers::Sentinel { group, .. } => group.current_master(),
-            Servers::Cluster { .. } => None,
+            Servers::Cluster { .. } | Servers::Redlock { .. } => None,
         }
     }
 
@@ -127,7 +139,8 @@ impl Servers {
         match self {
             Servers::Single(server)
             | Servers::Sentinel { data: server, .. }
-            | Servers::Cluster { data: server, .. } => server,
+            | Servers::Cluster { data: server, .. }
+            | Servers::Redlock { data: server, .. } => server,
         }
     }
 
@@ -138,6 +151,7 @@ impl Servers {
                 LockTarget::Sentinel { master: MASTER_NAME.into(), sentinels: group.sentinel_urls() }
             }
             Servers::Cluster { cluster, .. } => LockTarget::Cluster { seeds: cluster.urls() },
+            Servers::Redlock { masters, .. } => LockTarget::Redlock { masters: masters.urls() },
         }
     }
 
@@ -154,6 +168,12 @@ impl Servers {
                 .join("\n"),
             Servers::Cluster { cluster, data, .. } => cluster
                 .nodes()
+                .iter()
+                .chain([data])
+                .map(|s| format!("---- port {} ----\n{}", s.port(), s.log_tail(lines / 2)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Servers::Redlock { masters, data } => masters
                 .iter()
                 .chain([data])
                 .map(|s| format!("---- port {} ----\n{}", s.port(), s.log_tail(lines / 2)))
@@ -284,6 +304,18 @@ pub struct ReshardEvent {
     pub end_ns: u64,
 }
 
+/// A fault on Redlock masters (`master-kill`, `master-stop`, `majority-stop`).
+#[derive(Debug, Clone)]
+pub struct MasterEvent {
+    pub fault: Fault,
+    /// The masters' ports.
+    pub masters: Vec<u16>,
+    /// The kill or SIGSTOP.
+    pub start_ns: u64,
+    /// Up again (empty) after a kill, SIGCONT after a stop.
+    pub end_ns: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Events {
     pub injected: BTreeMap<Fault, u32>,
@@ -291,6 +323,7 @@ pub struct Events {
     pub restarts: Vec<RestartEvent>,
     pub failovers: Vec<FailoverEvent>,
     pub reshards: Vec<ReshardEvent>,
+    pub masters: Vec<MasterEvent>,
     pub notes: Vec<String>,
 }
 
@@ -331,13 +364,17 @@ impl Controller {
             Fault::ClientKillNormal | Fault::ClientKillPubsub => {
                 let kind = if fault == Fault::ClientKillNormal { "normal" } else { "pubsub" };
                 let sentinels_spared = self.cfg.topology == Topology::Sentinel;
-                let killed = self
-                    .lock_server()?
-                    .try_admin_conn(ADMIN_TIMEOUT)
-                    .and_then(|mut c| kill_clients(&mut c, kind, sentinels_spared));
+                // On Redlock, one master's: each has its own connections and subscribers.
+                let server = match self.cfg.topology {
+                    Topology::Redlock => self.random_master().and_then(|i| self.master(i))?,
+                    _ => self.lock_server()?,
+                };
+                let port = server.port();
+                let killed =
+                    server.try_admin_conn(ADMIN_TIMEOUT).and_then(|mut c| kill_clients(&mut c, kind, sentinels_spared));
                 match killed {
                     Ok(n) => {
-                        self.note(format!("CLIENT KILL TYPE {kind}: {n} connections"));
+                        self.note(format!("CLIENT KILL TYPE {kind} on port {port}: {n} connections"));
                         true
                     }
                     Err(e) => {
@@ -353,9 +390,13 @@ impl Controller {
                 // waits behind its paused `PUBLISH` on the same connection.) On a
                 // cluster, the master of a lock's slot: a pause holds no PING of the
                 // cluster bus, and 2 s is well under the node timeout (5 s) anyway.
+                // On Redlock, one master (a minority).
                 let ms = if self.cfg.topology == Topology::Sentinel { 700 } else { 2000 };
-                let server =
-                    if self.cfg.topology == Topology::Cluster { self.lock_master()? } else { self.lock_server()? };
+                let server = match self.cfg.topology {
+                    Topology::Cluster => self.lock_master()?,
+                    Topology::Redlock => self.random_master().and_then(|i| self.master(i))?,
+                    Topology::Single | Topology::Sentinel => self.lock_server()?,
+                };
                 let port = server.port();
                 let ok = server
                     .try_admin_conn(ADMIN_TIMEOUT)
@@ -371,6 +412,8 @@ impl Controller {
             Fault::ClusterFailover => self.cluster_failover(FailoverKind::Graceful)?,
             Fault::ClusterFailoverKill => self.cluster_failover(FailoverKind::Kill)?,
             Fault::Reshard => self.reshard()?,
+            Fault::MasterKill => self.master_kill()?,
+            Fault::MasterStop | Fault::MajorityStop => self.freeze_masters(fault)?,
         };
         if done {
             *self.events.injected.entry(fault).or_default() += 1;
@@ -408,7 +451,7 @@ impl Controller {
             let stop_ns = wall_clock_ns();
             thread::sleep(Duration::from_millis(50));
             let client = self.fleet.client_id(target);
-            let holds = client.is_some() && (0..self.cfg.locks).any(|k| self.lock_client(k) == client);
+            let holds = client.is_some_and(|c| (0..self.cfg.locks).any(|k| self.lock_clients(k).contains(&c)));
             if !holds {
                 // It released between our look and the signal; try again.
                 self.fleet.signal(target, "-CONT");
@@ -433,22 +476,13 @@ impl Controller {
         self.servers.locks().ok_or_else(|| "no Sentinel names a master the run started".to_string())
     }
 
-    /// The client id in lock `k`'s hash (`c`), if someone holds it.
-    fn lock_client(&self, k: usize) -> Option<String> {
-        if let Servers::Cluster { cluster, slots, .. } = &self.servers {
-            return cluster::lock_field(cluster, slots[k], k, "c");
-        }
-        let mut con = self.servers.locks()?.try_admin_conn(ADMIN_TIMEOUT).ok()?;
-        redis::cmd("HGET").arg(lock_key(k)).arg("c").query::<Option<String>>(&mut con).ok().flatten()
-    }
-
     fn find_holder(&mut self) -> Option<usize> {
         let running = self.fleet.running();
         let first = self.rng.below(self.cfg.locks as u64) as usize;
         for k in (0..self.cfg.locks).map(|j| (first + j) % self.cfg.locks) {
-            let Some(holder) = self.lock_client(k) else { continue };
+            let holders = self.lock_clients(k);
             for &i in &running {
-                if self.fleet.client_id(i).as_deref() == Some(holder.as_str()) {
+                if self.fleet.client_id(i).is_some_and(|c| holders.contains(&c)) {
                     return Some(i);
                 }
             }
@@ -647,6 +681,8 @@ impl Controller {
 /// started); violations are in the [`Report`], not errors.
 pub fn run(cfg: &Config) -> Result<Report, String> {
     let started = Instant::now();
+    // Notes count from here; records are in wall-clock ns.
+    let started_ns = wall_clock_ns();
     // On tmpfs when there is one: `appendfsync always` on a disk costs milliseconds per
     // write and would make locks sit idle. A SIGKILLed redis-server loses nothing that
     // it wrote on either: the restart-aof fault kills the process, not the machine.
@@ -659,7 +695,15 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     if let Some(f) = cfg.faults.iter().find(|f| !f.applies_to(cfg.topology)) {
         return Err(format!("the {f} fault does not apply to --topology {}", cfg.topology));
     }
+    if let Some(why) = cfg.lock.refused_on(cfg.topology) {
+        return Err(why);
+    }
     let servers = Servers::start(cfg.topology, dir.path(), cfg.locks)?;
+    if cfg.topology == Topology::Redlock {
+        // Masters just started sit out for `redlock_max_lease` (the lease, and a second
+        // for Redis's rounding of its uptime): workers would start with errors.
+        thread::sleep(cfg.lease + Duration::from_millis(1500));
+    }
     let end_ns = wall_clock_ns() + cfg.secs * 1_000_000_000;
     let end = Instant::now() + Duration::from_secs(cfg.secs);
     let fleet = Fleet {
@@ -685,10 +729,11 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         owners_seen: None,
         elections: BTreeMap::new(),
     };
+    c.note(format!("t=0 is wall-clock {started_ns} ns (the records' clock)"));
     match &c.servers {
         Servers::Sentinel { group, .. } => c.master_seen = Some((group.master().port(), wall_clock_ns())),
         Servers::Cluster { .. } => c.owners_seen = Some((c.owners_now(FAILOVER_LIMIT)?, wall_clock_ns())),
-        Servers::Single(_) => {}
+        Servers::Single(_) | Servers::Redlock { .. } => {}
     }
     for _ in 0..cfg.procs {
         c.fleet.spawn()?;

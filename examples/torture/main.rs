@@ -3,21 +3,23 @@
 //!
 //! ```text
 //! cargo run --release --example torture -- --procs 3 --threads 3 --secs 60 --locks 2 \
-//!     [--topology single|sentinel|cluster] [--faults all|none|kill,stop,clientkill,pause,...]
-//!     [--seed N] [--lease-ms 2000]
+//!     [--topology single|sentinel|cluster|redlock] [--faults all|none|kill,stop,clientkill,pause,...]
+//!     [--lock mutex|rwlock|semaphore [--reads PCT] [--permits N]] [--seed N] [--lease-ms 2000]
 //! ```
 //!
 //! It starts its own `redis-server` (AOF on, `appendfsync always`; the test harness's
 //! launcher) on a free port in a temporary directory (on `/dev/shm` when there is one:
 //! fsync on a disk would make the locks sit idle), then `--procs` worker processes (this program again, with
 //! `--worker`) of `--threads` threads each, for `--secs` seconds, over `--locks` lock
-//! names, every lock with `fencing(true)`, `auto_renew` and a short lease (2 s) so that
-//! faults matter. Exit status 0 when the checker found no violation, 1 otherwise. A
+//! names, every lock with `auto_renew`, a short lease (2 s) so that faults matter, and
+//! (a mutex's) `fencing(true)`. Exit status 0 when the checker found no violation, 1 otherwise. A
 //! failed run keeps its directory (records, worker stderr, server log) and says where;
-//! `TORTURE_KEEP_DIR=1` keeps it always. `--no-exclusion` is the checker's self-test:
-//! worker processes lock private names, so the run must fail.
+//! `TORTURE_KEEP_DIR=1` keeps it always; `TORTURE_LOG=debug` (or `trace`) writes the
+//! crate's log to each worker's stderr file, stamped with the records' wall clock.
+//! `--no-exclusion` is the checker's self-test: worker processes lock private names, so
+//! the run must fail.
 //!
-//! A 10-minute soak:
+//! A 10-minute soak (add `--topology redlock`, or `--lock rwlock`, `--lock semaphore`):
 //!
 //! ```text
 //! cargo run --release --example torture -- --procs 4 --threads 4 --secs 600 --locks 3 --faults all
@@ -46,8 +48,28 @@
 //! lock through `build_cluster`; the controller reads each lock on its slot's master.
 //! Faults (`all` means them): `cluster-failover`, `cluster-failover-kill`, `reshard`,
 //! and `kill`, `stop`, `clientkill` (on every node), `pause` (`CLIENT PAUSE 2000` on a
-//! lock's master, under the node timeout). A fault that does not apply to the topology
-//! is refused with a message saying which topology it is for.
+//! lock's master, under the node timeout).
+//!
+//! `--topology redlock` starts five independent masters (subdirectories `master-N`, no
+//! persistence) and the `data/` server; workers lock through `build_redlock` with
+//! `redlock_max_lease` set to the run's lease (a master started again sits out only
+//! that long), and the controller takes as a lock's holder the client a quorum of
+//! masters names. Faults (`all` means them): `master-kill`, `master-stop`,
+//! `majority-stop`, and `kill`, `stop`, `clientkill` and `pause` on one master. A
+//! fault that does not apply to the topology is refused with a message saying which
+//! topology it is for.
+//!
+//! # Kinds of lock
+//!
+//! `--lock mutex` (the default) is `client.mutex_with`, fencing on. `--lock rwlock` is
+//! `client.rw_lock_with`: each acquisition is a read with probability `--reads` percent
+//! (default 80), else a write; `--lock semaphore` is `client.semaphore_with(name,
+//! --permits)` (default 3). Neither has fencing tokens, so there is no fenced write; a
+//! writer does the counter's read-modify-write, a reader or a permit reads the counter
+//! and pauses as long, and leaves its client id under its owner token on the data
+//! server (how the controller finds a worker that holds one of many shares, for
+//! `stop`). Every fault of the topology applies; both are refused on `--topology
+//! redlock` (the crate refuses them there: a quorum cannot bound them).
 //!
 //! # Where things are
 //!
@@ -94,8 +116,22 @@
 //! `redis-cli --cluster reshard` does. Each returns when the cluster is ok again. A
 //! replica promoted less than 21 s ago is not failed over again (Redis starts its next
 //! election only 4 node timeouts after the last).
+//! On Redlock: `master-kill` SIGKILLs one master and starts it again empty 0.7 s later,
+//! then waits until it counts again (the lease and 1.5 s); `master-stop` SIGSTOPs one
+//! master for 1.5 leases; `majority-stop` SIGSTOPs three of the five at once for a
+//! lease (no quorum: nothing is acquired or renewed meanwhile). Every other fault takes
+//! at most one master away, one at a time, so a quorum always counts except during
+//! `majority-stop`.
 //!
 //! # The checker
+//!
+//! For a read-write lock: a writer never overlaps any other holder (readers may overlap
+//! each other), and the counter (the writers') loses no update; for a semaphore: never
+//! more holders at once than permits. With no tokens to order grants, an overlap is
+//! allowed only when a holder that may have been granted first (it asked before the
+//! other returned) was told it lost its lease, or in a failover window as below. The
+//! report adds acquisitions per role, the most holders at once and the longest time a
+//! lock went without an acquisition (waiters keep progressing). For a mutex:
 //!
 //! See `checker.rs`: overlapping critical sections, fencing-token order, stale fenced writes
 //! that were accepted, and lost counter updates, with the accounting explained there.
@@ -109,7 +145,10 @@
 //! failover, when the Sentinels named the new master, when acquisitions resumed, the
 //! longest pause, and how many guards were told they lost their lock. On a cluster a
 //! window covers only the locks of the master that failed over, and a reshard excuses
-//! nothing; the report adds a line per move of a slot.
+//! nothing; the report adds a line per move of a slot. On Redlock nothing is excused
+//! (no failover, no restart of the lock service as a whole): the strict rules hold through
+//! every master fault, `majority-stop` included; the report adds a line per kind of
+//! master fault.
 
 mod checker;
 mod config;
@@ -120,7 +159,7 @@ mod report;
 mod worker;
 
 // What `tests/torture.rs` runs in-process.
-pub use config::{Config, Fault, Topology, WorkerCommand};
+pub use config::{Config, Fault, LockKind, Topology, WorkerCommand};
 pub use controller::run;
 pub use report::Report;
 pub use worker::{WORKER_ENV, worker_entry};

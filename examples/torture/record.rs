@@ -69,12 +69,31 @@ pub enum Unlock {
     Error,
 }
 
+/// What a critical section held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A mutex (fencing token in `token`).
+    #[serde(rename = "m")]
+    Mutex,
+    /// A read-write lock's read share.
+    #[serde(rename = "r")]
+    Reader,
+    /// A read-write lock's write lock.
+    #[serde(rename = "w")]
+    Writer,
+    /// A semaphore's permit.
+    #[serde(rename = "p")]
+    Permit,
+}
+
 /// One critical section. Times are wall-clock ns (0: did not happen).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rec {
     pub worker: usize,
     pub thread: usize,
     pub lock: usize,
+    pub role: Role,
+    /// The fencing token (a mutex's; 0 for the others, which have none).
     pub token: u64,
     /// `try_lock_until` called.
     pub asked: u64,

@@ -1,13 +1,17 @@
-//! The outcome of a run, and how it prints.
+//! The outcome of a run, and how it prints. The Redlock masters' faults are in
+//! `masters.rs`.
+
+mod masters;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::config::{Config, Fault, Topology};
+use super::config::{Config, Fault, LockKind, Topology};
 use super::controller::{Events, FailoverEvent, FailoverKind, ReshardEvent};
-use super::record::{Rec, Recovery, Totals, Unlock, WriteState};
+use super::record::{Rec, Recovery, Role, Totals, Unlock, WriteState};
+pub use masters::MasterFigures;
 
 /// How the worker processes fared.
 #[derive(Debug, Default, Clone)]
@@ -125,8 +129,13 @@ impl FailoverFigures {
     fn new(f: &FailoverEvent, records: &[Rec], topology: Topology) -> FailoverFigures {
         let records: Vec<&Rec> = records.iter().filter(|r| f.locks.contains(&r.lock)).collect();
         let since = |ns: u64| Duration::from_nanos(ns.saturating_sub(f.fault_ns));
-        let first_acquisition =
-            records.iter().filter(|r| r.token > f.fault_ns / 1000 + TOKEN_MARGIN_US).map(|r| r.start).min().map(since);
+        // A read-write lock's or semaphore's acquisitions have no token, and each is a
+        // round trip: the first that returned after the fault.
+        let after = |r: &&&Rec| match r.role {
+            Role::Mutex => r.token > f.fault_ns / 1000 + TOKEN_MARGIN_US,
+            _ => r.start > f.fault_ns,
+        };
+        let first_acquisition = records.iter().filter(after).map(|r| r.start).min().map(since);
         let mut starts: Vec<u64> = records.iter().map(|r| r.start).filter(|s| *s > f.fault_ns).collect();
         starts.sort_unstable();
         let until = starts.partition_point(|s| *s <= f.settled_ns);
@@ -265,6 +274,15 @@ pub struct Report {
     pub acquisitions: usize,
     /// Per lock.
     pub per_lock: Vec<usize>,
+    /// What the run locked.
+    pub lock: LockKind,
+    /// Critical sections per role (readers and writers of a read-write lock).
+    pub by_role: Vec<(Role, usize)>,
+    /// Per lock: the most critical sections under way at once (readers sharing it,
+    /// permits in use; 1 for a mutex unless holders overlapped).
+    pub most_at_once: Vec<usize>,
+    /// Per lock: the longest time between two acquisitions (waiters keep progressing).
+    pub longest_gap: Vec<Duration>,
     /// Faults injected, per kind.
     pub faults: BTreeMap<Fault, u32>,
     /// Violations per kind (every kind listed, 0 included).
@@ -277,6 +295,9 @@ pub struct Report {
     pub lost_in_stop: usize,
     /// SIGSTOPs of a lock holder.
     pub stops: usize,
+    /// Critical sections under way in a worker when it was SIGSTOPped (the guard
+    /// returned before, the section ended after).
+    pub caught_in_stop: usize,
     /// Overlapping critical sections where the earlier holder had lost its lease
     /// (allowed: that is what leases and fencing are for).
     pub overlaps_after_loss: usize,
@@ -289,6 +310,8 @@ pub struct Report {
     pub failovers: Vec<FailoverFigures>,
     /// Per move of a slot (`reshard`), in order.
     pub reshards: Vec<ReshardFigures>,
+    /// Per kind of fault on Redlock masters.
+    pub masters: Vec<MasterFigures>,
     /// Fenced writes the resource refused (stale tokens).
     pub stale_writes_refused: usize,
     /// Fenced writes by holders whose guard already said `is_lost()`.
@@ -334,16 +357,30 @@ impl Report {
     pub fn new(cfg: &Config, records: &[Rec], events: &Events) -> Report {
         let mut report = Report {
             topology: cfg.topology,
+            lock: cfg.lock,
             failovers: events.failovers.iter().map(|f| FailoverFigures::new(f, records, cfg.topology)).collect(),
             reshards: events.reshards.iter().map(|m| ReshardFigures::new(m, records)).collect(),
+            masters: if cfg.topology == Topology::Redlock {
+                [Fault::MasterKill, Fault::MasterStop, Fault::MajorityStop]
+                    .into_iter()
+                    .map(|kind| MasterFigures::new(kind, &events.masters, records, cfg.locks))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             acquisitions: records.len(),
             faults: events.injected.clone(),
             notes: events.notes.clone(),
             stops: events.stops.len(),
             config: format!(
-                "{}topology {}, {} procs x {} threads, {} s, {} locks, lease {:?}, seed {}, faults: {}",
+                "{}topology {}, lock {}, {} procs x {} threads, {} s, {} locks, lease {:?}, seed {}, faults: {}",
                 if cfg.no_exclusion { "CHECKER SELF-TEST (no exclusion between processes), " } else { "" },
                 cfg.topology,
+                match cfg.lock {
+                    LockKind::Mutex => "mutex".to_string(),
+                    LockKind::RwLock => format!("rwlock ({}% reads)", cfg.reads),
+                    LockKind::Semaphore => format!("semaphore ({} permits)", cfg.permits),
+                },
                 cfg.procs,
                 cfg.threads,
                 cfg.secs,
@@ -358,17 +395,36 @@ impl Report {
             ),
             ..Report::default()
         };
-        for kind in [
-            OVERLAP,
-            FENCING_ORDER,
-            DUPLICATE_TOKEN,
-            STALE_ACCEPTED,
-            REFUSED_WHILE_HELD,
-            LOST_UPDATE,
-            RELEASED_AFTER_WIPE,
-        ] {
+        let kinds: &[&'static str] = match cfg.lock {
+            LockKind::Mutex => &[
+                OVERLAP,
+                FENCING_ORDER,
+                DUPLICATE_TOKEN,
+                STALE_ACCEPTED,
+                REFUSED_WHILE_HELD,
+                LOST_UPDATE,
+                RELEASED_AFTER_WIPE,
+                RELEASED_AFTER_STOP,
+            ],
+            LockKind::RwLock => &[WRITER_OVERLAP, LOST_UPDATE, RELEASED_AFTER_WIPE, RELEASED_AFTER_STOP],
+            LockKind::Semaphore => &[TOO_MANY_HOLDERS, RELEASED_AFTER_WIPE, RELEASED_AFTER_STOP],
+        };
+        for kind in kinds {
             report.violations.insert(kind, 0);
         }
+        report.by_role = [Role::Mutex, Role::Reader, Role::Writer, Role::Permit]
+            .into_iter()
+            .map(|role| (role, records.iter().filter(|r| r.role == role).count()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        report.longest_gap = (0..cfg.locks)
+            .map(|k| {
+                let mut starts: Vec<u64> = records.iter().filter(|r| r.lock == k).map(|r| r.start).collect();
+                starts.sort_unstable();
+                let gap = starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+                Duration::from_nanos(gap)
+            })
+            .collect();
         report.per_lock = (0..cfg.locks).map(|k| records.iter().filter(|r| r.lock == k).count()).collect();
         report.max_wait =
             Duration::from_nanos(records.iter().map(|r| r.start.saturating_sub(r.asked)).max().unwrap_or(0));
@@ -490,6 +546,9 @@ pub const STALE_ACCEPTED: &str = "stale-write-accepted";
 pub const REFUSED_WHILE_HELD: &str = "refused-while-held";
 pub const LOST_UPDATE: &str = "counter-lost-update";
 pub const RELEASED_AFTER_WIPE: &str = "released-after-restart";
+pub const RELEASED_AFTER_STOP: &str = "released-after-stop";
+pub const WRITER_OVERLAP: &str = "writer-overlap";
+pub const TOO_MANY_HOLDERS: &str = "too-many-holders";
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -509,28 +568,46 @@ impl fmt::Display for Report {
         )?;
         let faults: Vec<String> =
             Fault::all(self.topology).iter().map(|k| format!("{k} {}", self.injected(*k))).collect();
+        let roles: Vec<String> = self.by_role.iter().map(|(r, n)| format!("{r:?} {n}")).collect();
+        let gaps: Vec<String> = self.longest_gap.iter().map(|g| format!("{:.2} s", g.as_secs_f64())).collect();
+        writeln!(
+            f,
+            "by role: {}; most holders at once per lock {:?}; longest time without an acquisition per lock [{}]",
+            roles.join(", "),
+            self.most_at_once,
+            gaps.join(", ")
+        )?;
         writeln!(f, "faults injected: {}", faults.join(", "))?;
         writeln!(
             f,
-            "lost leases reported: {} ({} in workers while SIGSTOPped, {} stops of a holder; client stats: {}); \
+            "lost leases reported: {} ({} in workers while SIGSTOPped, {} stops of a holder catching {} sections; \
+             client stats: {}); \
              overlaps after a lost lease (allowed): {}; stale fenced writes refused: {}; writes by guards already \
              is_lost(): {}",
             self.lost_leases,
             self.lost_in_stop,
             self.stops,
+            self.caught_in_stop,
             w.stats_leases_lost,
             self.overlaps_after_loss,
             self.stale_writes_refused,
             self.writes_after_is_lost
         )?;
-        if self.topology == Topology::Single {
-            for (name, s) in
-                [("restart (no persistence)", &self.survivors_restart), ("restart-aof", &self.survivors_restart_aof)]
-            {
-                writeln!(f, "guards alive across {name}: {s}")?;
+        match self.topology {
+            Topology::Single => {
+                for (name, s) in [
+                    ("restart (no persistence)", &self.survivors_restart),
+                    ("restart-aof", &self.survivors_restart_aof),
+                ] {
+                    writeln!(f, "guards alive across {name}: {s}")?;
+                }
             }
-        } else {
-            self.fmt_failovers(f)?;
+            Topology::Sentinel | Topology::Cluster => self.fmt_failovers(f)?,
+            Topology::Redlock => {
+                for m in &self.masters {
+                    writeln!(f, "{m}")?;
+                }
+            }
         }
         if self.topology == Topology::Cluster {
             self.fmt_reshards(f)?;
@@ -539,8 +616,25 @@ impl fmt::Display for Report {
             (Some(lo), Some(hi)) => format!("{} first tokens after one checked, rise {lo}..{hi}", rises.len()),
             _ => "no token on both sides of one".into(),
         };
-        match self.topology {
-            Topology::Single => writeln!(
+        match (self.lock, self.topology) {
+            (LockKind::RwLock, _) => writeln!(
+                f,
+                "no fencing tokens (a read-write lock has none): a writer's exclusion checked by the intervals of \
+                 the critical sections, readers allowed to share; the counter is the writers'"
+            )?,
+            (LockKind::Semaphore, _) => writeln!(
+                f,
+                "no fencing tokens (a semaphore has none): the permit count checked by the intervals of the \
+                 critical sections"
+            )?,
+            (_, Topology::Redlock) => writeln!(
+                f,
+                "fencing order checked over the whole run, across {} fault(s) on masters (a master started again \
+                 has lost its fence counter; tokens must rise all the same); the fenced resource and the counters, \
+                 on a server no fault touches, over the whole run",
+                self.masters.iter().map(|m| m.count).sum::<usize>()
+            )?,
+            (_, Topology::Single) => writeln!(
                 f,
                 "fencing order checked across {} epoch(s) (restarts without persistence lose the fence counter; \
                  tokens must rise all the same: {}); the fenced resource and the counter, wiped by such a \
@@ -548,7 +642,7 @@ impl fmt::Display for Report {
                 self.epochs,
                 rises(&self.rises_across_wipes)
             )?,
-            Topology::Sentinel => writeln!(
+            (_, Topology::Sentinel) => writeln!(
                 f,
                 "fencing order checked over the whole run, across {} failover(s) (a new master's fence counter \
                  may be stale; tokens must rise all the same: {}); the fenced resource and the counters, on a \
@@ -556,7 +650,7 @@ impl fmt::Display for Report {
                 self.failovers.len(),
                 rises(&self.rises_across_failovers)
             )?,
-            Topology::Cluster => writeln!(
+            (_, Topology::Cluster) => writeln!(
                 f,
                 "fencing order checked over the whole run, across {} failover(s) (a promoted replica's fence \
                  counter may be stale; tokens must rise all the same: {}) and {} reshard(s) (the counter moves with \

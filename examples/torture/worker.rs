@@ -1,5 +1,8 @@
 //! A worker process: threads that lock, do a critical section that only mutual
-//! exclusion keeps correct, and write a record of it.
+//! exclusion keeps correct, and write a record of it. The kinds of lock are in
+//! `locks.rs`.
+
+mod locks;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -8,10 +11,12 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_mutex::{LockClient, MutexGuard, MutexOptions};
+use redis_mutex::LockClient;
 use redis_mutex_harness::{XorShift, wall_clock_ns};
 
-use super::record::{self, Rec, Recovery, SetState, Summary, Totals, Unlock, WriteState};
+use super::config::LockKind;
+use super::record::{self, Rec, Recovery, Role, SetState, Summary, Totals, Unlock, WriteState};
+use locks::{Guard, Handle};
 
 /// Set (to the worker's parameters) in the environment of a worker process.
 pub const WORKER_ENV: &str = "REDIS_MUTEX_TORTURE_WORKER";
@@ -49,6 +54,13 @@ fn resource_key(k: usize) -> String {
     format!("torture-data:{{lock-{k}}}:resource")
 }
 
+/// Where a worker leaves the client id of a read-write lock's or semaphore's owner token
+/// (on the data server, for a few leases): the controller's way to tell which worker
+/// holds one of many shares (the `stop` fault).
+pub fn owner_key(token: &str) -> String {
+    format!("torture-data:owner:{token}")
+}
+
 /// Where a worker's client finds the locks.
 #[derive(Debug, Clone)]
 pub enum LockTarget {
@@ -58,6 +70,8 @@ pub enum LockTarget {
     Sentinel { master: String, sentinels: Vec<String> },
     /// The cluster of which `seeds` are nodes.
     Cluster { seeds: Vec<String> },
+    /// Independent masters (Redlock).
+    Redlock { masters: Vec<String> },
 }
 
 impl LockTarget {
@@ -69,6 +83,9 @@ impl LockTarget {
             }
             LockTarget::Cluster { seeds } => {
                 std::iter::once("cluster").chain(seeds.iter().map(String::as_str)).collect()
+            }
+            LockTarget::Redlock { masters } => {
+                std::iter::once("redlock").chain(masters.iter().map(String::as_str)).collect()
             }
         };
         parts.join(&PART.to_string())
@@ -85,19 +102,25 @@ impl LockTarget {
             ["cluster", seeds @ ..] if !seeds.is_empty() => {
                 Ok(LockTarget::Cluster { seeds: seeds.iter().map(|u| (*u).to_owned()).collect() })
             }
+            ["redlock", masters @ ..] if !masters.is_empty() => {
+                Ok(LockTarget::Redlock { masters: masters.iter().map(|u| (*u).to_owned()).collect() })
+            }
             _ => Err(format!("malformed lock target in {WORKER_ENV}")),
         }
     }
 
-    /// A client for the locks. A Sentinel or cluster client is built checked (it must
-    /// find the master, or the slot map), and retried until `end`: a replacement worker
-    /// may start while the master is down (or a cluster node it asks).
-    fn client(&self, end: Instant) -> Result<LockClient, String> {
+    /// A client for the locks. A Sentinel, cluster or Redlock client is built checked
+    /// (it must find the master, the slot map, a majority of the masters), and retried
+    /// until `end`: a replacement worker may start while the master is down (or a
+    /// cluster node it asks, or masters are frozen). On Redlock, `redlock_max_lease` is
+    /// the run's `lease`: a master killed and started again sits out only that long.
+    fn client(&self, lease: Duration, end: Instant) -> Result<LockClient, String> {
         let builder = LockClient::builder().key_prefix(KEY_PREFIX);
         let build = || match self {
             LockTarget::Url(url) => builder.clone().build_unchecked(url),
             LockTarget::Sentinel { master, sentinels } => builder.clone().build_sentinel(master, sentinels),
             LockTarget::Cluster { seeds } => builder.clone().build_cluster(seeds),
+            LockTarget::Redlock { masters } => builder.clone().redlock_max_lease(lease).build_redlock(masters),
         };
         if let LockTarget::Url(_) = self {
             return build().map_err(|e| format!("cannot build the client: {e}"));
@@ -123,6 +146,9 @@ pub struct WorkerSpec {
     pub data_url: String,
     pub threads: usize,
     pub locks: usize,
+    pub lock: LockKind,
+    pub permits: u32,
+    pub reads: u32,
     pub lease_ms: u64,
     pub end_ns: u64,
     pub seed: u64,
@@ -138,6 +164,9 @@ impl WorkerSpec {
             self.data_url.clone(),
             self.threads.to_string(),
             self.locks.to_string(),
+            self.lock.name().to_owned(),
+            self.permits.to_string(),
+            self.reads.to_string(),
             self.lease_ms.to_string(),
             self.end_ns.to_string(),
             self.seed.to_string(),
@@ -149,9 +178,15 @@ impl WorkerSpec {
 
     fn decode(s: &str) -> Result<WorkerSpec, String> {
         let f: Vec<&str> = s.split(SEP).collect();
-        let [idx, target, data_url, threads, locks, lease_ms, end_ns, seed, no_exclusion, out] = f.as_slice() else {
+        let [idx, target, data_url, threads, locks, lock, permits, reads, lease_ms, end_ns, seed, no_exclusion, out] =
+            f.as_slice()
+        else {
             return Err(format!("malformed {WORKER_ENV}"));
         };
+        let lock = [LockKind::Mutex, LockKind::RwLock, LockKind::Semaphore]
+            .into_iter()
+            .find(|k| k.name() == *lock)
+            .ok_or_else(|| format!("malformed {WORKER_ENV}: lock kind {lock:?}"))?;
         let n = |v: &str| v.parse::<u64>().map_err(|e| format!("malformed {WORKER_ENV}: {e}"));
         Ok(WorkerSpec {
             idx: n(idx)? as usize,
@@ -159,6 +194,9 @@ impl WorkerSpec {
             data_url: (*data_url).to_owned(),
             threads: n(threads)? as usize,
             locks: n(locks)? as usize,
+            lock,
+            permits: n(permits)? as u32,
+            reads: n(reads)? as u32,
             lease_ms: n(lease_ms)?,
             end_ns: n(end_ns)?,
             seed: n(seed)?,
@@ -184,7 +222,9 @@ pub fn worker_entry() -> Option<i32> {
 /// What every thread of a worker shares.
 struct Ctx {
     spec: WorkerSpec,
-    mutexes: Vec<redis_mutex::Mutex>,
+    locks: Vec<Handle>,
+    /// This worker's client id (what [`owner_key`] maps tokens to).
+    client_id: String,
     redis: redis::Client,
     fenced: redis::Script,
     lease: Duration,
@@ -218,21 +258,48 @@ impl ThreadCtx {
     }
 }
 
+/// Set to a level (`debug`, `trace`) in the controller's environment, the crate's log
+/// at that level goes to each worker's stderr (`worker-N.stderr`), each line with the
+/// wall clock in ns (the records' clock): for a post-mortem of a kept run.
+pub const LOG_ENV: &str = "TORTURE_LOG";
+
+/// Writes the crate's log records to stderr, stamped with the wall clock in ns.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.target().starts_with("redis_mutex")
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("[{}] {} {:?} {}", wall_clock_ns(), r.level(), thread::current().name(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
+    if let Some(level) = std::env::var(LOG_ENV).ok().and_then(|l| l.parse::<log::LevelFilter>().ok())
+        && log::set_logger(&StderrLog).is_ok()
+    {
+        log::set_max_level(level);
+    }
     let until_end = Duration::from_nanos(spec.end_ns.saturating_sub(wall_clock_ns()));
     // Unchecked on one server: a replacement worker may start while Redis is briefly away.
-    let client = spec.target.client(Instant::now() + until_end)?;
     let lease = Duration::from_millis(spec.lease_ms);
-    let options = MutexOptions::default().lease(lease).auto_renew(true).fencing(true);
+    let client = spec.target.client(lease, Instant::now() + until_end)?;
     let out = File::create(&spec.out).map_err(|e| format!("cannot create {}: {e}", spec.out.display()))?;
     let ctx = Arc::new(Ctx {
-        mutexes: (0..spec.locks)
+        locks: (0..spec.locks)
             .map(|k| {
                 let name =
                     if spec.no_exclusion { format!("{}-private-{}", lock_name(k), spec.idx) } else { lock_name(k) };
-                client.mutex_with(&name, options.clone())
+                Handle::new(&client, spec.lock, &name, lease, spec.permits)
             })
             .collect(),
+        client_id: client.id().to_string(),
         redis: redis::Client::open(spec.data_url.as_str()).map_err(|e| e.to_string())?,
         fenced: redis::Script::new(FENCED_WRITE),
         lease,
@@ -280,10 +347,16 @@ fn thread_main(ctx: &Ctx, thread: usize, seed: u64) -> Totals {
     let mut tc = ThreadCtx { thread, rng: XorShift::new(seed), con: None, totals: Totals::default(), logged: 0 };
     let mut backoff = Duration::from_millis(20);
     while Instant::now() < ctx.end {
-        let k = tc.rng.below(ctx.mutexes.len() as u64) as usize;
+        let k = tc.rng.below(ctx.locks.len() as u64) as usize;
+        let role = match ctx.spec.lock {
+            LockKind::Mutex => Role::Mutex,
+            LockKind::RwLock if tc.rng.below(100) < u64::from(ctx.spec.reads) => Role::Reader,
+            LockKind::RwLock => Role::Writer,
+            LockKind::Semaphore => Role::Permit,
+        };
         let asked = wall_clock_ns();
         let deadline = (Instant::now() + Duration::from_secs(3)).min(ctx.end);
-        match ctx.mutexes[k].try_lock_until(deadline) {
+        match ctx.locks[k].acquire_until(role, deadline) {
             Ok(Some(guard)) => {
                 backoff = Duration::from_millis(20);
                 tc.totals.acquisitions += 1;
@@ -320,7 +393,7 @@ fn connection<'a>(ctx: &Ctx, slot: &'a mut Option<redis::Connection>) -> redis::
 fn guarded<T>(
     ctx: &Ctx,
     tc: &mut ThreadCtx,
-    guard: &MutexGuard,
+    guard: &Guard,
     rec: &mut Rec,
     mut op: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
 ) -> Option<T> {
@@ -354,7 +427,7 @@ fn guarded<T>(
 /// Otherwise Redis was away, perhaps restarted without its data: waits until the
 /// watchdog marks the guard lost, or until Redis has answered for half a lease (the
 /// watchdog renews every lease/3, so by then it has tried this guard), then asks.
-fn recover(ctx: &Ctx, tc: &mut ThreadCtx, guard: &MutexGuard) -> Recovery {
+fn recover(ctx: &Ctx, tc: &mut ThreadCtx, guard: &Guard) -> Recovery {
     let ping = |tc: &mut ThreadCtx| connection(ctx, &mut tc.con).and_then(|c| redis::cmd("PING").query::<String>(c));
     if !guard.is_lost() && ping(tc).is_ok() {
         return ask(guard);
@@ -379,7 +452,7 @@ fn recover(ctx: &Ctx, tc: &mut ThreadCtx, guard: &MutexGuard) -> Recovery {
     ask(guard)
 }
 
-fn ask(guard: &MutexGuard) -> Recovery {
+fn ask(guard: &Guard) -> Recovery {
     match guard.is_held() {
         Ok(true) => Recovery::Held,
         Ok(false) => Recovery::NotHeld,
@@ -387,12 +460,16 @@ fn ask(guard: &MutexGuard) -> Recovery {
     }
 }
 
-fn critical_section(ctx: &Ctx, tc: &mut ThreadCtx, k: usize, guard: MutexGuard, asked: u64) -> Rec {
+/// The critical section: a mutex's or a writer's read-modify-write of the lock's
+/// counter (and a mutex's fenced write); a reader's or a permit's read of the counter
+/// and a pause as long (many of them hold at once).
+fn critical_section(ctx: &Ctx, tc: &mut ThreadCtx, k: usize, guard: Guard, asked: u64) -> Rec {
     let mut rec = Rec {
         worker: ctx.spec.idx,
         thread: tc.thread,
         lock: k,
-        token: guard.fencing_token().unwrap_or(0),
+        role: guard.role(),
+        token: guard.fencing_token(),
         asked,
         start: wall_clock_ns(),
         end: 0,
@@ -411,11 +488,17 @@ fn critical_section(ctx: &Ctx, tc: &mut ThreadCtx, k: usize, guard: MutexGuard, 
         released: 0,
     };
     let counter = counter_key(k);
+    if rec.role != Role::Mutex {
+        announce_owner(ctx, tc, &guard);
+    }
 
     // A read-modify-write that only mutual exclusion keeps correct.
     rec.get_sent = wall_clock_ns();
     let read = guarded(ctx, tc, &guard, &mut rec, |c| redis::cmd("GET").arg(&counter).query::<Option<i64>>(c));
-    if let Some(value) = read {
+    if matches!(rec.role, Role::Reader | Role::Permit) {
+        // Shares: no write to the counter, whose update only exclusion keeps correct.
+        thread::sleep(Duration::from_micros(500 + tc.rng.below(4000)));
+    } else if let Some(value) = read {
         thread::sleep(Duration::from_micros(500 + tc.rng.below(4000)));
         rec.set_sent = wall_clock_ns();
         rec.set = SetState::Unknown;
@@ -427,8 +510,9 @@ fn critical_section(ctx: &Ctx, tc: &mut ThreadCtx, k: usize, guard: MutexGuard, 
     }
 
     // The fenced write is made even when the guard already knows it is lost: the
-    // resource, not the holder, must refuse a stale token.
-    if matches!(rec.recovery, Recovery::None | Recovery::Held) {
+    // resource, not the holder, must refuse a stale token. (A mutex's: the other kinds
+    // have no token.)
+    if rec.role == Role::Mutex && matches!(rec.recovery, Recovery::None | Recovery::Held) {
         rec.lost_before_write = guard.is_lost();
         let (resource, token) = (resource_key(k), rec.token);
         let data = format!("{}:{}:{}", ctx.spec.idx, tc.thread, rec.start);
@@ -457,4 +541,16 @@ fn critical_section(ctx: &Ctx, tc: &mut ThreadCtx, k: usize, guard: MutexGuard, 
     };
     rec.released = wall_clock_ns();
     rec
+}
+
+/// Leaves this worker's client id under the guard's owner token on the data server, for
+/// a few leases (errors ignored: the `stop` fault then only finds another holder).
+fn announce_owner(ctx: &Ctx, tc: &mut ThreadCtx, guard: &Guard) {
+    let ttl = ctx.lease.as_millis() as u64 * 5;
+    let set = |c: &mut redis::Connection| {
+        redis::cmd("SET").arg(owner_key(guard.token())).arg(&ctx.client_id).arg("PX").arg(ttl).query::<()>(c)
+    };
+    if connection(ctx, &mut tc.con).and_then(set).is_err() {
+        tc.con = None;
+    }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use redis_mutex_harness::{Cluster, RedisServer, wall_clock_ns};
 
 use super::super::worker::lock_key;
+use super::holders::LockState;
 use super::{ADMIN_TIMEOUT, Controller, FAILOVER_LIMIT, FailoverEvent, FailoverKind, ReshardEvent, Servers};
 
 /// Masters, and replicas per master (one: each master can fail over, and none is left
@@ -153,7 +154,7 @@ fn replica_of(cluster: &Cluster, of: usize) -> Result<Option<usize>, String> {
 }
 
 /// `cmd` about `key`, on the master of `slot`, following `MOVED` and `ASK`.
-fn on_owner<T: redis::FromRedisValue>(cluster: &Cluster, slot: u16, cmd: &redis::Cmd) -> Result<T, String> {
+pub(super) fn on_owner<T: redis::FromRedisValue>(cluster: &Cluster, slot: u16, cmd: &redis::Cmd) -> Result<T, String> {
     let mut at = owner(cluster, slot)?;
     let mut asking = false;
     for _ in 0..5 {
@@ -177,11 +178,6 @@ fn on_owner<T: redis::FromRedisValue>(cluster: &Cluster, slot: u16, cmd: &redis:
         }
     }
     Err(format!("redirected more than 5 times for slot {slot}"))
-}
-
-/// Field `field` of lock `k`'s hash, wherever its slot is served.
-pub fn lock_field(cluster: &Cluster, slot: u16, k: usize, field: &str) -> Option<String> {
-    on_owner::<Option<String>>(cluster, slot, redis::cmd("HGET").arg(lock_key(k)).arg(field)).ok().flatten()
 }
 
 /// Runs `cmd` on `node`, retried for a second (a busy node may time out).
@@ -250,13 +246,15 @@ impl Controller {
     /// the first with its holder, `None` when nobody holds any.
     fn held_lock(&mut self, waited: bool) -> Result<Option<usize>, String> {
         let first = self.rng.below(self.cfg.locks as u64) as usize;
-        let (cluster, slots) = self.cluster()?;
-        let order: Vec<usize> = (0..self.cfg.locks).map(|j| (first + j) % self.cfg.locks).collect();
-        let held: Vec<usize> =
-            order.iter().copied().filter(|&k| lock_field(cluster, slots[k], k, "o").is_some()).collect();
-        let queued =
-            held.iter().copied().find(|&k| lock_field(cluster, slots[k], k, "q").is_some_and(|q| !q.is_empty()));
-        Ok(if waited { queued.or(held.first().copied()) } else { held.first().copied() })
+        self.cluster()?;
+        let states: Vec<(usize, LockState)> = (0..self.cfg.locks)
+            .map(|j| (first + j) % self.cfg.locks)
+            .filter_map(|k| Some((k, self.lock_state(k)?)))
+            .filter(|(_, s)| !s.clients.is_empty())
+            .collect();
+        let queued = states.iter().find(|(_, s)| s.waited).map(|(k, _)| *k);
+        let held = states.first().map(|(k, _)| *k);
+        Ok(if waited { queued.or(held) } else { held })
     }
 
     /// Where each lock's slot is served now (ports), once every running node agrees.
@@ -448,9 +446,9 @@ impl Controller {
             return Ok(false);
         }
         let to = others[self.rng.below(others.len() as u64) as usize];
+        let state = self.lock_state(k).unwrap_or_default();
+        let (held, waited) = (!state.clients.is_empty(), state.waited);
         let (cluster, slots) = self.cluster()?;
-        let held = lock_field(cluster, slot, k, "o").is_some();
-        let waited = lock_field(cluster, slot, k, "q").is_some_and(|q| !q.is_empty());
         let locks: Vec<usize> = (0..self.cfg.locks).filter(|&j| slots[j] == slot).collect();
         let start_ns = wall_clock_ns();
         let moved = migrate(cluster, slot, from, to)?;

@@ -107,12 +107,21 @@ impl ServerBuilder {
         self
     }
 
-    pub(crate) fn has_dir(&self) -> bool {
-        self.dir.is_some()
-    }
-
     pub(crate) fn given_dir(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+
+    /// One server of a group started from this builder: with a directory, in its
+    /// subdirectory `name` (created; it stays, for a post-mortem), else as is. Panics
+    /// when the subdirectory cannot be created.
+    pub(crate) fn in_subdir(&self, name: &str) -> ServerBuilder {
+        let mut builder = self.clone();
+        if let Some(parent) = &self.dir {
+            let dir = parent.join(name);
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+            builder.dir = Some(dir);
+        }
+        builder
     }
 
     pub(crate) fn has_tls(&self) -> bool {

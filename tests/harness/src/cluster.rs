@@ -1,8 +1,5 @@
 //! [`Cluster`]: a Redis Cluster of masters with replicas, every slot assigned.
 
-use std::fs;
-use std::path::Path;
-
 use crate::builder::Role;
 use crate::group::{self, FORM_TIMEOUT, info_field, query};
 use crate::{RedisServer, ServerBuilder};
@@ -46,16 +43,8 @@ impl Cluster {
     pub fn start_with(masters: usize, replicas: usize, nodes: &ServerBuilder) -> Cluster {
         assert!((1..=SLOTS).contains(&masters), "a cluster needs 1 to {SLOTS} masters");
         assert!(!nodes.has_tls(), "a TLS cluster is not built yet: do not set ServerBuilder::tls");
-        let parent = nodes.given_dir().map(Path::to_owned);
         let builder = nodes.clone().role(Role::ClusterNode);
-        let start = |i: usize| match &parent {
-            Some(parent) => {
-                let dir = parent.join(format!("node-{i}"));
-                fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-                builder.clone().dir(dir).start()
-            }
-            None => builder.start(),
-        };
+        let start = |i: usize| builder.in_subdir(&format!("node-{i}")).start();
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas)).map(start).collect();
         let cluster = Cluster { nodes, masters };
         let all: Vec<&RedisServer> = cluster.nodes.iter().collect();

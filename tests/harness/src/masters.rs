@@ -24,11 +24,13 @@ impl Masters {
     }
 
     /// Starts `n` servers from `builder` (e.g. with AOF, or TLS), each in its own
-    /// temporary directory. Panics if the builder names a directory (they cannot
-    /// share one), or as [`ServerBuilder::start`] does.
+    /// temporary directory; when `builder` names a directory, master `i` runs in its
+    /// subdirectory `master-i`, which stays after the masters are dropped (with its
+    /// log): a program's post-mortem keeps every log, as
+    /// [`Cluster::start_with`](crate::Cluster::start_with) does. Panics as
+    /// [`ServerBuilder::start`] does, or when a subdirectory cannot be created.
     pub fn start_with(n: usize, builder: &ServerBuilder) -> Masters {
-        assert!(!builder.has_dir(), "independent masters need a directory each: do not set ServerBuilder::dir");
-        Masters { servers: (0..n).map(|_| builder.start()).collect() }
+        Masters { servers: (0..n).map(|i| builder.in_subdir(&format!("master-{i}")).start()).collect() }
     }
 
     /// Every server's [`url`](RedisServer::url), in order.

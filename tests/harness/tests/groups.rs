@@ -1,4 +1,5 @@
-//! Proves the launchers of server groups bring them up: independent masters, a master
+//! Proves the launchers of server groups bring them up: independent masters (kept in
+//! subdirectories of a given directory), a master
 //! whose replicas acknowledge its writes, a Sentinel group that names its master (and,
 //! started from a builder, keeps its files and tells when it is whole again after a
 //! failover), a cluster in state `ok`.
@@ -27,6 +28,18 @@ fn independent_masters_answer_on_their_own_ports_and_share_nothing() {
         let value: Option<String> = redis::cmd("GET").arg("k").query(&mut m.conn()).unwrap();
         assert_eq!(value, None, "a write to one master must not reach another");
     }
+}
+
+#[test]
+fn independent_masters_from_a_builder_run_and_stay_in_subdirectories_of_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let masters = Masters::start_with(3, &RedisServer::builder().dir(dir.path()).args(&["--appendonly", "yes"]));
+    for (i, m) in masters.iter().enumerate() {
+        assert_eq!(m.dir(), dir.path().join(format!("master-{i}")), "master {i}");
+        assert!(m.info("persistence").contains("aof_enabled:1"), "the builder's arguments");
+    }
+    drop(masters);
+    assert!(dir.path().join("master-2").join("redis.log").is_file(), "a given directory stays");
 }
 
 #[test]
