@@ -655,7 +655,8 @@ fn waiting_clients_are_named_in_turn_by_the_release() {
 /// client's attempt is granted and leaves the queue; a named client that leaves passes
 /// the name on; a name nobody takes lapses; a failed attempt's take-back keeps its
 /// client queued; a holder's release where another owns the lock takes its client out
-/// of that queue (and passes a name it was given there on) unless a thread of it waits.
+/// of that queue (and passes a name it was given there on) unless a thread of it waits;
+/// a loud take-back names the lowest queued id.
 #[test]
 fn a_release_names_the_next_waiting_client_for_a_short_while() {
     let server = RedisServer::start();
@@ -734,14 +735,14 @@ fn a_release_names_the_next_waiting_client_for_a_short_while() {
     thread::sleep(Duration::from_millis(WINDOW + 100));
     assert!(granted(&attempt(&mut con, "c")), "b never came: the name lapsed");
     // A failed attempt's take-back keeps its client queued (it waits on), silently.
-    let take_back = |con: &mut redis::Connection, client: &str, round: u64| -> i64 {
+    let take_back = |con: &mut redis::Connection, client: &str, round: u64, tell: &str| -> i64 {
         let token = format!("tok-{client}");
         release
             .key(key)
             .arg(token)
             .arg(client)
             .arg(round)
-            .arg("")
+            .arg(tell)
             .arg("named")
             .arg(WINDOW)
             .arg("1")
@@ -750,7 +751,7 @@ fn a_release_names_the_next_waiting_client_for_a_short_while() {
     };
     assert_eq!(unlock(&mut con, "c"), 1, "nobody queued: deleted");
     assert!(granted(&attempt(&mut con, "e")), "e's attempt, round 1");
-    assert_eq!(take_back(&mut con, "e", 1), 1, "taken back, nobody told");
+    assert_eq!(take_back(&mut con, "e", 1, ""), 1, "taken back, nobody told");
     assert_eq!(queue(&mut con).as_deref(), Some("e:0:0"), "e stays queued");
     // A holder's release where another owns the lock (its attempt won on other
     // masters): it leaves the queue there unless a thread of it waits; named there,
@@ -766,6 +767,16 @@ fn a_release_names_the_next_waiting_client_for_a_short_while() {
     assert_eq!(told(&mut sub), ["rl:0:c:g"]);
     assert_eq!(release_by(&mut con, "g", "1"), 0, "g holds the lock elsewhere");
     assert_eq!(told(&mut sub), ["rl:0:c:e"], "g's name passed to e");
+    // A loud take-back (its votes may have looked like a majority) names the lowest
+    // queued id, its own client's included, and tells it alone.
+    thread::sleep(Duration::from_millis(WINDOW + 100));
+    assert!(granted(&attempt(&mut con, "h")));
+    for waiting in ["k", "b"] {
+        assert_eq!(owner(&attempt(&mut con, waiting)), "tok-h");
+    }
+    assert_eq!(take_back(&mut con, "h", 1, "rl:0:c:"), 2, "one told");
+    assert_eq!(told(&mut sub), ["rl:0:c:b"], "the lowest of k, b and h");
+    assert_eq!(queue(&mut con).as_deref(), Some("k:0:0 h:0:0"));
 }
 
 /// Idle waiters send nothing but keep-alives: while a lock is held (and renewed),

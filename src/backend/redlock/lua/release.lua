@@ -12,9 +12,9 @@
 -- Unlike the single-server release, nothing is granted: each master would grant to its
 -- own first waiter and no client would reach a quorum. The holder's release names
 -- the next waiting client instead (nominate.lua), which alone is told; the others stay
--- queued. A failed attempt's take-back keeps the queue too, and tells every client in
--- it when it is loud (`ARGV[4]` set): one that saw the attempt's votes as a majority
--- sleeps until told.
+-- queued. A failed attempt's take-back keeps the queue too, and when it is loud
+-- (`ARGV[4]` set: a client may have seen the attempt's votes as a majority, and sleep
+-- until told) names the lowest queued id, which is told.
 local held = redis.call('HMGET', KEYS[1], 'o', 'r', 'q', 'n')
 if held[1] ~= ARGV[1] or (ARGV[3] ~= '' and held[2] ~= ARGV[3]) then
   if ARGV[3] == '' and ARGV[7] == '1' then
@@ -31,24 +31,21 @@ end
 if ARGV[3] == '' then
   return 1 + name_next(KEYS[1], held[3], ARGV[2], ARGV[6], ARGV[4], ARGV[1], ARGV[5])
 end
-local told = 0
 local q = held[3]
 if ARGV[7] == '1' and not queue_has(q, ARGV[2]) then
   q = queue_push(q, ARGV[2], 0, 0)
   redis.call('HSET', KEYS[1], 'q', q)
 end
+if ARGV[4] ~= '' then
+  -- Loud: a client may sleep on these votes as a holder's. One queued client is named
+  -- and told, as by a release: the lowest id, the caller's included, an order that
+  -- does not depend on the caller, so that two clients whose rounds split (with one
+  -- master silent, every split is loud) do not name each other round after round.
+  return 1 + name_next(KEYS[1], q, '', ARGV[6], ARGV[4], ARGV[1], ARGV[5])
+end
 if unset(q) then
   redis.call('DEL', KEYS[1])
 else
   redis.call('HSET', KEYS[1], unpack(NO_OWNER))
-  if ARGV[4] ~= '' then
-    for e in string.gmatch(q, '%S+') do
-      local id = entry_id(e)
-      if id ~= ARGV[2] then
-        redis.call('PUBLISH', ARGV[4] .. id, '-' .. ARGV[1] .. ' ' .. ARGV[5])
-        told = told + 1
-      end
-    end
-  end
 end
-return 1 + told
+return 1
