@@ -10,8 +10,9 @@
 //! grant nothing (each master would grant to its own first waiter: nobody would reach
 //! a quorum); a release names the next waiting client instead (the same rule on every
 //! master: the next client id after the releaser's), which alone is told and for a
-//! short while alone may take a master's vote; the notifiers' messages reach the registry through `listen`. A master that restarted
-//! less than `redlock_max_lease` ago counts for no quorum (`master::Boot`).
+//! short while alone may take a master's vote; the notifiers' messages reach the
+//! registry through `listen`. A master that restarted less than `redlock_max_lease`
+//! ago counts for no quorum (`master::Boot`).
 //!
 //! ARCHITECTURE.md ("Redlock") has the reasons.
 
@@ -233,6 +234,9 @@ impl Redlock {
             let (lua, keys, token, me) = (self.lua.clone(), keys.clone(), token.to_owned(), self.client_id.clone());
             let prefix = self.channels[i].clients.clone();
             master.submit(Box::new(move |pool: &Pool| {
+                // `true`: this client's queue entries stay (whether a thread of it
+                // still waits is not asked here; an entry too many costs a name passed
+                // on).
                 let _ =
                     pool.with_conn(Some(&keys.key), None, |c| lua.release(c, &keys, &token, &me, None, &prefix, true));
             }));
