@@ -167,9 +167,10 @@
 //! and the client's clocks advance at nearly the same rate (within the drift) and are
 //! not stepped (NTP slews them); a master that lost its data (a restart without AOF)
 //! is found by its `INFO` uptime, which needs `+info` in the ACL; the fencing
-//! assumptions of [`MutexOptions::fencing`] on every master. Waiters are woken by
-//! any master's release message; across clients they compete (no grant as on one
-//! server), and a client that releases while others wait lets them go first.
+//! assumptions of [`MutexOptions::fencing`] on every master. A release names the next
+//! waiting client (the next in the order of client ids) and wakes it; for a short
+//! while only it may take a master's vote (no grant as on one server: the quorum
+//! still decides), so waiting clients take turns.
 //! `wait_replicas` is refused: the masters have no replicas; so are read-write locks
 //! and semaphores ([`Error::Unsupported`]): a quorum cannot bound N permits.
 //!

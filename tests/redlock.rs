@@ -564,6 +564,221 @@ fn a_waiter_sleeps_no_longer_than_the_shortest_lease_seen() {
     drop(got);
 }
 
+/// An owner's votes from different rounds of its call are not a quorum: its rounds
+/// that did not win take their votes back without telling anyone (the clients they
+/// met look again soon anyway), so a waiter that counted such a mix as a holder slept
+/// until the copies ran out (found in 8 clients x 1 thread: one acquisition in about
+/// 350 waited a whole lease). By hand: the owner's round 1 on two masters, its round
+/// 2 on a third, each for 20 s; they vanish silently once the waiter has looked.
+#[test]
+fn votes_of_different_rounds_of_one_owner_are_no_holder_to_sleep_on() {
+    let masters = Masters::start(5);
+    let w = client(&masters);
+    for (m, round) in masters.iter().zip(["1", "1", "2"]) {
+        query::<()>(
+            m,
+            redis::cmd("HSET").arg("rl:{mixed}").arg("o").arg("gone").arg("c").arg("other").arg("r").arg(round),
+        );
+        query::<()>(m, redis::cmd("PEXPIRE").arg("rl:{mixed}").arg(20_000));
+    }
+    let before = w.stats();
+    let waiter = {
+        let m = w.mutex_with("mixed", opts());
+        thread::spawn(move || m.try_lock_for(Duration::from_secs(5)).map(|g| g.is_some()))
+    };
+    wait_until(Duration::from_secs(5), "the waiter's first attempt", || w.stats().since(&before).attempts >= 1);
+    thread::sleep(Duration::from_millis(20));
+    for m in &masters[..3] {
+        query::<()>(m, redis::cmd("DEL").arg("rl:{mixed}"));
+    }
+    let deleted = Instant::now();
+    assert!(waiter.join().unwrap().unwrap(), "the waiter got the lock within 5 s");
+    eprintln!("mixed rounds: the waiter had the lock {:?} after the votes vanished", deleted.elapsed());
+    assert!(deleted.elapsed() < Duration::from_secs(2), "{:?}", deleted.elapsed());
+}
+
+/// A release names the waiting client that comes next after the releaser's in the
+/// cyclic order of client ids, and only it is told; so waiting clients take turns in
+/// that order, each in one attempt, instead of all attempting at once and splitting
+/// the votes. 4 single-threaded clients lock in a loop for 2 s (1 ms outside the lock):
+/// the turns follow the
+/// order (without names: about one in three, by chance), and each client gets about
+/// a quarter.
+#[test]
+fn waiting_clients_are_named_in_turn_by_the_release() {
+    let masters = Masters::start(5);
+    let clients: Vec<_> = (0..4).map(|_| client(&masters)).collect();
+    let order = StdMutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        for (c, client) in clients.iter().enumerate() {
+            let (order, stop) = (&order, &stop);
+            let m = client.mutex_with("turns", opts());
+            s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let g = m.lock().unwrap();
+                    order.lock().unwrap().push(c);
+                    thread::sleep(Duration::from_micros(200));
+                    g.unlock().unwrap();
+                    // Not a tight loop: the tests beside this one (the try_lock storm)
+                    // need the machine too.
+                    thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
+        thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::SeqCst);
+    });
+    let order = order.into_inner().unwrap();
+    let ids: Vec<&str> = clients.iter().map(LockClient::id).collect();
+    // The next after `a` among the others, in the cyclic order of ids.
+    let next = |a: usize| {
+        let mut others: Vec<usize> = (0..4).filter(|&o| o != a).collect();
+        others.sort_by_key(|&o| (ids[o] < ids[a], ids[o]));
+        others[0]
+    };
+    let in_order = order.windows(2).filter(|w| w[1] == next(w[0])).count();
+    let per: Vec<usize> = (0..4).map(|c| order.iter().filter(|&&o| o == c).count()).collect();
+    eprintln!(
+        "4 clients x 1 thread, 2 s: {} acquisitions, per client {per:?}, {in_order} of {} turns in the order of names",
+        order.len(),
+        order.len().saturating_sub(1)
+    );
+    assert!(order.len() >= 40, "{} acquisitions", order.len());
+    assert!(in_order * 10 >= (order.len() - 1) * 8, "{in_order} of {} turns in order", order.len() - 1);
+    assert!(per.iter().all(|&n| n * 5 >= order.len()), "each client about a quarter: {per:?}");
+}
+
+/// The scripts of one master by hand: a holder's release names the next waiting client
+/// after its own in the order of ids and tells it alone; while the name lasts (the
+/// release says how long) another client's attempt is answered as held by `~<named>`, and it queues; the named
+/// client's attempt is granted and leaves the queue; a named client that leaves passes
+/// the name on; a name nobody takes lapses; a failed attempt's take-back keeps its
+/// client queued; a holder's release where another owns the lock takes its client out
+/// of that queue (and passes a name it was given there on) unless a thread of it waits;
+/// a loud take-back names the lowest queued id.
+#[test]
+fn a_release_names_the_next_waiting_client_for_a_short_while() {
+    let server = RedisServer::start();
+    let mut con = server.admin_conn();
+    let mut sub = server.admin_conn();
+    sub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut sub = sub.as_pubsub();
+    sub.psubscribe("rl:0:c:*").unwrap();
+    let lua = |file: &str| {
+        let body = match file {
+            "acquire" => include_str!("../src/backend/redlock/lua/acquire.lua"),
+            "release" => include_str!("../src/backend/redlock/lua/release.lua"),
+            _ => include_str!("../src/backend/redlock/lua/leave.lua"),
+        };
+        redis::Script::new(
+            &[
+                include_str!("../src/backend/single/lua/queue.lua"),
+                include_str!("../src/backend/single/lua/fence.lua"),
+                include_str!("../src/backend/redlock/lua/nominate.lua"),
+                body,
+            ]
+            .concat(),
+        )
+    };
+    let (acquire, release, leave) = (lua("acquire"), lua("release"), lua("leave"));
+    let (key, fence) = ("rl:{named}", "rl:{named}:fence");
+    // How long a name lasts here (the client's is 20 ms): reading what was told takes
+    // a while.
+    const WINDOW: u64 = 1000;
+    let attempt = |con: &mut redis::Connection, client: &str| -> redis::Value {
+        let token = format!("tok-{client}");
+        acquire.key(key).key(fence).arg(token).arg(10_000).arg(0).arg(client).arg("1").arg(1).invoke(con).unwrap()
+    };
+    let granted = |v: &redis::Value| matches!(v, redis::Value::Array(a) if a.first() == Some(&redis::Value::Int(1)));
+    let owner = |v: &redis::Value| match v {
+        redis::Value::Array(a) => redis::from_redis_value::<String>(a[2].clone()).unwrap(),
+        _ => panic!("{v:?}"),
+    };
+    // The holder's release; `leave`: no thread of the client waits any more.
+    let release_by = |con: &mut redis::Connection, client: &str, leave: &str| -> i64 {
+        let token = format!("tok-{client}");
+        release
+            .key(key)
+            .arg(token)
+            .arg(client)
+            .arg("")
+            .arg("rl:0:c:")
+            .arg("named")
+            .arg(WINDOW)
+            .arg(leave)
+            .invoke(con)
+            .unwrap()
+    };
+    let unlock = |con: &mut redis::Connection, client: &str| release_by(con, client, "1");
+    let queue =
+        |con: &mut redis::Connection| -> Option<String> { redis::cmd("HGET").arg(key).arg("q").query(con).unwrap() };
+    let told = |sub: &mut redis::PubSub<'_>| -> Vec<String> {
+        std::iter::from_fn(|| sub.get_message().ok()).map(|m| m.get_channel_name().to_owned()).collect()
+    };
+    assert!(granted(&attempt(&mut con, "c")));
+    for waiting in ["d", "a", "b"] {
+        assert_eq!(owner(&attempt(&mut con, waiting)), "tok-c");
+    }
+    assert_eq!(unlock(&mut con, "c"), 2, "released, one client told");
+    assert_eq!(told(&mut sub), ["rl:0:c:d"], "the next after c: d, alone");
+    let answer = attempt(&mut con, "a");
+    assert!(!granted(&answer) && owner(&answer) == "~d", "{answer:?}");
+    assert!(granted(&attempt(&mut con, "d")), "the named client");
+    assert_eq!(queue(&mut con).as_deref(), Some("a:0:0 b:0:0"), "d left the queue; a queued once");
+    assert_eq!(unlock(&mut con, "d"), 2);
+    assert_eq!(told(&mut sub), ["rl:0:c:a"], "after d, cyclically: a");
+    let left: i64 = leave.key(key).arg("a").arg("rl:0:c:").arg("named").arg(WINDOW).invoke(&mut con).unwrap();
+    assert_eq!(left, 1);
+    assert_eq!(told(&mut sub), ["rl:0:c:b"], "a left: its name passes to b");
+    assert_eq!(owner(&attempt(&mut con, "c")), "~b");
+    thread::sleep(Duration::from_millis(WINDOW + 100));
+    assert!(granted(&attempt(&mut con, "c")), "b never came: the name lapsed");
+    // A failed attempt's take-back keeps its client queued (it waits on), silently.
+    let take_back = |con: &mut redis::Connection, client: &str, round: u64, tell: &str| -> i64 {
+        let token = format!("tok-{client}");
+        release
+            .key(key)
+            .arg(token)
+            .arg(client)
+            .arg(round)
+            .arg(tell)
+            .arg("named")
+            .arg(WINDOW)
+            .arg("1")
+            .invoke(con)
+            .unwrap()
+    };
+    assert_eq!(unlock(&mut con, "c"), 1, "nobody queued: deleted");
+    assert!(granted(&attempt(&mut con, "e")), "e's attempt, round 1");
+    assert_eq!(take_back(&mut con, "e", 1, ""), 1, "taken back, nobody told");
+    assert_eq!(queue(&mut con).as_deref(), Some("e:0:0"), "e stays queued");
+    // A holder's release where another owns the lock (its attempt won on other
+    // masters): it leaves the queue there unless a thread of it waits; named there,
+    // it passes the name on.
+    assert!(granted(&attempt(&mut con, "f")));
+    assert_eq!(owner(&attempt(&mut con, "g")), "tok-f");
+    assert_eq!(release_by(&mut con, "g", "0"), 0);
+    assert_eq!(queue(&mut con).as_deref(), Some("e:0:0 g:0:0"), "a thread of g still waits");
+    assert_eq!(release_by(&mut con, "g", "1"), 0);
+    assert_eq!(queue(&mut con).as_deref(), Some("e:0:0"));
+    assert_eq!(owner(&attempt(&mut con, "g")), "tok-f");
+    assert_eq!(unlock(&mut con, "f"), 2, "after f: g");
+    assert_eq!(told(&mut sub), ["rl:0:c:g"]);
+    assert_eq!(release_by(&mut con, "g", "1"), 0, "g holds the lock elsewhere");
+    assert_eq!(told(&mut sub), ["rl:0:c:e"], "g's name passed to e");
+    // A loud take-back (its votes may have looked like a majority) names the lowest
+    // queued id, its own client's included, and tells it alone.
+    thread::sleep(Duration::from_millis(WINDOW + 100));
+    assert!(granted(&attempt(&mut con, "h")));
+    for waiting in ["k", "b"] {
+        assert_eq!(owner(&attempt(&mut con, waiting)), "tok-h");
+    }
+    assert_eq!(take_back(&mut con, "h", 1, "rl:0:c:"), 2, "one told");
+    assert_eq!(told(&mut sub), ["rl:0:c:b"], "the lowest of k, b and h");
+    assert_eq!(queue(&mut con).as_deref(), Some("k:0:0 h:0:0"));
+}
+
 /// Idle waiters send nothing but keep-alives: while a lock is held (and renewed),
 /// the masters see the holder's renewals and the notifiers' PINGs, nothing from the
 /// 8 waiting threads. Its release then wakes them by message.

@@ -148,7 +148,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Whether a release can make a waiting thread the owner in the same step
     /// (`ReleaseArgs::handoff`). A backend that cannot (Redlock: each master would
     /// grant to its own queue head, and no thread would reach a quorum) only deletes
-    /// and notifies, and the woken waiters compete; the in-process handoff, which
+    /// and notifies (Redlock names one waiting client, whose attempt the masters
+    /// favour for a moment); the in-process handoff, which
     /// never asks the backend, applies either way.
     fn grants(&self) -> bool;
     fn attempt(&self, keys: &LockKeys, args: AttemptArgs<'_>) -> Result<Attempt>;

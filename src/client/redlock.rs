@@ -52,10 +52,12 @@ impl LockClientBuilder {
     /// - **Renewals and `extend`** go to every master (the watchdog's in one pipeline
     ///   per master) and hold while a majority extended within the validity; a guard
     ///   whose majority is gone is marked lost.
-    /// - **Waiting**: one subscriber per master; the release of the holder (on every
-    ///   master) tells each waiting client, whose first waiting thread then competes
-    ///   for the lock. Nothing is granted to a waiting client as on one server (each
-    ///   master would grant to its own first waiter). Sleeps are bounded by the
+    /// - **Waiting**: one subscriber per master; the release of the holder names the
+    ///   next waiting client (the next after the releaser's in the order of client
+    ///   ids, on every master alike) and tells it alone; for 20 ms only it may take a
+    ///   master's vote, so waiting clients take turns, one attempt each. Nothing is
+    ///   granted as on one server (each master would grant to its own first waiter):
+    ///   a name is no vote, and one not used lapses. Sleeps are bounded by the
     ///   shortest remaining lease seen.
     /// - **Fencing tokens** never go backwards: each master takes its own as on one
     ///   server (`max(counter, clock in µs) + block`), the acquisition's is the

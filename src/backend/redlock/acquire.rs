@@ -31,10 +31,13 @@ fn may_be_ours(reply: &Result<Vote>) -> bool {
 /// Takes back this round's vote on one master (round-checked: a later round of the
 /// same call that holds the vote now keeps it), telling the clients that queued on it
 /// (`tell`: that master's channel prefix): a client that saw this round's votes as a
-/// majority sleeps until a release wakes it.
+/// majority sleeps until a release wakes it. A caller that waits on stays queued
+/// there, as on the masters where it found the lock held: every master can then name
+/// it, and their names agree.
 fn take_back(pool: &Pool, lua: &RedlockScripts, keys: &LockKeys, a: &AcquireArgs, tell: &str) {
-    let released =
-        pool.with_conn(Some(&keys.key), None, |c| lua.release(c, keys, &a.token, &a.client_id, Some(a.round), tell));
+    let released = pool.with_conn(Some(&keys.key), None, |c| {
+        lua.release(c, keys, &a.token, &a.client_id, Some(a.round), tell, a.will_wait)
+    });
     if let Err(e) = released {
         // It then ends with its lease.
         log::debug!("redis-mutex: could not take back a Redlock vote on {}: {e}", keys.key);
@@ -47,11 +50,6 @@ fn take_back(pool: &Pool, lua: &RedlockScripts, keys: &LockKeys, a: &AcquireArgs
 /// shortest lease seen on its masters bounds the waiter's sleep), a split (look again
 /// soon), or too few masters.
 pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Result<Attempt> {
-    if a.will_wait
-        && let Some(left) = r.giving_way(&keys.name)
-    {
-        return Ok(Attempt::Held { remaining: Some(left) });
-    }
     let started = Stamp::now();
     let timeout = r.settings.master_timeout;
     let deadline = later(started.mono, timeout);

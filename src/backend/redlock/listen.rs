@@ -12,6 +12,10 @@
 //!   reached it yet): then a copy from there may come later and is needed, so the
 //!   attempt lets copies through again, and wakes the waiter at once if one was
 //!   dropped meanwhile.
+//! - **Names passed on**: a release names one waiting client (`nominate.lua`); one
+//!   told while none of its threads waits (its last waiter left, or it never came
+//!   back) passes the name on at once, on the master that told it (`PassOn`), rather
+//!   than let the others wait for the name to lapse.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,16 +33,21 @@ struct Heard {
     dropped: bool,
 }
 
+/// Leaves the queue of a lock on one master, passing a name given to this client on
+/// (master index, lock name); runs the request on that master's worker, not here.
+pub(super) type PassOn = Box<dyn Fn(usize, &str) + Send + Sync>;
+
 pub(super) struct Listeners {
     sink: Arc<dyn ReleaseSink>,
+    pass_on: PassOn,
     quorum: usize,
     up: Mutex<Vec<bool>>,
     heard: Mutex<HashMap<String, Heard>>,
 }
 
 impl Listeners {
-    pub fn new(sink: Arc<dyn ReleaseSink>, masters: usize, quorum: usize) -> Arc<Listeners> {
-        Arc::new(Listeners { sink, quorum, up: Mutex::new(vec![false; masters]), heard: Mutex::default() })
+    pub fn new(sink: Arc<dyn ReleaseSink>, masters: usize, quorum: usize, pass_on: PassOn) -> Arc<Listeners> {
+        Arc::new(Listeners { sink, pass_on, quorum, up: Mutex::new(vec![false; masters]), heard: Mutex::default() })
     }
 
     /// The sink master `index`'s notifier delivers to.
@@ -52,7 +61,7 @@ impl Listeners {
         self.sink.set_listening(ups.iter().filter(|u| **u).count() >= self.quorum);
     }
 
-    fn released(&self, name: &str, token: &str) -> bool {
+    fn released(&self, index: usize, name: &str, token: &str) -> bool {
         let mut heard = lock(&self.heard);
         if let Some(h) = heard.get_mut(name)
             && h.token == token
@@ -62,6 +71,8 @@ impl Listeners {
         }
         if !self.sink.has_waiters(name) {
             heard.remove(name);
+            drop(heard);
+            (self.pass_on)(index, name);
             return false;
         }
         if heard.len() >= REMEMBERED {
@@ -69,6 +80,11 @@ impl Listeners {
         }
         heard.insert(name.to_owned(), Heard { token: token.to_owned(), dropped: false });
         self.sink.wake_first(name)
+    }
+
+    /// Whether a thread of this client waits for `name`.
+    pub fn has_waiters(&self, name: &str) -> bool {
+        self.sink.has_waiters(name)
     }
 
     /// An attempt on `name` found these owners on the masters that answered. If the
@@ -105,7 +121,7 @@ impl ReleaseSink for MasterSink {
     }
 
     fn released(&self, name: &str, token: &str) -> bool {
-        self.listeners.released(name, token)
+        self.listeners.released(self.index, name, token)
     }
 
     fn wake_all(&self) {
@@ -136,6 +152,8 @@ mod tests {
     struct Counting {
         woken: AtomicUsize,
         listening: AtomicBool,
+        /// No thread waits.
+        idle: AtomicBool,
     }
 
     impl ReleaseSink for Counting {
@@ -148,7 +166,7 @@ mod tests {
         }
         fn wake_all(&self) {}
         fn has_waiters(&self, _: &str) -> bool {
-            true
+            !self.idle.load(Ordering::SeqCst)
         }
         fn set_listening(&self, up: bool) {
             self.listening.store(up, Ordering::SeqCst);
@@ -159,7 +177,7 @@ mod tests {
     #[test]
     fn copies_of_one_release_wake_once_unless_an_attempt_saw_it_under_way() {
         let sink = Arc::new(Counting::default());
-        let l = Listeners::new(sink.clone(), 5, 3);
+        let l = Listeners::new(sink.clone(), 5, 3, Box::new(|_, _| {}));
         let woken = || sink.woken.load(Ordering::SeqCst);
         let masters: Vec<_> = (0..5).map(|i| l.for_master(i)).collect();
         assert!(masters[0].released("job", "t1"));
@@ -179,7 +197,7 @@ mod tests {
     #[test]
     fn waiters_listen_while_a_majority_of_notifiers_is_subscribed() {
         let sink = Arc::new(Counting::default());
-        let l = Listeners::new(sink.clone(), 5, 3);
+        let l = Listeners::new(sink.clone(), 5, 3, Box::new(|_, _| {}));
         let masters: Vec<_> = (0..5).map(|i| l.for_master(i)).collect();
         for m in &masters[..2] {
             m.set_listening(true);
@@ -189,5 +207,21 @@ mod tests {
         assert!(sink.listening.load(Ordering::SeqCst));
         masters[0].set_listening(false);
         assert!(!sink.listening.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_release_heard_while_no_thread_waits_is_passed_on_at_the_master_that_told() {
+        let sink = Arc::new(Counting::default());
+        sink.idle.store(true, Ordering::SeqCst);
+        let passed = Arc::new(Mutex::new(Vec::new()));
+        let p = passed.clone();
+        let l = Listeners::new(sink.clone(), 5, 3, Box::new(move |i, name: &str| lock(&p).push((i, name.to_owned()))));
+        assert!(!l.for_master(2).released("job", "t1"));
+        assert!(!l.for_master(4).released("job", "t1"));
+        assert_eq!(*lock(&passed), [(2, "job".to_owned()), (4, "job".to_owned())]);
+        assert_eq!(sink.woken.load(Ordering::SeqCst), 0);
+        sink.idle.store(false, Ordering::SeqCst);
+        assert!(l.for_master(0).released("job", "t2"));
+        assert_eq!(lock(&passed).len(), 2, "a waiting thread takes it");
     }
 }

@@ -8,9 +8,11 @@
 //! round collects the replies within `redlock_master_timeout` (`round`); the replies
 //! are counted (`tally`); the acquire and release scripts of its own (`scripts`, `lua/`)
 //! grant nothing (each master would grant to its own first waiter: nobody would reach
-//! a quorum), so a release tells every waiting client and their waiters compete; the
-//! notifiers' messages reach the registry through `listen`. A master that restarted
-//! less than `redlock_max_lease` ago counts for no quorum (`master::Boot`).
+//! a quorum); a release names the next waiting client instead (the same rule on every
+//! master: the next client id after the releaser's), which alone is told and for a
+//! short while alone may take a master's vote; the notifiers' messages reach the
+//! registry through `listen`. A master that restarted less than `redlock_max_lease`
+//! ago counts for no quorum (`master::Boot`).
 //!
 //! ARCHITECTURE.md ("Redlock") has the reasons.
 
@@ -73,9 +75,6 @@ pub(crate) struct Redlock {
     settings: Settings,
     /// Numbers the acquisition rounds (see `acquire.lua`'s round).
     rounds: AtomicU64,
-    /// Locks this client released while other clients waited, and until when its own
-    /// waiters give way to them (see [`Redlock::give_way`]).
-    giving_way: StdMutex<HashMap<Arc<str>, Instant>>,
     /// Won rounds with votes still to come, by owner token: their release tells the
     /// late votes' jobs (`round::Phase::Released`).
     unsettled: StdMutex<HashMap<String, Arc<round::Ballot>>>,
@@ -133,7 +132,23 @@ impl Redlock {
         if check {
             check_quorum(&masters, quorum)?;
         }
-        let listeners = Listeners::new(sink, n, quorum);
+        let lua = Arc::new(RedlockScripts::new());
+        let pass_on: listen::PassOn = {
+            let (masters, lua, prefix) = (masters.clone(), lua.clone(), options.prefix.clone());
+            let prefixes: Vec<String> = channels.iter().map(|c| c.clients.clone()).collect();
+            let me: Arc<str> = options.client_id.clone().into();
+            Box::new(move |i: usize, name: &str| {
+                let Ok(keys) = LockKeys::new(&prefix, name) else { return };
+                let (lua, tell, me) = (lua.clone(), prefixes[i].clone(), me.clone());
+                masters[i].submit(Box::new(move |pool: &Pool| {
+                    if let Err(e) = pool.with_conn(Some(&keys.key), None, |c| lua.leave(c, &keys, &me, &tell)) {
+                        // The name then lapses (`NAMED_MS`).
+                        log::debug!("redis-mutex: could not pass on a name for {}: {e}", keys.key);
+                    }
+                }));
+            })
+        };
+        let listeners = Listeners::new(sink, n, quorum, pass_on);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         for (i, master) in masters.iter().enumerate() {
             notifier::spawn(
@@ -157,13 +172,12 @@ impl Redlock {
             masters,
             channels,
             scripts: Arc::new(Scripts::new()),
-            lua: Arc::new(RedlockScripts::new()),
+            lua,
             listeners,
             quorum,
             client_id: options.client_id.into(),
             settings,
             rounds: AtomicU64::new(0),
-            giving_way: StdMutex::default(),
             unsettled: StdMutex::default(),
             _stop: stop,
         })
@@ -220,27 +234,13 @@ impl Redlock {
             let (lua, keys, token, me) = (self.lua.clone(), keys.clone(), token.to_owned(), self.client_id.clone());
             let prefix = self.channels[i].clients.clone();
             master.submit(Box::new(move |pool: &Pool| {
-                let _ = pool.with_conn(Some(&keys.key), None, |c| lua.release(c, &keys, &token, &me, None, &prefix));
+                // `true`: this client's queue entries stay (whether a thread of it
+                // still waits is not asked here; an entry too many costs a name passed
+                // on).
+                let _ =
+                    pool.with_conn(Some(&keys.key), None, |c| lua.release(c, &keys, &token, &me, None, &prefix, true));
             }));
         }
-    }
-
-    /// This client's release of `name` told other clients (they wait): its own
-    /// waiters let them go first. A release wakes this client's next waiting thread
-    /// in memory at once, while the others hear a message a moment later; attempting
-    /// at once, it would win every time, and the other clients would wait until this
-    /// one runs out of waiting threads (measured: turns of over a thousand
-    /// acquisitions, see ARCHITECTURE.md "Redlock"). So they wait three times as long
-    /// as the release took, plus 1 ms (at most 50 ms): about what another client needs
-    /// to hear it and ask every master. Only waiters: `try_lock` still asks.
-    fn give_way(&self, name: &Arc<str>, release_took: Duration) {
-        let wait = release_took.saturating_mul(3).saturating_add(Duration::from_millis(1));
-        let now = Instant::now();
-        let mut giving_way = lock(&self.giving_way);
-        if giving_way.len() >= 64 {
-            giving_way.retain(|_, until| *until > now);
-        }
-        giving_way.insert(name.clone(), later(now, wait.min(Duration::from_millis(50))));
     }
 
     /// `token`'s round won with votes still to come: its release must reach them.
@@ -254,20 +254,20 @@ impl Redlock {
         unsettled.insert(token.to_owned(), ballot);
     }
 
-    /// How much longer this client's waiters give way on `name`, if they do.
-    fn giving_way(&self, name: &str) -> Option<Duration> {
-        let until = *lock(&self.giving_way).get(name)?;
-        let left = until.saturating_duration_since(Instant::now());
-        (!left.is_zero()).then_some(left)
-    }
-
     /// Releases `token`'s lock on every master where it is held, telling the clients
     /// that wait there: per master, how many it told (`None`: not held there).
     fn release_all(&self, keys: &LockKeys, token: &str) -> round::Replies<Option<u32>> {
         let (lua, keys2, token, me) = (self.lua.clone(), keys.clone(), token.to_owned(), self.client_id.clone());
         let prefixes: Vec<String> = self.channels.iter().map(|c| c.clients.clone()).collect();
         let released = |told: &Option<u32>| told.is_some();
-        self.on_all(move |i, c| lua.release(c, &keys2, &token, &me, None, &prefixes[i]), Some(&keys.key), released)
+        // Where another owner holds it, an attempt of this client that won elsewhere
+        // queued it: it leaves those queues unless a thread of it waits.
+        let queued = self.listeners.has_waiters(&keys.name);
+        self.on_all(
+            move |i, c| lua.release(c, &keys2, &token, &me, None, &prefixes[i], queued),
+            Some(&keys.key),
+            released,
+        )
     }
 }
 
@@ -307,18 +307,15 @@ impl Backend for Redlock {
         if let Some(ballot) = lock(&self.unsettled).remove(a.token) {
             ballot.released();
         }
-        let started = Instant::now();
         let replies = self.release_all(keys, a.token);
-        if replies.iter().any(|r| matches!(r, Some(Ok(Some(told))) if *told > 0)) {
-            self.give_way(&keys.name, started.elapsed());
-        }
         let released: round::Replies<bool> = replies.into_iter().map(|r| r.map(|r| r.map(|t| t.is_some()))).collect();
         tally::release(&released, &self.counting(), self.quorum)
     }
 
     fn leave(&self, keys: &LockKeys) -> Result<()> {
-        let (scripts, keys2, me) = (self.scripts.clone(), keys.clone(), self.client_id.clone());
-        let replies = self.on_all(move |_, c| scripts.leave(&keys2, &me).invoke::<i64>(c), Some(&keys.key), |_| true);
+        let (lua, keys2, me) = (self.lua.clone(), keys.clone(), self.client_id.clone());
+        let prefixes: Vec<String> = self.channels.iter().map(|c| c.clients.clone()).collect();
+        let replies = self.on_all(move |i, c| lua.leave(c, &keys2, &me, &prefixes[i]), Some(&keys.key), |_| true);
         match replies.into_iter().flatten().find_map(|r| r.err()) {
             Some(e) => Err(e),
             None => Ok(()),

@@ -1,7 +1,7 @@
 //! The scripts Redlock runs on each master besides the single-server ones it reuses
-//! (`extend`, `leave`, `force_unlock`, the holder read): an acquire that answers with
-//! the owner it found, a release that grants nothing and tells every waiting client,
-//! and the fence write-back. Why they differ from the single-server ones is in
+//! (`extend`, `force_unlock`, the holder read): an acquire that answers with the
+//! owner (and round) it found, a release that grants nothing but names the next
+//! waiting client, a leave that passes such a name on, and the fence write-back. Why they differ from the single-server ones is in
 //! ARCHITECTURE.md ("Redlock").
 
 use std::time::Duration;
@@ -16,13 +16,15 @@ use crate::keys::LockKeys;
 pub(super) enum Vote {
     /// It holds the lock for the caller now, with this fencing token (0 without).
     Granted { fence: u64 },
-    /// `owner` holds it here, for this much longer (`None`: no expiry).
-    Held { remaining: Option<Duration>, owner: String },
+    /// `owner`'s acquisition round `round` holds it here, for this much longer
+    /// (`None`: no expiry).
+    Held { remaining: Option<Duration>, owner: String, round: u64 },
 }
 
 pub(super) struct RedlockScripts {
     acquire: Script,
     release: Script,
+    leave: Script,
     raise_fence: Script,
 }
 
@@ -37,6 +39,13 @@ pub(super) struct AcquireArgs {
     pub round: u64,
 }
 
+/// How long a client named by a release (`nominate.lua`) has the lock to itself on
+/// a master: long enough to hear the message and ask every master on a busy machine
+/// (W5's handoffs: p99 3 ms), short enough that a client that does not come (it
+/// crashed) costs the clients that attempt meanwhile little. A name is no vote: the
+/// quorum still decides.
+pub(super) const NAMED_MS: u64 = 20;
+
 fn unexpected(operation: &'static str, v: &Value) -> Error {
     Error::UnexpectedReply { operation, reply: format!("{v:?}") }
 }
@@ -47,9 +56,19 @@ impl RedlockScripts {
             acquire: Script::new(concat!(
                 include_str!("../single/lua/queue.lua"),
                 include_str!("../single/lua/fence.lua"),
+                include_str!("lua/nominate.lua"),
                 include_str!("lua/acquire.lua")
             )),
-            release: Script::new(concat!(include_str!("../single/lua/queue.lua"), include_str!("lua/release.lua"))),
+            release: Script::new(concat!(
+                include_str!("../single/lua/queue.lua"),
+                include_str!("lua/nominate.lua"),
+                include_str!("lua/release.lua")
+            )),
+            leave: Script::new(concat!(
+                include_str!("../single/lua/queue.lua"),
+                include_str!("lua/nominate.lua"),
+                include_str!("lua/leave.lua")
+            )),
             raise_fence: Script::new(concat!(
                 include_str!("../single/lua/fence.lua"),
                 include_str!("lua/raise_fence.lua")
@@ -74,18 +93,28 @@ impl RedlockScripts {
         let Value::Array(items) = v else { return Err(unexpected("acquire", v)) };
         match items.as_slice() {
             [Value::Int(1), Value::Int(fence)] => Ok(Vote::Granted { fence: (*fence).max(0) as u64 }),
-            [Value::Int(0), Value::Int(pttl), owner] => {
+            [Value::Int(0), Value::Int(pttl), owner, round] => {
                 let owner: String = redis::from_redis_value(owner.clone()).map_err(|_| unexpected("acquire", v))?;
-                Ok(Vote::Held { remaining: u64::try_from(*pttl).ok().map(Duration::from_millis), owner })
+                // Written by the acquire script, as a decimal; anything else (a key
+                // written by hand) is no round: 0.
+                let round: u64 = redis::from_redis_value::<String>(round.clone())
+                    .map_err(|_| unexpected("acquire", v))?
+                    .parse()
+                    .unwrap_or(0);
+                Ok(Vote::Held { remaining: u64::try_from(*pttl).ok().map(Duration::from_millis), owner, round })
             }
             _ => Err(unexpected("acquire", v)),
         }
     }
 
-    /// Releases `token`'s lock on this master: only `round`'s vote (a failed attempt)
-    /// or, with `round` `None`, the holder's; either way telling the clients that
-    /// queued on it, on `channels_prefix`. How many clients were told when it was released
-    /// here, `None` when it was not the caller's.
+    /// Releases `token`'s lock on this master: only `round`'s vote (a failed attempt:
+    /// the clients that queued on it are told on `channels_prefix`, unless it is
+    /// empty) or, with `round` `None`, the holder's (the next waiting client is named
+    /// and told: see `nominate.lua`). How many clients were told when it was released
+    /// here, `None` when it was not the caller's. `queued`: with a `round`, whether
+    /// the caller's client waits on (it stays queued here); without, whether a thread
+    /// of it still waits (else it leaves the queue where it is not the owner).
+    #[allow(clippy::too_many_arguments)] // one per script argument, named
     pub fn release(
         &self,
         con: &mut Connection,
@@ -94,7 +123,10 @@ impl RedlockScripts {
         client_id: &str,
         round: Option<u64>,
         channels_prefix: &str,
+        queued: bool,
     ) -> redis::RedisResult<Option<u32>> {
+        // ARGV[7]: a take-back's "stay queued", a holder's release's "leave the queue".
+        let flag = if queued == round.is_some() { "1" } else { "0" };
         let round = round.map(|r| r.to_string()).unwrap_or_default();
         let n: i64 = self
             .release
@@ -104,8 +136,29 @@ impl RedlockScripts {
             .arg(round)
             .arg(channels_prefix)
             .arg(&*keys.name)
+            .arg(NAMED_MS)
+            .arg(flag)
             .invoke(con)?;
         Ok(u32::try_from(n - 1).ok())
+    }
+
+    /// This client leaves the queue of `keys` on this master (none of its threads
+    /// waits any more), passing a name it was given on to the next waiting client.
+    pub fn leave(
+        &self,
+        con: &mut Connection,
+        keys: &LockKeys,
+        client_id: &str,
+        channels_prefix: &str,
+    ) -> redis::RedisResult<()> {
+        self.leave
+            .key(&keys.key)
+            .arg(client_id)
+            .arg(channels_prefix)
+            .arg(&*keys.name)
+            .arg(NAMED_MS)
+            .invoke::<i64>(con)
+            .map(drop)
     }
 
     /// Raises this master's fence counter of `keys` to `top`.
@@ -122,12 +175,13 @@ mod tests {
     fn votes_parse() {
         let ints = |v: &[i64]| Value::Array(v.iter().map(|n| Value::Int(*n)).collect());
         assert_eq!(RedlockScripts::vote(&ints(&[1, 7])).unwrap(), Vote::Granted { fence: 7 });
-        let held = Value::Array(vec![Value::Int(0), Value::Int(250), Value::BulkString(b"tok".to_vec())]);
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let held = Value::Array(vec![Value::Int(0), Value::Int(250), bulk("tok"), bulk("12")]);
         assert_eq!(
             RedlockScripts::vote(&held).unwrap(),
-            Vote::Held { remaining: Some(Duration::from_millis(250)), owner: "tok".into() }
+            Vote::Held { remaining: Some(Duration::from_millis(250)), owner: "tok".into(), round: 12 }
         );
-        let forever = Value::Array(vec![Value::Int(0), Value::Int(-1), Value::BulkString(b"tok".to_vec())]);
+        let forever = Value::Array(vec![Value::Int(0), Value::Int(-1), bulk("tok"), bulk("0")]);
         assert!(matches!(RedlockScripts::vote(&forever).unwrap(), Vote::Held { remaining: None, .. }));
         assert!(RedlockScripts::vote(&ints(&[2, 0])).is_err());
     }

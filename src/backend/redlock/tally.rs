@@ -82,8 +82,14 @@ pub(super) enum Count {
     /// A quorum of counting masters voted for the caller: `voters` (with the fencing
     /// token each gave), whose maximum is the acquisition's.
     Won { voters: Vec<(usize, u64)> },
-    /// Another owner holds the lock on a quorum of counting masters, for at least
-    /// this long on each (`None`: no expiry).
+    /// Another owner holds the lock on a quorum of counting masters with the votes
+    /// of one of its rounds, for at least this long on each (`None`: no expiry).
+    /// Votes of one round on a quorum mean that round won, or that its owner takes
+    /// them back telling the clients queued on them (it counted them, or did not
+    /// hear from the masters in time: see `acquire::attempt`). Votes of several
+    /// rounds of the same call (a round's take-back not there yet while the next
+    /// round's votes are) may be taken back silently, as a split's are: a waiter that
+    /// counted them as a holder slept until they ran out.
     Held { remaining: Option<Duration> },
     /// Enough masters answered, but no owner has a quorum: attempts met (or a lock
     /// is being released): look again soon.
@@ -98,7 +104,9 @@ pub(super) enum Count {
 pub(super) fn attempt(replies: &Replies<Vote>, counts: &[bool], quorum: usize) -> (Count, Vec<usize>) {
     let mut voters = Vec::new();
     let mut maybe_ours = Vec::new();
-    let mut holders: HashMap<&str, (usize, Option<Duration>)> = HashMap::new();
+    // By owner and round: one owner's votes from different rounds are no quorum (see
+    // `Count::Held`).
+    let mut holders: HashMap<(&str, u64), (usize, Option<Duration>)> = HashMap::new();
     for (i, (reply, counts)) in replies.iter().zip(counts).enumerate() {
         match reply {
             Some(Ok(Vote::Granted { fence })) => {
@@ -107,8 +115,8 @@ pub(super) fn attempt(replies: &Replies<Vote>, counts: &[bool], quorum: usize) -
                     voters.push((i, *fence));
                 }
             }
-            Some(Ok(Vote::Held { remaining, owner })) if *counts => {
-                let h = holders.entry(owner.as_str()).or_insert((0, *remaining));
+            Some(Ok(Vote::Held { remaining, owner, round })) if *counts => {
+                let h = holders.entry((owner.as_str(), *round)).or_insert((0, *remaining));
                 h.0 += 1;
                 // The shortest lease seen: expiry is announced by nobody.
                 h.1 = match (h.1, *remaining) {
@@ -197,7 +205,10 @@ mod tests {
         Some(Ok(Vote::Granted { fence }))
     }
     fn held(owner: &str, ms: u64) -> Option<Result<Vote, Error>> {
-        Some(Ok(Vote::Held { remaining: Some(Duration::from_millis(ms)), owner: owner.into() }))
+        held_in(owner, 1, ms)
+    }
+    fn held_in(owner: &str, round: u64, ms: u64) -> Option<Result<Vote, Error>> {
+        Some(Ok(Vote::Held { remaining: Some(Duration::from_millis(ms)), owner: owner.into(), round }))
     }
     fn down() -> Option<Result<Vote, Error>> {
         Some(Err(Error::Connection(redis::RedisError::from(std::io::Error::from(
@@ -231,6 +242,17 @@ mod tests {
         let (count, ours) = attempt(&replies, &ALL, 3);
         assert!(matches!(count, Count::Held { remaining: Some(d) } if d == Duration::from_millis(300)), "{count:?}");
         assert_eq!(ours, [2]);
+    }
+
+    #[test]
+    fn one_owners_votes_from_different_rounds_are_a_split_not_a_holder() {
+        let replies = vec![held_in("x", 7, 900), held_in("x", 7, 900), held_in("x", 8, 900), granted(1), None];
+        let (count, _) = attempt(&replies, &ALL, 3);
+        assert!(matches!(count, Count::Split), "{count:?}");
+        let replies =
+            vec![held_in("x", 8, 900), held_in("x", 7, 900), held_in("x", 8, 900), held_in("x", 8, 400), None];
+        let (count, _) = attempt(&replies, &ALL, 3);
+        assert!(matches!(count, Count::Held { remaining: Some(d) } if d == Duration::from_millis(400)), "{count:?}");
     }
 
     #[test]
