@@ -219,8 +219,11 @@ fn attempts_that_meet_on_the_masters_exclude_each_other() {
     let per_client: Vec<usize> = (0..4).map(|c| run.sections.iter().filter(|s| s.client == c).count()).collect();
     let attempts: u64 = clients.iter().zip(&before).map(|(c, b)| c.stats().since(b).attempts).sum();
     eprintln!("4 clients x 2 threads in try_lock loops, 2 s: {attempts} attempts, acquired per client {per_client:?}");
-    // What this proves is exclusion; the split votes leave few acquisitions, unevenly.
-    assert!(per_client.iter().sum::<usize>() >= 20 && per_client.iter().all(|&n| n >= 1), "{per_client:?}");
+    // What this proves is exclusion, over many attempts that met: the split votes leave
+    // few acquisitions, unevenly (18 in 2 s in a loaded CI run), so only progress for
+    // every client is asked for.
+    assert!(attempts >= 200, "the attempts did not meet often enough to prove anything: {attempts}");
+    assert!(per_client.iter().all(|&n| n >= 1), "{per_client:?}");
 }
 
 /// Kills masters while 2 clients × 8 threads contend: with 2 of 5 gone locking goes
