@@ -38,12 +38,29 @@ impl Cluster {
     /// [`start`](Self::start), every node started from `nodes` (extra arguments). When
     /// `nodes` names a directory, node `i` runs in its subdirectory `node-i`, which stays
     /// after the cluster is dropped (with its log and `nodes.conf`): a program's
-    /// post-mortem keeps every log. Panics when `nodes` asks for TLS (a TLS cluster is
-    /// not built yet).
+    /// post-mortem keeps every log.
+    ///
+    /// With TLS ([`ServerBuilder::tls_with`], and
+    /// [`mutual_tls`](ServerBuilder::mutual_tls) after it to ask clients for a
+    /// certificate): every node serves TLS only, on its bus too, and replicates over TLS
+    /// (`--tls-cluster yes --tls-replication yes`), with the shared certificates; a node
+    /// presents the client certificate when it connects to another (`--tls-client-cert-file`).
+    /// [`urls`](Self::urls) are then `rediss://`. Panics when TLS is asked with
+    /// [`ServerBuilder::tls`] (nodes must share one CA).
     pub fn start_with(masters: usize, replicas: usize, nodes: &ServerBuilder) -> Cluster {
         assert!((1..=SLOTS).contains(&masters), "a cluster needs 1 to {SLOTS} masters");
-        assert!(!nodes.has_tls(), "a TLS cluster is not built yet: do not set ServerBuilder::tls");
-        let builder = nodes.clone().role(Role::ClusterNode);
+        let mut builder = nodes.clone().role(Role::ClusterNode);
+        if nodes.has_tls() {
+            let files = nodes.tls_files().expect(
+                "a TLS cluster shares one CA: use ServerBuilder::tls_with(TlsFiles::generate(dir)?), not tls()",
+            );
+            builder = builder
+                .args(&["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .arg("--tls-client-cert-file")
+                .arg(files.client_cert.display().to_string())
+                .arg("--tls-client-key-file")
+                .arg(files.client_key.display().to_string());
+        }
         let start = |i: usize| builder.in_subdir(&format!("node-{i}")).start();
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas)).map(start).collect();
         let cluster = Cluster { nodes, masters };
