@@ -78,8 +78,10 @@ fn mutexes_reentrant_mutexes_and_wake_ups_work_on_a_mutual_tls_cluster() {
     let used: usize = cluster.nodes().iter().map(|n| tls_connections(n, &a)).sum();
     assert!(used >= 3, "a's connections (one per master at least), all TLS: {used}");
 
-    // b waits for what a holds; a's release reaches b's notifier (classic PUBLISH).
+    // b waits for what a holds; a's release reaches b's notifier (classic PUBLISH, which
+    // the cluster forwards over its TLS bus to every other node).
     let before = b.stats();
+    let bus_before = publish_sent(&cluster);
     for name in &names {
         let g = a.mutex(name).lock().unwrap();
         let waiter = {
@@ -92,7 +94,9 @@ fn mutexes_reentrant_mutexes_and_wake_ups_work_on_a_mutual_tls_cluster() {
         waiter.join().unwrap().unwrap().unwrap();
     }
     let s = b.stats().since(&before);
-    println!("b, woken by a's releases: {s:?}");
+    let bus = publish_sent(&cluster) - bus_before;
+    println!("b, woken by a's releases: {s:?}\nbus publish messages for {} releases: {bus}", names.len());
+    assert!(bus >= 2 * names.len() as u64, "each release's PUBLISH crossed the bus to the 2 other masters: {bus}");
     assert_eq!(s.acquisitions, names.len() as u64, "{s:?}");
     assert_eq!(s.wakeups_timeout, 0, "woken by messages, never by a timeout: {s:?}");
     assert!(s.grants >= names.len() as u64, "granted by a's releases: {s:?}");
@@ -156,4 +160,17 @@ fn holder_of_free(c: &LockClient, cluster: &Cluster, name: &str) -> usize {
     let node = holder_node(cluster, &format!("t:{{{name}}}"));
     g.unlock().unwrap();
     node
+}
+
+/// `PUBLISH` messages the nodes sent over the cluster bus, summed (`CLUSTER INFO`).
+fn publish_sent(cluster: &Cluster) -> u64 {
+    let field = "cluster_stats_messages_publish_sent:";
+    cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut n.conn()).unwrap();
+            info.lines().find_map(|l| l.strip_prefix(field)).map_or(0, |v| v.trim().parse().unwrap())
+        })
+        .sum()
 }

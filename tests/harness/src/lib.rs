@@ -15,7 +15,8 @@
 //! - [`Masters`]: independent masters (for Redlock).
 //! - [`Replicated`]: a master and its replicas (for `wait_replicas`).
 //! - [`SentinelGroup`]: a master, its replicas and the Sentinels that watch it.
-//! - [`Cluster`]: a Redis Cluster of masters with replicas, every slot assigned.
+//! - [`Cluster`]: a Redis Cluster of masters with replicas, every slot assigned
+//!   (over TLS with [`Cluster::start_with`] and [`ServerBuilder::tls_with`]).
 //! - [`XorShift`]: the deterministic generator of tests and benchmarks;
 //!   [`process_cpu`] and [`wall_clock_ns`]: what a measurement asks the host.
 //! - [`bench`](mod@bench): the contention measurement shared by `benches/handoff.rs` and the
