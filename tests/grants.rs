@@ -134,6 +134,7 @@ fn a_waiting_client_is_granted_the_lock_without_a_request_of_its_own() {
     assert_eq!((s.grants, s.attempts, s.acquisitions), (1, 1, 1), "granted, after its one failed attempt");
     assert_eq!(scripts, 1, "the release alone");
     assert_eq!(s.wakeups_timeout, 0);
+    assert_eq!(s.messages_read_by_waiters, 1, "the waiting thread read its grant itself, not the notifier thread");
 }
 
 /// Sums a counter over clients.
@@ -166,10 +167,15 @@ fn a_release_messages_at_most_two_clients_however_many_wait() {
     let releases = acquired.load(Ordering::Relaxed);
     let messages = sum(&clients, |s| s.messages_received);
     let grants = sum(&clients, |s| s.grants);
+    let read_by_waiters = sum(&clients, |s| s.messages_read_by_waiters);
     println!(
-        "{releases} releases, {grants} grants, {messages} messages ({:.2} per release)",
+        "{releases} releases, {grants} grants, {messages} messages ({:.2} per release), {read_by_waiters} of them \
+         read by the waiting thread itself",
         messages as f64 / releases as f64
     );
+    // Each client has one thread: its waiter reads its messages, unless the notifier
+    // thread held the line at that moment (its look every 250 ms while none waits).
+    assert!(read_by_waiters * 2 >= messages, "{read_by_waiters} of {messages} messages read by waiters");
     assert_eq!(releases, CLIENTS as u64 * ROUNDS);
     assert!(grants * 2 >= releases, "most acquisitions are grants under contention: {grants} of {releases}");
     assert!(messages <= 2 * releases, "{messages} messages for {releases} releases");
