@@ -98,6 +98,38 @@ fn a_client_that_never_takes_its_turn_costs_the_others_about_the_reservation() {
     assert_eq!(b.stats().wakeups_timeout, 0, "b was woken by its notifier's check, not its own bound");
 }
 
+/// The same, when the client behind the grantee queued while the lock had a short lease
+/// left (here the holder's 500 ms, not renewed), as every client does while the lock
+/// passes from one to the next: it looks again by the grant's end anyway, so the release
+/// sends it no notice (one message per release, not two), and it gets the lock once the
+/// grant runs out untaken.
+#[test]
+fn a_client_that_looks_again_by_the_grant_s_end_is_sent_no_notice_and_gets_the_lock() {
+    const RESERVATION: Duration = Duration::from_millis(400);
+    let server = RedisServer::start();
+    let builder = LockClient::builder().reservation_timeout(RESERVATION);
+    let (a, b) = (connected_with(&server, builder.clone()), connected_with(&server, builder));
+    let mut con = server.conn();
+    let short = MutexOptions::default().lease(Duration::from_millis(500)).auto_renew(false);
+    let guard = a.mutex_with("job", short).lock().unwrap();
+    let _: () = redis::cmd("HSET").arg(KEY).arg("q").arg("ghost:0:1").query(&mut con).unwrap();
+    let waiter = thread::spawn(move || {
+        let g = b.mutex("job").lock().unwrap();
+        (g.token().to_owned(), b)
+    });
+    wait_until(Duration::from_secs(5), "b to queue behind the ghost", || queue(&mut con).len() == 2);
+    let released = Instant::now();
+    guard.unlock().unwrap();
+    let (token, b) = waiter.join().unwrap();
+    let waited = released.elapsed();
+    let s = b.stats();
+    println!("b acquired {waited:?} after the release; stats {s:#?}");
+    assert!(!token.is_empty());
+    assert!(waited >= RESERVATION, "b took the ghost's reservation early ({waited:?})");
+    assert!(waited <= Duration::from_secs(3), "b waited {waited:?} (reservation {RESERVATION:?})");
+    assert_eq!(s.messages_received, 0, "no notice: b looked again by the grant's end on its own");
+}
+
 /// A client whose last waiter gives up leaves the queue; a client whose turn comes
 /// while it has no waiter (its waiters left without reaching Redis) passes it on at
 /// once. Reservations are long here (10 s), so only those paths explain a quick handoff.

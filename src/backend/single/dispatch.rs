@@ -49,6 +49,9 @@ impl<'a> Message<'a> {
                 let (fence, rest) = rest.split_once(' ')?;
                 let (mark, rest) = rest.split_once(' ')?;
                 let (acks, name) = rest.split_once(' ')?;
+                // A release of a version before queue entries had `:<look>` reads a newer
+                // entry's mark as `<mark>:<look>`.
+                let mark = mark.split(':').next()?;
                 let (fence, mark, acks) = (fence.parse().ok()?, mark.parse().ok()?, acks.parse().ok()?);
                 Some(Message::Granted { name, token, fence, mark, acks })
             }
@@ -181,6 +184,11 @@ mod message_tests {
         assert_eq!(
             Message::parse("!tok 17 3 1 job 42"),
             Some(Message::Granted { name: "job 42", token: "tok", fence: 17, mark: 3, acks: 1 })
+        );
+        assert_eq!(
+            Message::parse("!tok 17 3:1796000000000 1 job"),
+            Some(Message::Granted { name: "job", token: "tok", fence: 17, mark: 3, acks: 1 }),
+            "an older release sends an entry's mark with its look"
         );
         assert_eq!(
             Message::parse("@1000 a:b"),

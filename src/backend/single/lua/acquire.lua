@@ -40,17 +40,25 @@ if held[1] == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, tonumber(held[3] or '0')}
 end
-if ARGV[5] == '1' then
-  if held[2] == me then
-    -- The holder's own client (or a grant to it not taken yet): handed on inside it.
-    if unset(held[5]) then redis.call('HSET', KEYS[1], 'w', '1') end
-  elseif not queue_has(held[4], me) then
-    redis.call('HSET', KEYS[1], 'q', queue_push(held[4], me, ARGV[3], ARGV[6]))
-  end
-end
 if not pttl then pttl = redis.call('PTTL', KEYS[1]) end
 if not unset(held[6]) then
   -- A grant not taken yet ends sooner than the hash.
   pttl = pttl - tonumber(held[6])
+end
+if ARGV[5] == '1' then
+  if held[2] == me then
+    -- The holder's own client (or a grant to it not taken yet): handed on inside it.
+    if unset(held[5]) then redis.call('HSET', KEYS[1], 'w', '1') end
+  else
+    -- The caller sleeps `pttl` (and its jitter) at most before it looks again: its
+    -- entry says until when (see release.lua: the notice to look again).
+    local look
+    if pttl >= 0 then look = now_ms() + pttl end
+    if queue_has(held[4], me) then
+      redis.call('HSET', KEYS[1], 'q', queue_set_look(held[4], me, look))
+    else
+      redis.call('HSET', KEYS[1], 'q', queue_push(held[4], me, ARGV[3], ARGV[6], look))
+    end
+  end
 end
 return {0, pttl}

@@ -1,9 +1,12 @@
 -- Shared by the scripts below (prepended to each).
 -- The queue of waiting clients, field `q`: space-separated entries
--- `<client id>:<span>:<mark>`, oldest first. `span` is the number of fencing tokens a
--- grant to that client takes (0 without fencing); `mark` is the client's name for the
--- request that queued it, echoed in the grant so that the client can tell a grant of
--- this queueing from a late one of an earlier queueing.
+-- `<client id>:<span>:<mark>[:<look>]`, oldest first. `span` is the number of fencing
+-- tokens a grant to that client takes (0 without fencing); `mark` is the client's name
+-- for the request that queued it, echoed in the grant so that the client can tell a
+-- grant of this queueing from a late one of an earlier queueing; `look` (server time,
+-- ms), when known, is when the client looks at the lock again at the latest: the end
+-- of the sleep the attempt that queued it set (its reply's PTTL), or of the look-again
+-- notice it was sent (release.lua sends one only when that is too late).
 -- Every helper works with plain `string.find` and `string.sub` (C loops over the
 -- bytes) and parses only the entry it needs: a queue of 63 clients is ~2.5 KB, and
 -- matching it with patterns entry by entry (`gmatch`) cost Redis ~35 µs per script
@@ -37,21 +40,41 @@ local function queue_without(q, id)
   if s == 1 then return string.sub(q, e + 2) end
   return string.sub(q, 1, s - 2) .. string.sub(q, e + 1)
 end
-local function queue_push(q, id, span, mark)
+local function queue_push(q, id, span, mark, look)
   local e = id .. ':' .. span .. ':' .. mark
+  if look then e = e .. ':' .. look end
   if not q or q == '' then return e end
   return q .. ' ' .. e
 end
--- The first client's id, span and mark, and the rest of the queue. An entry without
--- span or mark (written by hand, or by another version) counts as 0 and '0'.
+-- An entry's id, span, mark and look (nil: not known). An entry without span or mark
+-- (written by hand, or by another version) counts as 0 and '0'.
+local function parse_entry(e)
+  local id, span, mark, look = string.match(e, '^([^:]+):?(%d*):?([^:]*):?(%d*)$')
+  if mark == '' then mark = '0' end
+  return id, tonumber(span) or 0, mark, tonumber(look)
+end
+-- The queue with client `id`'s `look` set (nil: not known), if it is queued.
+local function queue_set_look(q, id, look)
+  local s, e = queue_find(q, id)
+  if not s then return q end
+  local _, span, mark = parse_entry(string.sub(q, s, e))
+  local entry = id .. ':' .. span .. ':' .. mark
+  if look then entry = entry .. ':' .. look end
+  return string.sub(q, 1, s - 1) .. entry .. string.sub(q, e + 1)
+end
+-- The server's clock in ms.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The first client's id, span and mark, the rest of the queue, and its look.
 local function queue_pop(q)
   local s, e = string.find(q, '%S+')
   local rest = ''
   local space = string.find(q, '%S', e + 1)
   if space then rest = string.sub(q, space) end
-  local id, span, mark = string.match(string.sub(q, s, e), '^([^:]+):?(%d*):?(%S*)$')
-  if mark == '' then mark = '0' end
-  return id, tonumber(span) or 0, mark, rest
+  local id, span, mark, look = parse_entry(string.sub(q, s, e))
+  return id, span, mark, rest, look
 end
 -- The first client id of a queue, or nil.
 local function queue_first(q)

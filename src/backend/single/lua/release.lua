@@ -51,6 +51,20 @@ if queue ~= '' then
   local nxt, span, mark, rest = queue_pop(queue)
   if ARGV[3] ~= '' then rest = queue_push(rest, ARGV[2], ARGV[5], ARGV[13]) end
   local grant = tonumber(ARGV[7])
+  -- The next client is told to look again after the grant's end (plus the notifier's
+  -- 250 ms and jitter of a quarter), unless it will look by then anyway: it queued
+  -- while a grant or a short lease held the lock (its entry's look), as every client
+  -- does while the lock passes from one to the next. Then nothing is sent.
+  local after, notify
+  if rest ~= '' then
+    local id, _, _, _, look = queue_pop(rest)
+    after = id
+    local now = now_ms()
+    if not look or look > now + grant + 250 then
+      notify = true
+      rest = queue_set_look(rest, after, now + grant + 250 + math.ceil(grant / 4))
+    end
+  end
   local ttl = math.max(tonumber(ARGV[8]), grant)
   local fields = {'o', ARGV[10], 'c', nxt, 'h', 0, 'w', '', 'q', rest, 'gt', ttl - grant}
   local fence = 0
@@ -70,8 +84,7 @@ if queue ~= '' then
     redis.call(ARGV[15], ARGV[11] .. nxt,
       '!' .. ARGV[10] .. ' ' .. integer_text(fence) .. ' ' .. mark .. ' 0 ' .. ARGV[12])
   end
-  local after = queue_first(rest)
-  if after then
+  if notify then
     redis.call(ARGV[15], ARGV[11] .. after, '@' .. grant .. ' ' .. ARGV[12])
   end
   if held_back then return {4, 0} end
