@@ -96,25 +96,22 @@ impl round::Direct<Vote> for Direct {
         Some(self.patience)
     }
 
-    /// The worker reads the reply (or, the reply lost to a time-out, asks again on the
-    /// same connection, behind the first request: the acquire script takes its own
-    /// round's vote as its own) and deals with it as a late vote. A round that lost
-    /// meanwhile takes back instead of asking again.
-    fn unread(&self, i: usize, mut con: Lent, timed_out: bool, tx: &Reply<Vote>) -> Option<Job> {
+    /// The reply is lost (a time-out): the worker asks again on the same connection,
+    /// behind the first request (the acquire script takes its own round's vote as its
+    /// own), and deals with the vote as with a late one; a round that lost meanwhile
+    /// takes back instead of asking again.
+    fn unread(&self, i: usize, mut con: Lent, tx: &Reply<Vote>) -> Option<Job> {
         let (s, tx) = (self.shared.clone(), tx.clone());
         Some(Box::new(move |pool: &Pool| {
-            let vote = if !timed_out {
-                con.with(|c| c.recv_response()?.extract_error())
-            } else if s.ballot.phase() == Phase::Lost {
+            if s.ballot.phase() == Phase::Lost {
                 let tell = if s.ballot.loud() { s.tells[i].as_str() } else { "" };
                 if let Err(e) = con.with(|c| take_back(c, &s, tell)) {
                     con.discard();
                     log::debug!("redis-mutex: could not take back a Redlock vote on {}: {e}", s.keys.key);
                 }
                 return;
-            } else {
-                con.with(|c| s.lua.acquire(c, &s.keys, &s.args))
-            };
+            }
+            let vote = con.with(|c| s.lua.acquire(c, &s.keys, &s.args));
             if vote.is_err() {
                 con.discard();
             }

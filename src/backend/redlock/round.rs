@@ -14,7 +14,8 @@
 //! A reply that comes after the caller has stopped listening is the job's to deal
 //! with: an acquisition's job releases a vote that came too late for a round that
 //! failed, or for one whose lock was released meanwhile ([`Ballot`]); a connection
-//! whose reply the caller did not read goes to the master's worker ([`Direct::unread`]).
+//! whose reply the caller stopped waiting for goes to the master's worker
+//! ([`Direct::unread`]), or is closed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,8 +61,8 @@ pub(super) trait Direct<T> {
     fn reply(&self, i: usize, reply: std::result::Result<Value, RedisError>) -> Result<T>;
 
     /// How long the caller waits for the first replies, until a quorum answered,
-    /// before it gives a master that has not answered to its worker (`unread`, timed
-    /// out) and reads the next one; `None`: until the round's deadline. Only for a
+    /// before it gives a master that has not answered to its worker (`unread`) and
+    /// reads the next one; `None`: until the round's deadline. Only for a
     /// request that can be asked again (the worker asks again: the reply to the first
     /// one is lost).
     fn patience(&self) -> Option<Duration> {
@@ -69,10 +70,10 @@ pub(super) trait Direct<T> {
     }
 
     /// A job for master `i`'s worker with a connection whose reply the round did not
-    /// read (`timed_out`: a read of it timed out, and the reply is lost; else it is
-    /// still due). `None` (the default): the connection is closed.
-    fn unread(&self, i: usize, con: Lent, timed_out: bool, reply: &Reply<T>) -> Option<Job> {
-        let _ = (i, con, timed_out, reply);
+    /// wait for any longer: its read timed out, and the reply is lost (redis-rs skips
+    /// it when it comes). `None` (the default): the connection is closed.
+    fn unread(&self, i: usize, con: Lent, reply: &Reply<T>) -> Option<Job> {
+        let _ = (i, con, reply);
         None
     }
 }
@@ -249,17 +250,16 @@ pub(super) fn run_ballot<T: Send + 'static>(
         for (i, mut con) in sent {
             let until = patience.filter(|_| c.succeeded < quorum).map_or(c.until, |p| p.min(c.until));
             let now = Instant::now();
-            if now >= c.until {
-                // Not listening any more; the reply is still due.
-                hand_over(d, &masters[i], i, con, false, &tx);
-                continue;
-            }
+            // Past the end (the caller was not scheduled, or waited for another
+            // master), a reply already there is still read: 1 ms at most.
             match con.recv(until.saturating_duration_since(now)) {
                 Err(e) if e.is_timeout() => {
                     // The others' replies came meanwhile: not part of the grace.
                     c.stalled += now.elapsed();
                     masters[i].set_slow(true);
-                    hand_over(d, &masters[i], i, con, true, &tx);
+                    if let Some(job) = d.unread(i, con, &tx) {
+                        masters[i].submit(job);
+                    }
                 }
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     masters[i].submit(make(i, tx.clone()));
@@ -294,14 +294,6 @@ fn send(pool: &Pool, packed: &[u8]) -> Option<Lent> {
             con.discard();
             None
         }
-    }
-}
-
-/// Gives a connection whose reply was not read to its master's worker (see
-/// [`Direct::unread`]), or closes it.
-fn hand_over<T>(d: &dyn Direct<T>, master: &Master, i: usize, con: Lent, timed_out: bool, tx: &Reply<T>) {
-    if let Some(job) = d.unread(i, con, timed_out, tx) {
-        master.submit(job);
     }
 }
 

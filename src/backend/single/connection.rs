@@ -388,8 +388,8 @@ impl Lent {
         reply.extract_error()
     }
 
-    /// Runs `op` (a whole request, or the read of a reply due) with the settings' read
-    /// timeout: after it, the connection is as it came.
+    /// Runs `op` (a whole request; a reply lost to a time-out is skipped before its
+    /// own) with the settings' read timeout: after it, the connection is as it came.
     pub fn with<T>(
         &mut self,
         op: impl FnOnce(&mut Connection) -> std::result::Result<T, RedisError>,
