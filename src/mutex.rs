@@ -189,7 +189,8 @@ impl Mutex {
     }
 
     /// Deletes the lock whoever holds it and wakes waiters everywhere. Returns whether
-    /// there was a lock to delete. The holder's guard notices at its next renewal
+    /// someone held it (a key left holding only the queue of waiting clients, after a
+    /// grant nobody took, is deleted too, and returns `false`). The holder's guard notices at its next renewal
     /// ([`MutexGuard::is_lost`]) or use. An operator's tool for a stuck lock, not a
     /// way to unlock: mutual exclusion is broken while the old holder keeps working.
     ///

@@ -35,6 +35,10 @@ pub struct Stats {
     /// Pub/sub messages this client's notifier received (release notices addressed to
     /// it, and broadcasts): what a release costs the fleet in messages.
     pub messages_received: u64,
+    /// Of `messages_received`, those a waiting thread read from the subscriber
+    /// connection itself: one thread wake-up less than when the notifier thread reads
+    /// and wakes the waiter (see `ARCHITECTURE.md`, "A waiter reads its own messages").
+    pub messages_read_by_waiters: u64,
     /// Acquisitions granted by another client's release, which made a waiting thread of
     /// this client the owner in the same step: no attempt of its own. (Read-write locks
     /// and semaphores: grants by any release, this client's own included.)
@@ -84,6 +88,7 @@ impl Stats {
             leases_lost: d(self.leases_lost, earlier.leases_lost),
             orphans_released: d(self.orphans_released, earlier.orphans_released),
             messages_received: d(self.messages_received, earlier.messages_received),
+            messages_read_by_waiters: d(self.messages_read_by_waiters, earlier.messages_read_by_waiters),
             grants: d(self.grants, earlier.grants),
             read_acquisitions: d(self.read_acquisitions, earlier.read_acquisitions),
             write_acquisitions: d(self.write_acquisitions, earlier.write_acquisitions),
@@ -108,6 +113,7 @@ pub(crate) struct Counters {
     pub leases_lost: AtomicU64,
     pub orphans_released: AtomicU64,
     pub messages_received: AtomicU64,
+    pub messages_read_by_waiters: AtomicU64,
     pub grants: AtomicU64,
     pub read_acquisitions: AtomicU64,
     pub write_acquisitions: AtomicU64,
@@ -136,6 +142,7 @@ impl Counters {
             leases_lost: g(&self.leases_lost),
             orphans_released: g(&self.orphans_released),
             messages_received: g(&self.messages_received),
+            messages_read_by_waiters: g(&self.messages_read_by_waiters),
             grants: g(&self.grants),
             read_acquisitions: g(&self.read_acquisitions),
             write_acquisitions: g(&self.write_acquisitions),

@@ -299,7 +299,7 @@ fn sentinel_and_master_credentials_with_the_readme_acls() {
         cmd.query::<()>(&mut s.admin_conn()).expect("Sentinel ACL");
     }
     let locker = "on resetkeys ~redis-mutex:* resetchannels &redis-mutex:* -@all +ping +select +client|setname +info \
-                  +evalsha +script|load +subscribe +unsubscribe +punsubscribe +hmget +hset +del +pexpire +pttl +time \
+                  +evalsha +script|load +subscribe +hmget +hset +del +pexpire +pttl +time \
                   +get +set +publish +type +role";
     for server in std::iter::once(group.master()).chain(group.replicas()) {
         let mut cmd = redis::cmd("ACL");

@@ -2,7 +2,8 @@
 //! and tells it, and its thread returns without a request of its own; a grant read late
 //! by a process that was stopped is confirmed with Redis, never relied on; a release
 //! messages at most two clients however many wait; clients of another database or
-//! prefix hear nothing.
+//! prefix hear nothing; a waiter that reads its own messages survives the connection
+//! breaking under it.
 
 mod support;
 
@@ -134,6 +135,7 @@ fn a_waiting_client_is_granted_the_lock_without_a_request_of_its_own() {
     assert_eq!((s.grants, s.attempts, s.acquisitions), (1, 1, 1), "granted, after its one failed attempt");
     assert_eq!(scripts, 1, "the release alone");
     assert_eq!(s.wakeups_timeout, 0);
+    assert_eq!(s.messages_read_by_waiters, 1, "the waiting thread read its grant itself, not the notifier thread");
 }
 
 /// Sums a counter over clients.
@@ -166,10 +168,15 @@ fn a_release_messages_at_most_two_clients_however_many_wait() {
     let releases = acquired.load(Ordering::Relaxed);
     let messages = sum(&clients, |s| s.messages_received);
     let grants = sum(&clients, |s| s.grants);
+    let read_by_waiters = sum(&clients, |s| s.messages_read_by_waiters);
     println!(
-        "{releases} releases, {grants} grants, {messages} messages ({:.2} per release)",
+        "{releases} releases, {grants} grants, {messages} messages ({:.2} per release), {read_by_waiters} of them \
+         read by the waiting thread itself",
         messages as f64 / releases as f64
     );
+    // Each client has one thread: its waiter reads its messages, unless the notifier
+    // thread held the line at that moment (its look every 250 ms while none waits).
+    assert!(read_by_waiters * 2 >= messages, "{read_by_waiters} of {messages} messages read by waiters");
     assert_eq!(releases, CLIENTS as u64 * ROUNDS);
     assert!(grants * 2 >= releases, "most acquisitions are grants under contention: {grants} of {releases}");
     assert!(messages <= 2 * releases, "{messages} messages for {releases} releases");
@@ -213,4 +220,62 @@ fn clients_of_another_database_or_prefix_hear_nothing() {
     waiting0.join().unwrap().expect("the db-0 waiter gets the lock").unwrap();
     assert_eq!(waiter0.stats().grants, 1);
     assert_eq!(elsewhere.stats().messages_received, 0, "a client of another prefix heard messages");
+}
+
+/// A waiting thread that reads the subscriber connection itself when the server drops
+/// that connection leaves it to the notifier thread, which subscribes again, wakes the
+/// waiter and, since it waits on, reads for it: the waiter is granted the lock by
+/// message, no wake-up by a timeout. The next wait reads the new connection itself.
+#[test]
+fn a_waiter_whose_connection_breaks_while_it_reads_is_granted_on_the_new_one() {
+    let server = RedisServer::start();
+    let builder = || LockClient::builder().reservation_timeout(GRANT);
+    let (a, b) = (connected_with(&server, builder()), connected_with(&server, builder()));
+    let held = b.mutex("job").lock().unwrap();
+    let before = a.stats();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m = a.mutex("job");
+    let waiter = thread::spawn(move || {
+        let guard = m.lock().unwrap();
+        let owns = m.holder().unwrap().is_some_and(|h| h.token == guard.token());
+        tx.send(owns).unwrap();
+    });
+    wait_until(Duration::from_secs(10), "a to queue", || a.stats().attempts > before.attempts);
+    // Its thread reads a's subscriber connection now (nothing of "job" is held in a).
+    thread::sleep(Duration::from_millis(100));
+    let mut admin = server.conn();
+    let list: String = redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query(&mut admin).unwrap();
+    let name = format!("name=redis-mutex:{}:notifier", a.id());
+    let id = list.lines().find(|l| l.split(' ').any(|f| f == name)).and_then(|l| l.strip_prefix("id="));
+    let id = id.and_then(|l| l.split(' ').next()).unwrap_or_else(|| panic!("a's notifier in {list}"));
+    let killed: u64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query(&mut admin).unwrap();
+    assert_eq!(killed, 1);
+    let t = Instant::now();
+    wait_until(Duration::from_secs(10), "a's notifier to subscribe again", || {
+        a.stats().notifier_reconnects > before.notifier_reconnects && a.is_notifier_connected()
+    });
+    // At once, not at the next keep-alive probe (`ping_interval`, 5 s): the reader saw
+    // the connection break and left it to the notifier thread.
+    assert!(t.elapsed() < Duration::from_secs(3), "subscribed again after {:?}", t.elapsed());
+    thread::sleep(Duration::from_millis(100));
+    drop(held);
+    assert!(rx.recv_timeout(Duration::from_secs(10)).expect("a's waiter gets the lock"), "and owns it in Redis");
+    waiter.join().unwrap();
+    let d = a.stats().since(&before);
+    println!("a's stats: {d:#?}");
+    assert_eq!((d.acquisitions, d.grants), (1, 1), "granted by b's release");
+    assert_eq!(d.wakeups_timeout, 0, "{d:#?}");
+
+    // The next wait: its thread reads the new connection.
+    let held = b.mutex("job").lock().unwrap();
+    let before = a.stats();
+    let m = a.mutex("job");
+    let waiter = thread::spawn(move || drop(m.lock().unwrap()));
+    wait_until(Duration::from_secs(10), "a to queue again", || a.stats().attempts > before.attempts);
+    thread::sleep(Duration::from_millis(100));
+    drop(held);
+    waiter.join().unwrap();
+    let d = a.stats().since(&before);
+    assert_eq!(d.grants, 1);
+    assert_eq!(d.messages_read_by_waiters, 1, "the grant was read by the waiter, on the new connection: {d:#?}");
 }

@@ -273,6 +273,13 @@ fn is_held_and_is_locked_follow_force_unlock() {
     let err = guard.unlock().expect_err("unlocking a force-unlocked lock");
     assert!(err.is_lock_lost(), "{err:?}");
     assert_nothing_left(&server);
+
+    // Only the queue of waiting clients is left (a grant nobody took ran out): nobody
+    // held it, though the key goes all the same.
+    let key = format!("{PREFIX}{{stuck}}");
+    redis::cmd("HSET").arg(&key).arg("q").arg("gone:0:1").query::<()>(&mut server.conn()).unwrap();
+    assert!(!mb.force_unlock().unwrap(), "a queue without a holder: nothing was held");
+    assert_nothing_left(&server);
 }
 
 #[test]

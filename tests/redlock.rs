@@ -936,8 +936,8 @@ fn redlock_works_under_the_readme_acl_and_needs_info() {
         let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
     };
-    let commands = "+ping +select +client|setname +info +evalsha +script|load +subscribe +unsubscribe \
-                    +punsubscribe +hmget +hset +del +pexpire +pttl +time +get +set +publish +type";
+    let commands = "+ping +select +client|setname +info +evalsha +script|load +subscribe +hmget +hset +del \
+                    +pexpire +pttl +time +get +set +publish +type";
     let mut rules: Vec<&str> = ["on", ">pw", "resetkeys", "~rl:*", "resetchannels", "&rl:*", "-@all"].into();
     rules.extend(commands.split(' '));
     if version >= (7, 2) {

@@ -25,8 +25,7 @@ const KEY_AND_CHANNEL_RULES: &[&str] =
 
 /// Every command the crate sends, its scripts' inner commands included. Each one is
 /// needed: `every_permission_in_the_recommended_acl_is_needed` takes each away in turn.
-/// (`unsubscribe`/`punsubscribe`: redis-rs sends both when a client's notifier closes;
-/// `select`: redis-rs sends it when connecting to a database other than 0, which is why
+/// (`select`: redis-rs sends it when connecting to a database other than 0, which is why
 /// these tests use database 1; `info`: `build()` reads the eviction policy and AOF
 /// setting with it, and only logs that it could not check when refused.)
 const COMMANDS: &[&str] = &[
@@ -37,8 +36,6 @@ const COMMANDS: &[&str] = &[
     "evalsha",
     "script|load",
     "subscribe",
-    "unsubscribe",
-    "punsubscribe",
     "hmget",
     "hset",
     "del",
@@ -331,8 +328,8 @@ fn acl_user_limited_to_the_crate_can_use_every_feature() {
     assert_eq!(out.tokens.len(), 3, "{out:?}");
     assert!(out.tokens.windows(2).all(|w| w[0] < w[1]), "fencing tokens must rise: {out:?}");
     assert_eq!(out.reentrant_holds, 2, "{out:?}");
-    // Nothing was refused, not even what the crate or redis-rs would shrug off (the
-    // clients' notifiers unsubscribe when they close: wait for them).
+    // Nothing was refused, not even what the crate or redis-rs would shrug off (wait
+    // for the clients' connections to close).
     thread::sleep(Duration::from_millis(500));
     let refused = acl_log(&server);
     assert!(refused.is_empty(), "the ACL refused: {refused:#?}");

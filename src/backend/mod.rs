@@ -199,6 +199,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
         let _ = capability;
         None
     }
+    /// The subscriber connection a waiting thread may read itself, on a backend with
+    /// one (one server, Sentinel: see [`Listen`]). The default: none.
+    fn line(&self) -> Option<&dyn Listen> {
+        None
+    }
     /// Read-write locks and semaphores, on a backend that can bound them: one master
     /// holds all of a lock's state (one server, TLS, Sentinel, Cluster). `Err` says
     /// why not; the default, for a backend that does not override it: a quorum of
@@ -272,6 +277,11 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
     fn recheck(&self, name: &str) {
         self.wake_first(name);
     }
+    /// How many threads of this client wait now (for locks of any kind). The default:
+    /// none counted.
+    fn waiting_threads(&self) -> usize {
+        0
+    }
     /// Whether release messages are being heard: while not, waiters poll.
     fn set_listening(&self, up: bool);
     /// The server is not the one that confirmed this client's leases any more (a
@@ -299,6 +309,18 @@ pub(crate) trait ReleaseSink: Send + Sync + 'static {
         let _ = token;
         false
     }
+}
+
+/// A subscriber connection that a waiting thread may read itself, instead of sleeping
+/// until the subscriber's thread hears a message and wakes it: one thread wake-up less
+/// between a release and the next holder (see `single::line`).
+pub(crate) trait Listen: Send + Sync {
+    /// If nobody else reads the connection now: reads it, delivering every message to
+    /// the client's [`ReleaseSink`] as the subscriber thread would, until `woken()`
+    /// (the caller's own wake-up came) or `until`, and returns `true`; it may return
+    /// earlier (the connection broke or must be probed), then the caller sleeps as
+    /// usual for the rest. `false`: someone else reads it, or it is down.
+    fn listen_until(&self, until: Instant, woken: &dyn Fn() -> bool) -> bool;
 }
 
 /// Where the locks live.

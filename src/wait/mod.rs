@@ -25,6 +25,9 @@ mod check;
 mod deadline;
 #[cfg(test)]
 mod limits_tests;
+mod listen;
+#[cfg(test)]
+mod listen_tests;
 mod orphans;
 mod registry;
 mod release;
@@ -47,6 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::deadline::{Deadline, Forever};
+use self::listen::Holding;
 use self::orphans::Orphans;
 pub(crate) use self::registry::Registry;
 use self::registry::{Grant, Leave, WaitHandle, Woken};
@@ -83,6 +87,8 @@ pub(crate) struct Core {
     watchdog: Watchdog,
     /// Acquisitions whose reply was lost, which the watchdog releases.
     orphans: Arc<Orphans>,
+    /// The mutex tenures alive in this client, by lock name.
+    holding: Arc<Holding>,
     settings: Settings,
 }
 
@@ -140,7 +146,7 @@ impl Core {
             handoff_limit: settings.handoff_limit,
         })?;
         registry.on_server_change(watchdog.waker());
-        Ok(Core { backend, registry, stats, watchdog, orphans, settings })
+        Ok(Core { backend, registry, stats, watchdog, orphans, holding: Arc::default(), settings })
     }
 
     /// A snapshot of the client's counters.
@@ -223,7 +229,8 @@ impl Core {
             // Timed from when the acquiring request was sent: no later than Redis
             // started the lease, so renewals and lost-lease detection err early.
             let t = Tenure::new(keys.clone(), token, want.lease_ms, got.grant.at, fence, got.grant.turn)
-                .acknowledged_by(want.replicas);
+                .acknowledged_by(want.replicas)
+                .counted(self.holding.mark(&keys.name));
             // Redis gave a grant a short lease, which renewals lengthen.
             let set = got.grant.from_another_client.as_ref().map_or(want.lease_ms, |g| g.lease_ms);
             t.confirmed(got.grant.at, self.backend.vouched_ms(set));
@@ -389,7 +396,8 @@ impl Core {
             // the first waiter talks to Redis. The flag goes up before the check, so a
             // first waiter leaving in between sees it.
             waiter.rely_on_first(true);
-            let (bound, failure) = if !waiter.is_first() {
+            let first = waiter.is_first();
+            let (bound, failure) = if !first {
                 // Every way forward from here wakes us (a grant, the first leaving), so
                 // no polling, even while the notifier is down.
                 (self.settings.max_sleep, None)
@@ -444,7 +452,8 @@ impl Core {
             }
             let until = deadline.at().map_or(later(now, bound), |d| later(now, bound).min(d));
             slept = true;
-            match waiter.sleep_until(until) {
+            let woken = if first { self.listen(&waiter, keys, until) } else { None };
+            match woken.unwrap_or_else(|| waiter.sleep_until(until)) {
                 Woken::Notified => {
                     bump(&self.stats.wakeups_notified);
                     log::trace!("redis-mutex: waiter on {} woken by notification", keys.key);

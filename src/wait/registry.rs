@@ -15,7 +15,7 @@
 //! what it hears here, by lock name.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::tenure::Tenure;
 use super::tickets::Tickets;
-use crate::backend::{Granted, HandoffTarget, ReleaseSink};
+use crate::backend::{Granted, HandoffTarget, Listen, ReleaseSink};
 use crate::clock::Stamp;
 use crate::sync::lock;
 
@@ -107,6 +107,8 @@ pub(crate) struct Claim {
 #[derive(Default)]
 pub(crate) struct Registry {
     queues: Mutex<HashMap<Arc<str>, VecDeque<Arc<Waiter>>>>,
+    /// The waiters in `queues`, all names.
+    queued: AtomicUsize,
     next_id: AtomicU64,
     /// Whether the backend's subscriber hears release messages now.
     listening: AtomicBool,
@@ -163,6 +165,10 @@ impl ReleaseSink for Registry {
 
     fn has_waiters(&self, name: &str) -> bool {
         self.waiting(name) > 0
+    }
+
+    fn waiting_threads(&self) -> usize {
+        self.queued.load(Ordering::Acquire) + self.tickets.waiting_total()
     }
 
     fn waits_for(&self, name: &str) -> bool {
@@ -227,6 +233,7 @@ impl Registry {
             rx,
         });
         lock(&self.queues).entry(name).or_default().push_back(waiter.clone());
+        self.queued.fetch_add(1, Ordering::AcqRel);
         WaitHandle { registry: self.clone(), waiter, done: false }
     }
 
@@ -287,7 +294,9 @@ impl Registry {
 
     fn remove(&self, queues: &mut HashMap<Arc<str>, VecDeque<Arc<Waiter>>>, waiter: &Waiter) {
         if let Some(q) = queues.get_mut(&waiter.name) {
+            let before = q.len();
             q.retain(|w| w.id != waiter.id);
+            self.queued.fetch_sub(before - q.len(), Ordering::AcqRel);
             if q.is_empty() {
                 queues.remove(&waiter.name);
             }
@@ -382,6 +391,21 @@ impl WaitHandle {
     /// Whether a failed release may have handed this waiter the lock in Redis.
     pub fn maybe_handed(&self) -> bool {
         self.waiter.maybe_handed.load(Ordering::Acquire)
+    }
+
+    /// Reads `line` until woken or `until` (see [`Listen`]); `None` when it could not
+    /// take the line, or left it early: the caller sleeps on its slot instead.
+    pub fn listen_until(&self, line: &dyn Listen, until: Instant) -> Option<Woken> {
+        if !line.listen_until(until, &|| !self.waiter.rx.is_empty()) {
+            return None;
+        }
+        if self.waiter.rx.try_recv().is_ok() {
+            Some(Woken::Notified)
+        } else if Instant::now() >= until {
+            Some(Woken::TimedOut)
+        } else {
+            None
+        }
     }
 
     /// Sleeps until woken or `until`.

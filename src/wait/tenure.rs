@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::keys::LockKeys;
 use crate::stats::{Counters, bump};
 use crate::sync::{lock, try_lock};
+use crate::wait::listen::HeldHere;
 use crate::wait::registry::Registry;
 
 /// One Redis tenure of a lock, shared by its guards and the watchdog.
@@ -48,6 +49,9 @@ pub(crate) struct Tenure {
     requests: Mutex<()>,
     /// The watchdog's id for this tenure while it renews it (`auto_renew`).
     renewing: Mutex<Option<u64>>,
+    /// Counts it in the registry as a tenure of its lock alive in this client (a
+    /// mutex's), until it is dropped.
+    _held_here: Option<HeldHere>,
 }
 
 #[derive(Debug)]
@@ -85,7 +89,13 @@ impl Tenure {
             state: Mutex::new(LeaseState { lease_ms, confirmed, confirmed_ms: lease_ms, retry: None, failure: None }),
             requests: Mutex::new(()),
             renewing: Mutex::new(None),
+            _held_here: None,
         }
+    }
+
+    /// The tenure, counted alive in this client's registry while it lives (`mark`).
+    pub fn counted(self, mark: HeldHere) -> Tenure {
+        Tenure { _held_here: Some(mark), ..self }
     }
 
     /// The tenure of an acquisition `replicas` acknowledged (see [`Tenure::replicas`]).

@@ -186,6 +186,11 @@ impl Tickets {
         lock(&self.inner).by_token.contains_key(token)
     }
 
+    /// Threads waiting, for any lock.
+    pub fn waiting_total(&self) -> usize {
+        lock(&self.inner).by_token.len()
+    }
+
     /// Wakes every waiting thread once (messages may have been missed).
     pub fn wake_all(&self) -> usize {
         let inner = lock(&self.inner);

@@ -53,6 +53,11 @@ struct Args {
     /// one server, are left out. Redis's counters and CPU are summed over the masters.
     #[arg(long, default_value_t = 1)]
     masters: usize,
+    /// Runs of the W1/W2/W3/curve/W5/fleet plan, interleaved (every implementation
+    /// and workload once per run); with more than one, the tables, checks, CSV and
+    /// plots use each (workload, implementation)'s median run by acq/s.
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
     /// Where to write results.csv and the plots [default: benches/peers/results].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -299,7 +304,11 @@ fn main() {
     }
     let mut last_wl = "";
     let mut w5_secs = 0.0;
-    for (wl, procs, threads, think) in plan {
+    let runs = o.runs.max(1);
+    for (run, (wl, procs, threads, think)) in (1..=runs).flat_map(|run| plan.iter().map(move |&p| (run, p))) {
+        if runs > 1 && last_wl.is_empty() {
+            println!("\n== run {run} of {runs}");
+        }
         let is_w5 = wl.starts_with("W5");
         if wl != last_wl || threads != 8 || is_w5 {
             println!("\n{}", if is_w5 { w5::header() } else { report::row_header() });
@@ -352,6 +361,16 @@ fn main() {
         }
         if is_w5 {
             w5_secs += t0.elapsed().as_secs_f64();
+        }
+        if plan.last() == Some(&(wl, procs, threads, think)) {
+            last_wl = "";
+        }
+    }
+    if runs > 1 {
+        rows = report::median_runs(rows);
+        println!("\nmedian run of {runs} by acq/s, each workload and implementation:");
+        for r in &rows {
+            println!("{}", if r.workload.starts_with("W5") { w5::line(r) } else { report::row_line(r) });
         }
     }
     if wants(Workload::W4) {

@@ -240,3 +240,27 @@ pub fn targets(rows: &[Row], w4: &[W4Row]) -> Vec<String> {
     }
     out
 }
+
+/// Of the rows of several runs, for each workload, implementation and shape, the run
+/// whose acq/s is the median (the lower middle one of an even count), in first-seen
+/// order.
+pub fn median_runs(rows: Vec<Row>) -> Vec<Row> {
+    let mut groups: Vec<Vec<Row>> = Vec::new();
+    for r in rows {
+        match groups.iter_mut().find(|g| {
+            let f = &g[0];
+            (f.workload, f.imp, f.procs, f.threads) == (r.workload, r.imp, r.procs, r.threads)
+        }) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut g| {
+            g.sort_by(|a, b| a.acq_per_s.total_cmp(&b.acq_per_s));
+            let mid = (g.len() - 1) / 2;
+            g.swap_remove(mid)
+        })
+        .collect()
+}

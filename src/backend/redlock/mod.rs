@@ -34,6 +34,7 @@ use self::listen::Listeners;
 use self::master::{Boot, Master};
 use self::round::Reply;
 use self::scripts::RedlockScripts;
+use super::single::line::Line;
 use super::single::notifier::{self, NotifierConfig};
 use super::single::scripts::{HolderFields, Scripts};
 use super::single::{ConnectSettings, Pool, Target};
@@ -151,19 +152,22 @@ impl Redlock {
         let listeners = Listeners::new(sink, n, quorum, pass_on);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         for (i, master) in masters.iter().enumerate() {
+            let shared = notifier::Shared {
+                sink: listeners.for_master(i),
+                stats: stats.clone(),
+                unclaimed: Box::new(|_, _| {}),
+            };
+            // Each master's messages are counted per master (`Listeners`): only its
+            // notifier thread reads them.
+            let line = Line::new(shared, 0, options.ping_interval, master.settings().target.clone(), false);
             notifier::spawn(
                 NotifierConfig {
                     connect: master.settings().clone(),
                     channels: channels[i].clone(),
                     prefix: options.prefix.clone(),
                     ping_after: options.ping_interval,
-                    grant_ms: 0,
                 },
-                notifier::Shared {
-                    sink: listeners.for_master(i),
-                    stats: stats.clone(),
-                    unclaimed: Box::new(|_, _| {}),
-                },
+                line,
                 stopped.clone(),
             )
             .map_err(|e| Error::spawn("redis-mutex-notifier", e))?;

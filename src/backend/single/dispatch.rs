@@ -88,6 +88,11 @@ pub(crate) struct Dispatch {
 }
 
 impl Dispatch {
+    /// When the next check falls due, if one is armed.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.checks.values().chain(self.ticket_checks.values()).min().copied()
+    }
+
     /// Fires the checks that fell due.
     pub fn tick(&mut self, shared: &Shared) {
         if !self.checks.is_empty() {

@@ -4,6 +4,7 @@
 
 mod connection;
 pub(crate) mod dispatch;
+pub(crate) mod line;
 pub(crate) mod notifier;
 mod replicas;
 mod route;
@@ -18,13 +19,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use redis::{Connection, Value};
 
+use self::line::Line;
 use self::notifier::NotifierConfig;
 use self::scripts::{Releaser, Scripts};
 use self::shared::SharedScripts;
 use super::cluster::{ShardConfig, Shards};
 use super::sentinel;
 use super::{
-    Attempt, AttemptArgs, Backend, Options, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas, SharedBackend,
+    Attempt, AttemptArgs, Backend, Listen, Options, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas,
+    SharedBackend,
 };
 use crate::error::{Error, Result};
 use crate::holder::Holder;
@@ -35,6 +38,9 @@ use crate::stats::Counters;
 /// last of the two.
 pub(crate) struct SingleServer {
     server: Arc<Server>,
+    /// The notifier's connection, which waiting threads may read (none with sharded
+    /// wake-ups).
+    line: Option<Arc<Line>>,
     /// Dropping it stops the notifier thread.
     _notifier_stop: Sender<()>,
 }
@@ -149,21 +155,22 @@ impl SingleServer {
             };
             let shards = Shards::new(nodes, cfg, notifier::Shared { sink, stats, unclaimed }, stopped);
             let _ = server.shards.set(shards);
-            return Ok(SingleServer { server, _notifier_stop: stop });
+            return Ok(SingleServer { server, line: None, _notifier_stop: stop });
         }
+        let shared = notifier::Shared { sink, stats, unclaimed };
+        let line = Line::new(shared, server.grant_ms, options.ping_interval, settings.target.clone(), true);
         notifier::spawn(
             NotifierConfig {
                 connect: settings,
                 channels,
                 prefix: options.prefix.clone(),
                 ping_after: options.ping_interval,
-                grant_ms: server.grant_ms,
             },
-            notifier::Shared { sink, stats, unclaimed },
+            line.clone(),
             stopped,
         )
         .map_err(|e| Error::spawn("redis-mutex-notifier", e))?;
-        Ok(SingleServer { server, _notifier_stop: stop })
+        Ok(SingleServer { server, line: Some(line), _notifier_stop: stop })
     }
 }
 
@@ -253,6 +260,10 @@ impl Server {
 impl Backend for SingleServer {
     fn grants(&self) -> bool {
         true
+    }
+
+    fn line(&self) -> Option<&dyn Listen> {
+        self.line.as_deref().map(|l| l as &dyn Listen)
     }
 
     /// One master holds all of a lock's state, so read-write locks and semaphores are

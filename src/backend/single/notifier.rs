@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::connection::ConnectSettings;
-use super::dispatch::Dispatch;
+use super::line::{IDLE_LOOK, Line, Read, Session};
 use crate::backend::ReleaseSink;
 use crate::backoff::Backoff;
 use crate::keys::Channels;
@@ -32,8 +32,6 @@ pub(crate) struct NotifierConfig {
     pub prefix: String,
     /// Silence after which the connection is probed with PING.
     pub ping_after: Duration,
-    /// How long a lock granted to a waiting client is its before it takes it.
-    pub grant_ms: u64,
 }
 
 /// Releases a grant nobody of this client takes any more: `(lock name, owner token)`.
@@ -47,17 +45,19 @@ pub(crate) struct Shared {
     pub unclaimed: Unclaimed,
 }
 
-/// Starts the notifier thread. It exits soon after `shutdown`'s sender is dropped.
-pub(crate) fn spawn(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("redis-mutex-notifier".into()).spawn(move || run(cfg, shared, shutdown))
+/// Starts the notifier thread, which serves `line`. It exits soon after `shutdown`'s
+/// sender is dropped.
+pub(crate) fn spawn(cfg: NotifierConfig, line: Arc<Line>, shutdown: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("redis-mutex-notifier".into()).spawn(move || run(cfg, &line, shutdown))
 }
 
 fn stopped(shutdown: &Receiver<()>) -> bool {
     matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
 }
 
-fn run(cfg: NotifierConfig, shared: Shared, shutdown: Receiver<()>) {
-    supervise(&shared, &shutdown, |memory| serve(&cfg, &shared, &shutdown, memory));
+fn run(cfg: NotifierConfig, line: &Line, shutdown: Receiver<()>) {
+    supervise(&line.shared, &shutdown, |memory| serve(&cfg, line, &shutdown, memory));
+    line.set(None);
 }
 
 /// What the notifier carries from one connection to the next.
@@ -104,22 +104,21 @@ fn supervise(shared: &Shared, shutdown: &Receiver<()>, mut session: impl FnMut(&
 }
 
 /// One subscribed connection: `Ok` when the client was dropped, else why it broke.
-fn serve(
-    cfg: &NotifierConfig,
-    shared: &Shared,
-    shutdown: &Receiver<()>,
-    memory: &mut Memory,
-) -> redis::RedisResult<()> {
+fn serve(cfg: &NotifierConfig, line: &Line, shutdown: &Receiver<()>, memory: &mut Memory) -> redis::RedisResult<()> {
+    let shared = &line.shared;
     let channels = [cfg.channels.mine.as_str(), cfg.channels.all.as_str()];
     let tagged = cfg.connect.connect_tagged(":notifier")?;
     let generation = tagged.generation;
     let mut con = tagged.con;
     let run_id = run_id(&mut con);
-    // The `PubSub` lives as long as the connection: dropping it unsubscribes.
     let mut pubsub = con.as_pubsub();
     pubsub.subscribe(&channels[..])?;
     confirm_subscribed(cfg, &mut pubsub)?;
-    pubsub.set_read_timeout(Some(TICK))?;
+    let early = drain(&mut pubsub)?;
+    // Dropping the `PubSub` would unsubscribe; the session reads the connection (see
+    // `line::Session::read`). Its queue is empty now.
+    std::mem::forget(pubsub);
+    let mut session = Session::new(con, generation);
     memory.backoff = Backoff::new();
     memory.last_error = None;
     if memory.connected_before {
@@ -140,11 +139,30 @@ fn serve(
         memory.run_id = Some(id);
     }
     shared.sink.set_listening(true);
+    for payload in early {
+        session.dispatch.deliver(shared, line.grant_ms(), &payload);
+    }
     // Releases may have gone unheard while disconnected: everyone re-checks.
     shared.sink.wake_all();
-    let broke = listen(cfg, shared, &mut pubsub, shutdown, generation);
+    line.set(Some(session));
+    let broke = listen(cfg, line, shutdown);
     shared.sink.set_listening(false);
+    line.set(None);
     broke.map_or(Ok(()), Err)
+}
+
+/// The messages a `PubSub` heard while it waited for a command's reply (it keeps them
+/// for its next `get_message`), and any that came since.
+fn drain(pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<Vec<Vec<u8>>> {
+    pubsub.set_read_timeout(Some(Duration::from_millis(1)))?;
+    let mut heard = Vec::new();
+    loop {
+        match pubsub.get_message() {
+            Ok(msg) => heard.push(msg.get_payload_bytes().to_vec()),
+            Err(e) if e.is_timeout() || interrupted(&e) => return Ok(heard),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// redis-rs discards the reply to `SUBSCRIBE`, so a refusal (`NOPERM`: the user's ACL
@@ -170,50 +188,80 @@ fn confirm_subscribed(cfg: &NotifierConfig, pubsub: &mut redis::PubSub<'_>) -> r
 }
 
 /// Serves one connection. `None` when the client was dropped, else why it broke.
-fn listen(
-    cfg: &NotifierConfig,
-    shared: &Shared,
-    pubsub: &mut redis::PubSub<'_>,
-    shutdown: &Receiver<()>,
-    generation: u64,
-) -> Option<redis::RedisError> {
-    let mut last_heard = Instant::now();
-    let mut dispatch = Dispatch::default();
+///
+/// While threads of this client wait, and none of them reads the line, the thread reads
+/// it for them. While none waits, it leaves the line to the next waiter (which reads
+/// its own messages, see `line`), and looks at it every `IDLE_LOOK`: to read what came
+/// while nobody read (a grant heard after the last waiter left must be passed on) and
+/// to probe a quiet connection.
+fn listen(cfg: &NotifierConfig, line: &Line, shutdown: &Receiver<()>) -> Option<redis::RedisError> {
+    let shared = &line.shared;
     loop {
         if stopped(shutdown) {
             return None;
         }
-        if cfg.connect.target.generation() != generation {
+        let waiting = !line.shared_with_waiters || shared.sink.waiting_threads() > 0;
+        let Some(mut guard) = line.try_take() else {
+            // A waiting thread reads; it kicks when it leaves others waiting.
+            let _ = line.kick_rx.recv_timeout(TICK);
+            continue;
+        };
+        let Some(s) = guard.as_mut() else {
+            return Some(redis::RedisError::from(std::io::Error::other("the line was taken down")));
+        };
+        if let Some(e) = s.broken.take() {
+            return Some(e);
+        }
+        if cfg.connect.target.generation() != s.generation {
             // A failover moved the master: subscribe there (releases are published
             // where the scripts run).
             return Some(redis::RedisError::from(std::io::Error::other("the master moved (failover)")));
         }
-        dispatch.tick(shared);
-        match pubsub.get_message() {
-            Ok(msg) => {
-                last_heard = Instant::now();
-                dispatch.deliver(shared, cfg.grant_ms, msg.get_payload_bytes());
-            }
-            // A read a signal interrupted (EINTR: the process was stopped, then
-            // continued) read nothing: the connection and the messages waiting on it
-            // are fine. Reconnecting would lose those messages (a grant among them).
-            Err(e) if e.is_timeout() || interrupted(&e) => {
-                if last_heard.elapsed() >= cfg.ping_after {
-                    // A quiet connection may be a dead one: PING must answer within the
-                    // read timeout.
-                    let probe = pubsub
-                        .set_read_timeout(Some(cfg.connect.read_timeout))
-                        .and_then(|()| pubsub.ping::<()>())
-                        .and_then(|()| pubsub.set_read_timeout(Some(TICK)));
-                    if let Err(e) = probe {
-                        return Some(e);
+        s.dispatch.tick(shared);
+        if s.last_heard.elapsed() >= cfg.ping_after {
+            // A quiet connection may be a dead one: PING must answer within the read
+            // timeout.
+            match probe(cfg, s) {
+                Ok(heard) => {
+                    for payload in heard {
+                        s.dispatch.deliver(shared, line.grant_ms(), &payload);
                     }
-                    last_heard = Instant::now();
+                }
+                Err(e) => return Some(e),
+            }
+        }
+        if waiting {
+            match s.read(TICK) {
+                Ok(Read::Message(payload)) => s.dispatch.deliver(shared, line.grant_ms(), &payload),
+                Ok(Read::Nothing) => {}
+                Err(e) => return Some(e),
+            }
+            continue;
+        }
+        if s.last_read.elapsed() >= IDLE_LOOK {
+            loop {
+                match s.read(Duration::from_millis(1)) {
+                    Ok(Read::Message(payload)) => s.dispatch.deliver(shared, line.grant_ms(), &payload),
+                    Ok(Read::Nothing) => break,
+                    Err(e) => return Some(e),
                 }
             }
-            Err(e) => return Some(e),
+        }
+        drop(guard);
+        if line.shared_with_waiters && shared.sink.waiting_threads() == 0 {
+            let _ = line.kick_rx.recv_timeout(IDLE_LOOK);
         }
     }
+}
+
+/// PINGs the connection; the messages heard before the answer.
+fn probe(cfg: &NotifierConfig, s: &mut Session) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut pubsub = s.con().as_pubsub();
+    let answered = pubsub.set_read_timeout(Some(cfg.connect.read_timeout)).and_then(|()| pubsub.ping::<()>());
+    let heard = answered.and_then(|()| drain(&mut pubsub));
+    std::mem::forget(pubsub);
+    s.last_heard = Instant::now();
+    heard
 }
 
 /// The server's `run_id` (`INFO server`), which changes when it restarts; `None` when
@@ -224,7 +272,7 @@ fn run_id(con: &mut redis::Connection) -> Option<String> {
 }
 
 /// Whether `e` is a read interrupted by a signal.
-fn interrupted(e: &redis::RedisError) -> bool {
+pub(super) fn interrupted(e: &redis::RedisError) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>())
         .and_then(|inner| inner.downcast_ref::<std::io::Error>())

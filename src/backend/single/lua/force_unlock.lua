@@ -6,7 +6,10 @@
 -- lock is told, which is the holder's own client (`c`: its waiters set `w`) and every
 -- client in the queue `q`; a cluster's sharded channels are per lock, so a broadcast
 -- would reach no one there.
--- Returns 1 deleted, 0 nothing to delete.
+-- Returns 1 when someone held it (an owner, or a client it was granted to), 0 when not:
+-- no key, or one that holds only the queue of waiting clients (a grant nobody took ran
+-- out, a revoked grant, Redlock's queues on masters that voted for no one), which is
+-- deleted all the same and its waiters told.
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then
   return 0
@@ -14,12 +17,13 @@ end
 if kind ~= 'hash' then
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a redis-mutex lock')
 end
+local held = redis.call('HMGET', KEYS[1], 'c', 'q', 'o')
+local owned = (held[3] and held[3] ~= '') and 1 or 0
 if ARGV[3] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[1], '*' .. ARGV[2])
-  return 1
+  return owned
 end
-local held = redis.call('HMGET', KEYS[1], 'c', 'q')
 redis.call('DEL', KEYS[1])
 local told = {}
 local function tell(id)
@@ -32,4 +36,4 @@ tell(held[1])
 for e in string.gmatch(held[2] or '', '%S+') do
   tell(string.match(e, '^([^:]+)'))
 end
-return 1
+return owned
