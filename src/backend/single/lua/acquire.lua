@@ -10,7 +10,10 @@
 -- key is left untouched.
 local held = redis.call('HMGET', KEYS[1], 'o', 'c', 'f', 'q', 'w', 'gt')
 local me = ARGV[4]
-if unset(held[1]) or grant_over(KEYS[1], held[6]) then
+-- PTTL is read at most once: here for a grant (see grant_over), else for the answer.
+local pttl
+if not unset(held[6]) then pttl = redis.call('PTTL', KEYS[1]) end
+if unset(held[1]) or (pttl and pttl <= tonumber(held[6])) then
   -- Free, or granted to a client that did not take it in time: the queue is kept.
   -- (A grant to the caller's own client is not for this attempt to take, even before
   -- `gt` is cleared: the waiter its message reached may hold it already.)
@@ -45,7 +48,7 @@ if ARGV[5] == '1' then
     redis.call('HSET', KEYS[1], 'q', queue_push(held[4], me, ARGV[3], ARGV[6]))
   end
 end
-local pttl = redis.call('PTTL', KEYS[1])
+if not pttl then pttl = redis.call('PTTL', KEYS[1]) end
 if not unset(held[6]) then
   -- A grant not taken yet ends sooner than the hash.
   pttl = pttl - tonumber(held[6])
