@@ -3,7 +3,9 @@
 //! update, fencing tokens that rise in the order the lock was held), through 2 masters
 //! killed (locking goes on), 3 killed (errors in bounded time, guards marked lost) and
 //! their restarts (recovery); validity accounting while a master is paused (`SIGSTOP`,
-//! `CLIENT PAUSE`); fencing across majorities that take turns, lost counters and a
+//! `CLIENT PAUSE`); a vote the caller stopped waiting for (asked again on the same
+//! connection and counted, or taken back once its round was lost); fencing across
+//! majorities that take turns, lost counters and a
 //! restarted master; a restarted master sitting out of quorums; idle waiters that send
 //! nothing but keep-alives; and what Redlock refuses (`wait_replicas`, longer leases,
 //! read-write locks and semaphores).
@@ -417,6 +419,64 @@ fn a_stopped_master_does_not_slow_acquisitions_down() {
     wait_until(MAX_LEASE * 3, "no lock left on the resumed master", || {
         query::<Option<String>>(&masters[0], redis::cmd("HGET").arg("rl:{quick}").arg("o")).is_none()
     });
+}
+
+/// The caller reads a round's replies itself, on its own connections, and gives a
+/// master that has not answered within a tenth of `redlock_master_timeout` (here
+/// 200 ms) to its worker, which asks again behind the first request on the same
+/// connection: a master paused for 500 ms, whose vote the quorum needs, still counts.
+#[test]
+fn a_vote_the_caller_stopped_waiting_for_is_asked_again_and_counts() {
+    let mut masters = Masters::start(5);
+    let c = client_with(&masters, builder().redlock_master_timeout(Duration::from_secs(2)));
+    masters[3].stop();
+    masters[4].stop();
+    let m = c.mutex_with("again", opts().fencing(true));
+    m.try_lock().unwrap().expect("acquired with three masters").unlock().unwrap();
+    query::<()>(&masters[2], redis::cmd("CLIENT").arg("PAUSE").arg(500).arg("ALL"));
+    let t = Instant::now();
+    let g = m.try_lock().unwrap().expect("acquired with the paused master's vote");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(400), "the paused master voted after {took:?}");
+    g.unlock().unwrap();
+    every_reply_goes_to_its_request(&m);
+}
+
+/// After a round gave up on a master's reply, the connections are as they were: 20
+/// acquisitions and releases in a row, with fencing tokens that rise.
+fn every_reply_goes_to_its_request(m: &redis_mutex::Mutex) {
+    let mut last = 0;
+    for _ in 0..20 {
+        let g = m.try_lock().unwrap().expect("acquired");
+        let token = g.fencing_token().expect("fencing");
+        assert!(token > last, "{token} after {last}");
+        last = token;
+        g.unlock().unwrap();
+    }
+}
+
+/// A round that ended (`NoQuorum`) while a master it gave up on was paused: the vote
+/// that master gives once it runs the request is taken back (not left for its lease),
+/// and the connection serves the next requests with their own replies.
+#[test]
+fn a_vote_given_after_its_round_was_lost_is_taken_back() {
+    let mut masters = Masters::start(5);
+    let c = client(&masters);
+    masters[3].stop();
+    masters[4].stop();
+    let m = c.mutex_with("late", opts().fencing(true));
+    m.try_lock().unwrap().expect("acquired with three masters").unlock().unwrap();
+    query::<()>(&masters[2], redis::cmd("CLIENT").arg("PAUSE").arg(700).arg("ALL"));
+    let t = Instant::now();
+    let e = m.try_lock().unwrap_err();
+    assert!(matches!(e, Error::NoQuorum { .. }), "{e}");
+    // The vote it gives at 700 ms would last 1 s (the lease).
+    let owner = || query::<Option<String>>(&masters[2], redis::cmd("HGET").arg("rl:{late}").arg("o"));
+    wait_until(Duration::from_millis(1500).saturating_sub(t.elapsed()), "the late vote taken back", || {
+        owner().is_none_or(|o| o.is_empty())
+    });
+    assert!(t.elapsed() < Duration::from_millis(1600), "{:?}", t.elapsed());
+    every_reply_goes_to_its_request(&m);
 }
 
 /// A master where the lock is held by someone else (its vote goes elsewhere).

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::round::{self, Ballot, Phase};
+use redis::{Connection, Value};
+
+use super::master::Job;
+use super::round::{self, Ballot, Phase, Reply};
 use super::scripts::{AcquireArgs, RedlockScripts, Vote};
 use super::tally::{self, Count};
 use super::{Redlock, drift_ms};
-use crate::backend::single::Pool;
+use crate::backend::single::{Lent, Pool};
 use crate::backend::{Attempt, AttemptArgs, Renewal};
 use crate::backoff::{Backoff, jitter};
 use crate::clock::{Stamp, later};
@@ -34,14 +37,97 @@ fn may_be_ours(reply: &Result<Vote>) -> bool {
 /// majority sleeps until a release wakes it. A caller that waits on stays queued
 /// there, as on the masters where it found the lock held: every master can then name
 /// it, and their names agree.
-fn take_back(pool: &Pool, lua: &RedlockScripts, keys: &LockKeys, a: &AcquireArgs, tell: &str) {
-    let released = pool.with_conn(Some(&keys.key), None, |c| {
-        lua.release(c, keys, &a.token, &a.client_id, Some(a.round), tell, a.will_wait)
-    });
-    if let Err(e) = released {
+fn take_back(con: &mut Connection, s: &Shared, tell: &str) -> redis::RedisResult<Option<u32>> {
+    let a = &s.args;
+    s.lua.release(con, &s.keys, &a.token, &a.client_id, Some(a.round), tell, a.will_wait)
+}
+
+/// [`take_back`] on a pooled connection.
+fn take_back_pooled(pool: &Pool, s: &Shared, tell: &str) {
+    if let Err(e) = pool.with_conn(Some(&s.keys.key), None, |c| take_back(c, s, tell)) {
         // It then ends with its lease.
-        log::debug!("redis-mutex: could not take back a Redlock vote on {}: {e}", keys.key);
+        log::debug!("redis-mutex: could not take back a Redlock vote on {}: {e}", s.keys.key);
     }
+}
+
+/// What a round's jobs share: the request, and the ballot that says what a late vote
+/// is to become.
+struct Shared {
+    ballot: Arc<Ballot>,
+    args: AcquireArgs,
+    keys: LockKeys,
+    lua: Arc<RedlockScripts>,
+    /// The clients' channel prefix of each master, to tell them on a take-back.
+    tells: Vec<String>,
+}
+
+impl Shared {
+    /// Delivers master `i`'s vote to the round while it counts; after, a vote that may
+    /// be ours is kept for a round that won, and taken back for one that lost (loudly
+    /// if its votes may have made a majority) or whose lock was released since.
+    fn settle(&self, pool: &Pool, tx: &Reply<Vote>, i: usize, vote: Result<Vote>) {
+        match self.ballot.deliver(tx, i, vote) {
+            Some((Phase::Lost, vote)) if may_be_ours(&vote) => {
+                take_back_pooled(pool, self, if self.ballot.loud() { &self.tells[i] } else { "" });
+            }
+            Some((Phase::Released, vote)) if may_be_ours(&vote) => take_back_pooled(pool, self, &self.tells[i]),
+            _ => {}
+        }
+    }
+}
+
+/// The round's request as the caller sends it itself (see `round::Direct`).
+struct Direct {
+    shared: Arc<Shared>,
+    packed: Vec<u8>,
+    patience: Duration,
+}
+
+impl round::Direct<Vote> for Direct {
+    fn packed(&self, _: usize) -> &[u8] {
+        &self.packed
+    }
+
+    fn reply(&self, _: usize, reply: redis::RedisResult<Value>) -> Result<Vote> {
+        reply.map_err(|e| Error::from_redis(e, Some(&self.shared.keys.key))).and_then(|v| RedlockScripts::vote(&v))
+    }
+
+    fn patience(&self) -> Option<Duration> {
+        Some(self.patience)
+    }
+
+    /// The reply is lost (a time-out): the worker asks again on the same connection,
+    /// behind the first request (the acquire script takes its own round's vote as its
+    /// own), and deals with the vote as with a late one; a round that lost meanwhile
+    /// takes back instead of asking again.
+    fn unread(&self, i: usize, mut con: Lent, tx: &Reply<Vote>) -> Option<Job> {
+        let (s, tx) = (self.shared.clone(), tx.clone());
+        Some(Box::new(move |pool: &Pool| {
+            if s.ballot.phase() == Phase::Lost {
+                let tell = if s.ballot.loud() { s.tells[i].as_str() } else { "" };
+                if let Err(e) = con.with(|c| take_back(c, &s, tell)) {
+                    con.discard();
+                    log::debug!("redis-mutex: could not take back a Redlock vote on {}: {e}", s.keys.key);
+                }
+                return;
+            }
+            let vote = con.with(|c| s.lua.acquire(c, &s.keys, &s.args));
+            if vote.is_err() {
+                con.discard();
+            }
+            drop(con);
+            let vote = vote.map_err(|e| Error::from_redis(e, Some(&s.keys.key))).and_then(|v| RedlockScripts::vote(&v));
+            s.settle(pool, &tx, i, vote);
+        }))
+    }
+}
+
+/// How long a round waits for the first replies on its own connections before it
+/// gives a master that has not answered to its worker (which asks again): a tenth of
+/// `redlock_master_timeout`, at least 10 ms (a stopped master then costs a round that
+/// much once, after which it goes through its workers until it answers).
+fn patience(timeout: Duration) -> Duration {
+    (timeout / 10).max(Duration::from_millis(10)).min(timeout)
 }
 
 /// One acquisition: held when a quorum of counting masters voted for it and its
@@ -53,38 +139,40 @@ pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Resu
     let started = Stamp::now();
     let timeout = r.settings.master_timeout;
     let deadline = later(started.mono, timeout);
-    let ballot = Arc::new(Ballot::default());
-    let args = Arc::new(AcquireArgs {
+    let args = AcquireArgs {
         token: a.token.to_owned(),
         lease_ms: a.lease_ms,
         fence_span: a.fence_span,
         client_id: r.client_id.to_string(),
         will_wait: a.will_wait,
         round: r.rounds.fetch_add(1, Ordering::Relaxed) + 1,
+    };
+    let packed = r.lua.acquire_cmd(keys, &args).get_packed_command();
+    let shared = Arc::new(Shared {
+        ballot: Arc::default(),
+        args,
+        keys: keys.clone(),
+        lua: r.lua.clone(),
+        tells: r.channels.iter().map(|c| c.clients.clone()).collect(),
     });
+    let direct = Direct { shared: shared.clone(), packed, patience: patience(timeout) };
     let granted = |v: &Vote| matches!(v, Vote::Granted { .. });
-    let (replies, late) = round::run_ballot(&r.masters, &r.counting(), timeout, r.quorum, granted, |i, tx| {
-        let (ballot, args, keys, lua) = (ballot.clone(), args.clone(), keys.clone(), r.lua.clone());
-        let tell = r.channels[i].clients.clone();
-        Box::new(move |pool: &Pool| {
-            if !ballot.counting() {
-                // Decided while this waited for a worker: not worth sending.
-                return;
-            }
-            let vote = pool
-                .with_conn(Some(&keys.key), Some(deadline), |c| lua.acquire(c, &keys, &args))
-                .and_then(|v| RedlockScripts::vote(&v));
-            // A vote for a round that won is kept (one more master holds the lock),
-            // unless the lock was released meanwhile.
-            match ballot.deliver(&tx, i, vote) {
-                Some((Phase::Lost, vote)) if may_be_ours(&vote) => {
-                    take_back(pool, &lua, &keys, &args, if ballot.loud() { &tell } else { "" });
+    let (replies, late) =
+        round::run_ballot(&r.masters, &r.counting(), timeout, r.quorum, granted, Some(&direct), |i, tx| {
+            let s = shared.clone();
+            Box::new(move |pool: &Pool| {
+                if !s.ballot.counting() {
+                    // Decided while this waited for a worker: not worth sending.
+                    return;
                 }
-                Some((Phase::Released, vote)) if may_be_ours(&vote) => take_back(pool, &lua, &keys, &args, &tell),
-                _ => {}
-            }
-        })
-    });
+                let vote = pool
+                    .with_conn(Some(&s.keys.key), Some(deadline), |c| s.lua.acquire(c, &s.keys, &s.args))
+                    .and_then(|v| RedlockScripts::vote(&v));
+                s.settle(pool, &tx, i, vote);
+            })
+        });
+    drop(direct);
+    let ballot = &shared.ballot;
     let (count, mut ours) = tally::attempt(&replies, &r.counting(), r.quorum);
     let lost = match count {
         Count::Won { voters } => match won(r, keys, a, &voters, started) {
@@ -92,7 +180,7 @@ pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Resu
                 ballot.close(Phase::Won, false);
                 if replies.iter().any(Option::is_none) {
                     // Votes still to come: the release must reach them (see `Phase::Released`).
-                    r.unsettled(a.token, ballot);
+                    r.unsettled(a.token, ballot.clone());
                 }
                 return Ok(Attempt::Acquired { fence });
             }
@@ -111,11 +199,12 @@ pub(super) fn attempt(r: &Redlock, keys: &LockKeys, a: &AttemptArgs<'_>) -> Resu
     ballot.close(Phase::Lost, loud);
     ours.extend(round::late(&late).into_iter().filter(|(_, vote)| may_be_ours(vote)).map(|(i, _)| i));
     for i in ours {
-        let tell = if loud { r.channels[i].clients.clone() } else { String::new() };
-        let (lua, keys, args) = (r.lua.clone(), keys.clone(), args.clone());
+        let s = shared.clone();
         // Not waited for: a later round of this call re-takes a vote still here
         // under its own round, which this release then leaves alone.
-        r.masters[i].submit(Box::new(move |pool: &Pool| take_back(pool, &lua, &keys, &args, &tell)));
+        r.masters[i].submit(Box::new(move |pool: &Pool| {
+            take_back_pooled(pool, &s, if loud { &s.tells[i] } else { "" });
+        }));
     }
     let owners: Vec<&str> = replies
         .iter()
@@ -144,7 +233,7 @@ fn won(
         // The voter that gave the maximum has its counter at the top already.
         let behind: Vec<usize> = voters.iter().filter(|(_, f)| *f < fence).map(|(i, _)| *i).collect();
         let (lua, keys2) = (r.lua.clone(), keys.clone());
-        let raised = r.on_some(&behind, move |_, c| lua.raise_fence(c, &keys2, top), Some(&keys.key), |_| true);
+        let raised = r.on_some(&behind, move |_, c| lua.raise_fence(c, &keys2, top), Some(&keys.key), |_| true, None);
         let at_top = voters.len() - behind.len() + raised.iter().filter(|r| matches!(r, Some(Ok(())))).count();
         if at_top < r.quorum {
             log::debug!("redis-mutex: {}: too few fence counters raised ({at_top}); taking the votes back", keys.key);
@@ -219,6 +308,7 @@ pub(super) fn extend(r: &Redlock, items: &[Renewal<'_>]) -> Result<Vec<Result<bo
         },
         None,
         all_extended,
+        None,
     );
     let counts = r.counting();
     let took = started.elapsed_at(Stamp::now());

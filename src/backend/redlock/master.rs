@@ -3,7 +3,7 @@
 //! when each connection to it opened ([`Boot`]), and the worker threads that run
 //! requests on it while the other masters run theirs.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,9 @@ pub(super) struct Master {
     workers: AtomicUsize,
     /// At most one worker per pooled connection: a worker holds one while it runs.
     max_workers: usize,
+    /// A round's caller gave up waiting for it on a connection of its own: rounds go
+    /// through its workers until it answers one in time again (see `round`).
+    slow: AtomicBool,
 }
 
 impl Master {
@@ -136,6 +139,24 @@ impl Master {
             idle: Arc::new(AtomicUsize::new(0)),
             workers: AtomicUsize::new(0),
             max_workers: pool_size as usize,
+            slow: AtomicBool::new(false),
+        }
+    }
+
+    /// Its pool, for a request the caller sends itself (`Pool::try_idle`).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Whether the last round that waited for it on a connection of its own gave up.
+    pub fn slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    /// Records whether it answered a round in time.
+    pub fn set_slow(&self, slow: bool) {
+        if self.slow() != slow {
+            self.slow.store(slow, Ordering::Relaxed);
         }
     }
 

@@ -200,20 +200,23 @@ impl Redlock {
         op: impl Fn(usize, &mut redis::Connection) -> redis::RedisResult<T> + Send + Sync + 'static,
         key: Option<&str>,
         settles: impl Fn(&T) -> bool,
+        direct: Option<&dyn round::Direct<T>>,
     ) -> round::Replies<T> {
         let all: Vec<usize> = (0..self.masters.len()).collect();
-        self.on_some(&all, op, key, settles)
+        self.on_some(&all, op, key, settles, direct)
     }
 
     /// [`on_all`](Self::on_all) on the masters `which` (indexes), the replies in
     /// that order; `op` is given each master's index. `settles`: which replies can make
-    /// up the quorum (see `round::run`).
+    /// up the quorum (see `round::run`). `direct`: the same request, for the caller to
+    /// send itself (indexed as `which`).
     fn on_some<T: Send + 'static>(
         &self,
         which: &[usize],
         op: impl Fn(usize, &mut redis::Connection) -> redis::RedisResult<T> + Send + Sync + 'static,
         key: Option<&str>,
         settles: impl Fn(&T) -> bool,
+        direct: Option<&dyn round::Direct<T>>,
     ) -> round::Replies<T> {
         let op = Arc::new(op);
         let key: Option<Arc<str>> = key.map(Into::into);
@@ -222,7 +225,7 @@ impl Redlock {
         let counting = self.counting();
         let count: Vec<bool> = which.iter().map(|&i| counting[i]).collect();
         let quorum = self.quorum.min(which.len());
-        round::run(&masters, &count, self.settings.master_timeout, quorum, settles, |k, tx: Reply<T>| {
+        round::run(&masters, &count, self.settings.master_timeout, quorum, settles, direct, |k, tx: Reply<T>| {
             let (op, key, i) = (op.clone(), key.clone(), which[k]);
             Box::new(move |pool: &Pool| {
                 let r = pool.with_conn(key.as_deref(), Some(deadline), |c| op(i, c));
@@ -267,10 +270,19 @@ impl Redlock {
         // Where another owner holds it, an attempt of this client that won elsewhere
         // queued it: it leaves those queues unless a thread of it waits.
         let queued = self.listeners.has_waiters(&keys.name);
+        let direct = round::Packed {
+            packed: prefixes
+                .iter()
+                .map(|p| lua.release_cmd(keys, &token, &me, None, p, queued).get_packed_command())
+                .collect(),
+            key: &keys.key,
+            parse: |v| Ok(RedlockScripts::released(redis::from_redis_value(v)?)),
+        };
         self.on_all(
             move |i, c| lua.release(c, &keys2, &token, &me, None, &prefixes[i], queued),
             Some(&keys.key),
             released,
+            Some(&direct),
         )
     }
 }
@@ -319,7 +331,7 @@ impl Backend for Redlock {
     fn leave(&self, keys: &LockKeys) -> Result<()> {
         let (lua, keys2, me) = (self.lua.clone(), keys.clone(), self.client_id.clone());
         let prefixes: Vec<String> = self.channels.iter().map(|c| c.clients.clone()).collect();
-        let replies = self.on_all(move |i, c| lua.leave(c, &keys2, &me, &prefixes[i]), Some(&keys.key), |_| true);
+        let replies = self.on_all(move |i, c| lua.leave(c, &keys2, &me, &prefixes[i]), Some(&keys.key), |_| true, None);
         match replies.into_iter().flatten().find_map(|r| r.err()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -343,6 +355,7 @@ impl Backend for Redlock {
             },
             Some(&keys.key),
             |_| true,
+            None,
         );
         tally::holder(&replies, &self.counting(), self.quorum)
     }
@@ -354,6 +367,7 @@ impl Backend for Redlock {
             move |i, c| scripts.force_unlock(&keys2, &channels[i]).invoke::<i64>(c),
             Some(&keys.key),
             |_| true,
+            None,
         );
         if replies.iter().any(|r| matches!(r, Some(Ok(1)))) {
             return Ok(true);

@@ -1,19 +1,30 @@
-//! A round: one request to every master at once, each on the master's own worker, and
-//! the replies that come back in time. The caller never waits longer than the
-//! per-master timeout, and not even that once a quorum of masters has answered
-//! without an error: the rest then get as long again as the round has taken so far (a master a little slower
-//! than the others still counts; a stopped one does not hold every round up).
+//! A round: one request to every master at once, and the replies that come back in
+//! time. The caller never waits longer than the per-master timeout, and not even that
+//! once a quorum of masters has answered without an error: the rest then get as long
+//! again as the round has taken so far (a master a little slower than the others still
+//! counts; a stopped one does not hold every round up).
+//!
+//! Where the request allows ([`Direct`]), the caller writes it itself on an idle
+//! pooled connection of every master, then reads the replies one after another, each
+//! within what is left of the round: no thread hop. A master without an idle
+//! connection, one that failed or timed out lately (`Master::slow`), and a request the
+//! caller could not complete (`NOSCRIPT`, a dropped connection) go through the
+//! master's worker, whose replies come through a channel.
 //!
 //! A reply that comes after the caller has stopped listening is the job's to deal
 //! with: an acquisition's job releases a vote that came too late for a round that
-//! failed, or for one whose lock was released meanwhile ([`Ballot`]).
+//! failed, or for one whose lock was released meanwhile ([`Ballot`]); a connection
+//! whose reply the caller stopped waiting for goes to the master's worker
+//! ([`Direct::unread`]), or is closed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use redis::{RedisError, Value};
 
 use super::master::{Job, Master};
+use crate::backend::single::{Lent, Pool};
 use crate::clock::later;
 use crate::error::Result;
 use crate::sync::lock;
@@ -34,44 +45,97 @@ pub(super) fn run<T: Send + 'static>(
     timeout: Duration,
     quorum: usize,
     settles: impl Fn(&T) -> bool,
+    direct: Option<&dyn Direct<T>>,
     make: impl Fn(usize, Reply<T>) -> Job,
 ) -> Replies<T> {
-    run_ballot(masters, count, timeout, quorum, settles, make).0
+    run_ballot(masters, count, timeout, quorum, settles, direct, make).0
 }
 
-fn collect<T>(
-    rx: &Receiver<(usize, Result<T>)>,
-    count: &[bool],
+/// A request the caller can send on an idle pooled connection and read itself.
+pub(super) trait Direct<T> {
+    /// Master `i`'s request, packed.
+    fn packed(&self, i: usize) -> &[u8];
+
+    /// What master `i`'s reply means (`Err`: an error reply, `NOSCRIPT` excepted: the
+    /// master's worker then runs the request, loading the script).
+    fn reply(&self, i: usize, reply: std::result::Result<Value, RedisError>) -> Result<T>;
+
+    /// How long the caller waits for the first replies, until a quorum answered,
+    /// before it gives a master that has not answered to its worker (`unread`) and
+    /// reads the next one; `None`: until the round's deadline. Only for a
+    /// request that can be asked again (the worker asks again: the reply to the first
+    /// one is lost).
+    fn patience(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A job for master `i`'s worker with a connection whose reply the round did not
+    /// wait for any longer: its read timed out, and the reply is lost (redis-rs skips
+    /// it when it comes). `None` (the default): the connection is closed.
+    fn unread(&self, i: usize, con: Lent, reply: &Reply<T>) -> Option<Job> {
+        let _ = (i, con, reply);
+        None
+    }
+}
+
+/// A request packed per master, whose replies `parse` reads; a connection whose reply
+/// was not read is closed.
+pub(super) struct Packed<'a, T> {
+    pub packed: Vec<Vec<u8>>,
+    /// The lock's key, for errors.
+    pub key: &'a str,
+    pub parse: fn(Value) -> redis::RedisResult<T>,
+}
+
+impl<T> Direct<T> for Packed<'_, T> {
+    fn packed(&self, i: usize) -> &[u8] {
+        &self.packed[i]
+    }
+
+    fn reply(&self, _: usize, reply: std::result::Result<Value, RedisError>) -> Result<T> {
+        reply.and_then(self.parse).map_err(|e| crate::error::Error::from_redis(e, Some(self.key)))
+    }
+}
+
+/// The replies of a round as they come, and until when it listens.
+struct Count<'a, T> {
+    replies: Replies<T>,
+    count: &'a [bool],
+    answered: usize,
+    succeeded: usize,
     started: Instant,
-    deadline: Instant,
+    /// Time the caller spent waiting for masters that did not answer in time, while
+    /// the others' replies waited to be read.
+    stalled: Duration,
+    until: Instant,
     quorum: usize,
-    settles: &dyn Fn(&T) -> bool,
-) -> Replies<T> {
-    let n = count.len();
-    let mut replies: Replies<T> = (0..n).map(|_| None).collect();
-    let (mut answered, mut succeeded) = (0, 0);
-    let mut until = deadline;
-    while answered < n {
-        match rx.recv_deadline(until) {
-            Ok((i, r)) => {
-                let ok = r.as_ref().is_ok_and(settles) && count[i];
-                if replies[i].replace(r).is_none() {
-                    answered += 1;
-                    succeeded += usize::from(ok);
-                }
-                // Errors do not start it, nor masters that sit out, nor replies that
-                // cannot make up the quorum: a master that fails (or says "not here")
-                // fast must not cut short the wait for one that is merely slow.
-                if ok && succeeded == quorum {
-                    // As long again as it took so far, for the slower ones.
-                    let grace = started.elapsed().max(Duration::from_millis(1));
-                    until = until.min(later(Instant::now(), grace));
-                }
-            }
+}
+
+impl<T> Count<'_, T> {
+    fn add(&mut self, i: usize, r: Result<T>, settles: &dyn Fn(&T) -> bool) {
+        let ok = r.as_ref().is_ok_and(settles) && self.count[i];
+        if self.replies[i].replace(r).is_none() {
+            self.answered += 1;
+            self.succeeded += usize::from(ok);
+        }
+        // Errors do not start it, nor masters that sit out, nor replies that cannot
+        // make up the quorum: a master that fails (or says "not here") fast must not
+        // cut short the wait for one that is merely slow.
+        if ok && self.succeeded == self.quorum {
+            // As long again as it took so far, for the slower ones.
+            let grace = self.started.elapsed().saturating_sub(self.stalled).max(Duration::from_millis(1));
+            self.until = self.until.min(later(Instant::now(), grace));
+        }
+    }
+}
+
+fn collect<T>(rx: &Receiver<(usize, Result<T>)>, c: &mut Count<'_, T>, settles: &dyn Fn(&T) -> bool) {
+    while c.answered < c.count.len() {
+        match rx.recv_deadline(c.until) {
+            Ok((i, r)) => c.add(i, r, settles),
             Err(_) => break,
         }
     }
-    replies
 }
 
 /// Where an acquisition round stands, shared with its jobs so that a vote arriving
@@ -101,7 +165,12 @@ pub(super) enum Phase {
 impl Ballot {
     /// Whether the round is still counting votes.
     pub fn counting(&self) -> bool {
-        *lock(&self.phase) == Phase::Counting
+        self.phase() == Phase::Counting
+    }
+
+    /// Where the round stands.
+    pub fn phase(&self) -> Phase {
+        *lock(&self.phase)
     }
 
     /// Delivers `reply` while the round counts; otherwise returns the phase it ended
@@ -153,16 +222,79 @@ pub(super) fn run_ballot<T: Send + 'static>(
     timeout: Duration,
     quorum: usize,
     settles: impl Fn(&T) -> bool,
+    direct: Option<&dyn Direct<T>>,
     make: impl Fn(usize, Reply<T>) -> Job,
 ) -> (Replies<T>, Receiver<(usize, Result<T>)>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let started = Instant::now();
+    let mut c = Count {
+        replies: (0..count.len()).map(|_| None).collect(),
+        count,
+        answered: 0,
+        succeeded: 0,
+        started,
+        stalled: Duration::ZERO,
+        until: later(started, timeout),
+        quorum,
+    };
+    let mut sent = Vec::new();
     for (i, master) in masters.iter().enumerate() {
-        master.submit(make(i, tx.clone()));
+        let con = direct.filter(|_| !master.slow()).and_then(|d| send(master.pool(), d.packed(i)));
+        match con {
+            Some(con) => sent.push((i, con)),
+            None => master.submit(make(i, tx.clone())),
+        }
+    }
+    if let Some(d) = direct {
+        let patience = d.patience().map(|p| later(started, p));
+        for (i, mut con) in sent {
+            let until = patience.filter(|_| c.succeeded < quorum).map_or(c.until, |p| p.min(c.until));
+            let now = Instant::now();
+            // Past the end (the caller was not scheduled, or waited for another
+            // master), a reply already there is still read: 1 ms at most.
+            match con.recv(until.saturating_duration_since(now)) {
+                Err(e) if e.is_timeout() => {
+                    // The others' replies came meanwhile: not part of the grace.
+                    c.stalled += now.elapsed();
+                    masters[i].set_slow(true);
+                    if let Some(job) = d.unread(i, con, &tx) {
+                        masters[i].submit(job);
+                    }
+                }
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    masters[i].submit(make(i, tx.clone()));
+                }
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
+                    // The pool's retries on a fresh connection, on the worker.
+                    con.discard();
+                    masters[i].submit(make(i, tx.clone()));
+                }
+                reply => c.add(i, d.reply(i, reply), &settles),
+            }
+        }
     }
     drop(tx);
-    let replies = collect(&rx, count, started, later(started, timeout), quorum, &settles);
-    (replies, rx)
+    collect(&rx, &mut c, &settles);
+    for (master, reply) in masters.iter().zip(&c.replies) {
+        if reply.is_some() {
+            // It answered in time (itself, or its worker).
+            master.set_slow(false);
+        }
+    }
+    (c.replies, rx)
+}
+
+/// Sends `packed` on an idle connection of `pool`, if it has one (a connection that
+/// fails is closed; the worker retries on a fresh one).
+fn send(pool: &Pool, packed: &[u8]) -> Option<Lent> {
+    let mut con = pool.try_idle()?;
+    match con.send(packed) {
+        Ok(()) => Some(con),
+        Err(_) => {
+            con.discard();
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +303,21 @@ mod tests {
 
     fn redis_mutex_error() -> crate::error::Error {
         crate::error::Error::Connection(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
+    }
+
+    fn counted(rx: &Receiver<(usize, Result<usize>)>, started: Instant, until: Instant) -> Replies<usize> {
+        let mut c = Count {
+            replies: (0..5).map(|_| None).collect(),
+            count: &[true; 5],
+            answered: 0,
+            succeeded: 0,
+            started,
+            stalled: Duration::ZERO,
+            until,
+            quorum: 3,
+        };
+        collect(rx, &mut c, &|_| true);
+        c.replies
     }
 
     #[test]
@@ -184,7 +331,7 @@ mod tests {
         let far = started + Duration::from_secs(60);
         // Three of five answered at once, one failed; the last never answers: not
         // 60 s, the grace.
-        let r = collect::<usize>(&rx, &[true; 5], started, far, 3, &|_| true);
+        let r = counted(&rx, started, far);
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
         assert_eq!(r.iter().filter(|r| r.is_some()).count(), 4);
         // Below a quorum of successes (errors do not count): the whole timeout.
@@ -192,7 +339,7 @@ mod tests {
         tx.send((1, Err(redis_mutex_error()))).unwrap();
         tx.send((2, Err(redis_mutex_error()))).unwrap();
         let started = Instant::now();
-        let r = collect::<usize>(&rx, &[true; 5], started, started + Duration::from_millis(30), 3, &|_| true);
+        let r = counted(&rx, started, started + Duration::from_millis(30));
         assert!(started.elapsed() >= Duration::from_millis(30));
         assert_eq!(r.iter().filter(|r| r.is_some()).count(), 3);
     }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use redis::{Connection, Script, Value};
+use redis::{Cmd, Connection, FromRedisValue, Script, Value};
 
 use crate::error::{Error, Result};
 use crate::keys::LockKeys;
@@ -46,6 +46,24 @@ pub(super) struct AcquireArgs {
 /// quorum still decides.
 pub(super) const NAMED_MS: u64 = 20;
 
+/// `EVALSHA` of `script` on `keys` (arguments to add).
+fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// Runs `cmd` (an [`evalsha`] of `script`), loading the script after `NOSCRIPT`.
+fn invoke<T: FromRedisValue>(script: &Script, cmd: &Cmd, con: &mut Connection) -> redis::RedisResult<T> {
+    match cmd.query(con) {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load(con)?;
+            cmd.query(con)
+        }
+        other => other,
+    }
+}
+
 fn unexpected(operation: &'static str, v: &Value) -> Error {
     Error::UnexpectedReply { operation, reply: format!("{v:?}") }
 }
@@ -76,17 +94,20 @@ impl RedlockScripts {
         }
     }
 
-    pub fn acquire(&self, con: &mut Connection, keys: &LockKeys, a: &AcquireArgs) -> redis::RedisResult<Value> {
-        self.acquire
-            .key(&keys.key)
-            .key(&keys.fence)
-            .arg(&a.token)
+    /// The acquire (see `acquire.lua`), to send (packed) or [`acquire`](Self::acquire).
+    pub fn acquire_cmd(&self, keys: &LockKeys, a: &AcquireArgs) -> Cmd {
+        let mut cmd = evalsha(&self.acquire, &[&keys.key, &keys.fence]);
+        cmd.arg(&a.token)
             .arg(a.lease_ms)
             .arg(a.fence_span)
             .arg(&a.client_id)
             .arg(if a.will_wait { "1" } else { "0" })
-            .arg(a.round)
-            .invoke(con)
+            .arg(a.round);
+        cmd
+    }
+
+    pub fn acquire(&self, con: &mut Connection, keys: &LockKeys, a: &AcquireArgs) -> redis::RedisResult<Value> {
+        invoke(&self.acquire, &self.acquire_cmd(keys, a), con)
     }
 
     pub fn vote(v: &Value) -> Result<Vote> {
@@ -111,9 +132,10 @@ impl RedlockScripts {
     /// the clients that queued on it are told on `channels_prefix`, unless it is
     /// empty) or, with `round` `None`, the holder's (the next waiting client is named
     /// and told: see `nominate.lua`). How many clients were told when it was released
-    /// here, `None` when it was not the caller's. `queued`: with a `round`, whether
-    /// the caller's client waits on (it stays queued here); without, whether a thread
-    /// of it still waits (else it leaves the queue where it is not the owner).
+    /// here, `None` when it was not the caller's (see [`released`](Self::released)).
+    /// `queued`: with a `round`, whether the caller's client waits on (it stays queued
+    /// here); without, whether a thread of it still waits (else it leaves the queue
+    /// where it is not the owner).
     #[allow(clippy::too_many_arguments)] // one per script argument, named
     pub fn release(
         &self,
@@ -125,21 +147,32 @@ impl RedlockScripts {
         channels_prefix: &str,
         queued: bool,
     ) -> redis::RedisResult<Option<u32>> {
+        let cmd = self.release_cmd(keys, token, client_id, round, channels_prefix, queued);
+        invoke(&self.release, &cmd, con).map(Self::released)
+    }
+
+    /// The release of [`release`](Self::release), to send (packed).
+    pub fn release_cmd(
+        &self,
+        keys: &LockKeys,
+        token: &str,
+        client_id: &str,
+        round: Option<u64>,
+        channels_prefix: &str,
+        queued: bool,
+    ) -> Cmd {
         // ARGV[7]: a take-back's "stay queued", a holder's release's "leave the queue".
         let flag = if queued == round.is_some() { "1" } else { "0" };
         let round = round.map(|r| r.to_string()).unwrap_or_default();
-        let n: i64 = self
-            .release
-            .key(&keys.key)
-            .arg(token)
-            .arg(client_id)
-            .arg(round)
-            .arg(channels_prefix)
-            .arg(&*keys.name)
-            .arg(NAMED_MS)
-            .arg(flag)
-            .invoke(con)?;
-        Ok(u32::try_from(n - 1).ok())
+        let mut cmd = evalsha(&self.release, &[&keys.key]);
+        cmd.arg(token).arg(client_id).arg(round).arg(channels_prefix).arg(&*keys.name).arg(NAMED_MS).arg(flag);
+        cmd
+    }
+
+    /// What the release script's reply says: how many clients it told, `None` when
+    /// the lock was not the caller's there.
+    pub fn released(reply: i64) -> Option<u32> {
+        u32::try_from(reply - 1).ok()
     }
 
     /// This client leaves the queue of `keys` on this master (none of its threads

@@ -130,7 +130,7 @@ impl ConnectSettings {
             Ok(con)
         });
         match opened {
-            Ok(con) => Ok(Tagged { con, generation, demoted: false }),
+            Ok(con) => Ok(Tagged { con, generation, discard: false }),
             Err(e) => {
                 if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() {
                     self.target.suspect(generation);
@@ -145,8 +145,9 @@ impl ConnectSettings {
 pub(crate) struct Tagged {
     pub con: Connection,
     pub generation: u64,
-    /// It answered `READONLY`: its server is no longer the master. Not reused.
-    pub demoted: bool,
+    /// Not reused: it answered `READONLY` (its server is no longer the master), or a
+    /// reply on it was not read (see [`Lent`]).
+    pub discard: bool,
 }
 
 /// r2d2 manager that sets our timeouts (redis-rs's own manager connects without any).
@@ -166,7 +167,7 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn has_broken(&self, con: &mut Tagged) -> bool {
-        !con.con.is_open() || con.demoted || con.generation != self.0.target.generation()
+        !con.con.is_open() || con.discard || con.generation != self.0.target.generation()
     }
 }
 
@@ -273,6 +274,18 @@ impl Pool {
         }
     }
 
+    /// An idle pooled connection to the server the pool now reaches, at once, for a
+    /// request the caller sends and reads itself (see [`Lent`]); `None` when none is
+    /// idle (opening one, or waiting for one, is [`with_conn`](Self::with_conn)'s).
+    pub fn try_idle(&self) -> Option<Lent> {
+        let mut con = self.pool.try_get()?;
+        if con.generation != self.probe.target.generation() {
+            return None;
+        }
+        con.discard = false;
+        Some(Lent { con, read_timeout: self.probe.read_timeout, unsettled: false })
+    }
+
     /// Runs `op` on a pooled connection. A connection the server dropped while it sat
     /// in the pool (restart, `CLIENT KILL`) fails on first use; `op` is retried until it
     /// reaches a live one. Acquire and extend are safe to repeat; a repeated release that
@@ -317,7 +330,7 @@ impl Pool {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => {
                     // A master demoted to replica (a failover): this connection is not
                     // used again, and the master is looked up afresh. Nothing ran.
-                    con.demoted = true;
+                    con.discard = true;
                     self.probe.target.suspect(con.generation);
                     if retries > self.pool.max_size() {
                         return Err(Error::from_redis(e, key));
@@ -341,6 +354,62 @@ impl Pool {
                     return Err(Error::from_redis(e, key));
                 }
             }
+        }
+    }
+}
+
+/// A pooled connection whose request the caller sends and reads itself, waiting for
+/// the reply no longer than it chooses ([`recv`](Self::recv)). Dropped, it goes back
+/// to the pool only in the state it came in (every reply read, the read timeout of the
+/// settings); otherwise it is closed.
+pub(crate) struct Lent {
+    con: r2d2::PooledConnection<Manager>,
+    read_timeout: Duration,
+    /// A reply is due that was not read (a time-out: redis-rs skips it when it comes),
+    /// or the read timeout is not the settings'.
+    unsettled: bool,
+}
+
+impl Lent {
+    /// Sends a packed request (its reply: [`recv`](Self::recv)).
+    pub fn send(&mut self, packed: &[u8]) -> std::result::Result<(), RedisError> {
+        self.unsettled = true;
+        self.con.con.send_packed_command(packed)
+    }
+
+    /// The reply, waiting for it at most `wait` (at least 1 ms). After a time-out the
+    /// reply is lost: redis-rs skips it when it comes, and the next request's reply is
+    /// the next one read (see [`with`](Self::with)).
+    pub fn recv(&mut self, wait: Duration) -> std::result::Result<redis::Value, RedisError> {
+        self.con.con.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+        let reply = self.con.con.recv_response()?;
+        self.con.con.set_read_timeout(Some(self.read_timeout))?;
+        self.unsettled = false;
+        reply.extract_error()
+    }
+
+    /// Runs `op` (a whole request; a reply lost to a time-out is skipped before its
+    /// own) with the settings' read timeout: after it, the connection is as it came.
+    pub fn with<T>(
+        &mut self,
+        op: impl FnOnce(&mut Connection) -> std::result::Result<T, RedisError>,
+    ) -> std::result::Result<T, RedisError> {
+        self.con.con.set_read_timeout(Some(self.read_timeout))?;
+        let done = op(&mut self.con.con)?;
+        self.unsettled = false;
+        Ok(done)
+    }
+
+    /// Closed when dropped, not returned to the pool (it failed).
+    pub fn discard(&mut self) {
+        self.con.discard = true;
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if self.unsettled {
+            self.con.discard = true;
         }
     }
 }

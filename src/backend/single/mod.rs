@@ -9,7 +9,7 @@ pub(crate) mod notifier;
 mod replicas;
 mod route;
 mod shared;
-pub(crate) use self::connection::{ConnectSettings, OnConnect, Pool, Target, check as check_server};
+pub(crate) use self::connection::{ConnectSettings, Lent, OnConnect, Pool, Target, check as check_server};
 use self::route::Route;
 pub(crate) mod scripts;
 
