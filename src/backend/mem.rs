@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Attempt, AttemptArgs, Backend, Capability, ReleaseArgs, Released, Renewal, Replicas};
+use super::{Attempt, AttemptArgs, Backend, Capability, Listen, ReleaseArgs, Released, Renewal, Replicas};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::keys::LockKeys;
@@ -33,6 +33,8 @@ pub(crate) struct MemBackend {
     pub max_lease: Option<Duration>,
     /// Refuses every `Capability`, as Redlock does.
     pub quorum_like: bool,
+    /// The subscriber connection it offers waiting threads (`Backend::line`).
+    pub line: Option<std::sync::Arc<dyn Listen>>,
 }
 
 impl Default for MemBackend {
@@ -54,6 +56,7 @@ impl MemBackend {
             drift_ms: 0,
             max_lease: None,
             quorum_like: false,
+            line: None,
         }
     }
 
@@ -184,6 +187,9 @@ impl Backend for MemBackend {
     fn refuses(&self, _: Capability) -> Option<&'static str> {
         self.quorum_like.then_some("a quorum of independent masters cannot offer it")
     }
+    fn line(&self) -> Option<&dyn Listen> {
+        self.line.as_deref()
+    }
 }
 
 /// A backend a test keeps a handle on (to change `acks` or `fail_attempts` while the
@@ -221,5 +227,8 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn refuses(&self, c: Capability) -> Option<&'static str> {
         (**self).refuses(c)
+    }
+    fn line(&self) -> Option<&dyn Listen> {
+        (**self).line()
     }
 }

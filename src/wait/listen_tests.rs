@@ -8,12 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::tests::{WANT, keys, mem_core, waiting_thread};
 use crate::backend::mem::MemBackend;
-use crate::backend::{
-    Attempt, AttemptArgs, Backend, Capability, Listen, ReleaseArgs, ReleaseSink, Released, Renewal, Replicas,
-};
-use crate::error::Result;
-use crate::holder::Holder;
-use crate::keys::LockKeys;
+use crate::backend::{Attempt, AttemptArgs, Backend, Listen, ReleaseArgs, ReleaseSink};
 
 /// A line that counts the threads that would read it, and lets none (they sleep on
 /// their slots).
@@ -29,45 +24,6 @@ impl Listen for Counting {
     }
 }
 
-/// `MemBackend` with a line.
-struct Reading {
-    mem: Arc<MemBackend>,
-    line: Arc<Counting>,
-}
-
-impl Backend for Reading {
-    fn grants(&self) -> bool {
-        self.mem.grants()
-    }
-    fn attempt(&self, keys: &LockKeys, a: AttemptArgs<'_>) -> Result<Attempt> {
-        self.mem.attempt(keys, a)
-    }
-    fn release(&self, keys: &LockKeys, a: ReleaseArgs<'_>) -> Result<Released> {
-        self.mem.release(keys, a)
-    }
-    fn leave(&self, keys: &LockKeys) -> Result<()> {
-        self.mem.leave(keys)
-    }
-    fn extend(&self, items: &[Renewal<'_>]) -> Result<Vec<Result<bool>>> {
-        self.mem.extend(items)
-    }
-    fn extend_acknowledged(&self, keys: &LockKeys, token: &str, lease_ms: u64, r: Replicas) -> Result<bool> {
-        self.mem.extend_acknowledged(keys, token, lease_ms, r)
-    }
-    fn holder(&self, keys: &LockKeys) -> Result<Option<Holder>> {
-        self.mem.holder(keys)
-    }
-    fn force_unlock(&self, keys: &LockKeys) -> Result<bool> {
-        self.mem.force_unlock(keys)
-    }
-    fn refuses(&self, c: Capability) -> Option<&'static str> {
-        self.mem.refuses(c)
-    }
-    fn line(&self) -> Option<&dyn Listen> {
-        Some(&*self.line)
-    }
-}
-
 fn until(what: &str, done: impl Fn() -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
     while !done() {
@@ -78,9 +34,11 @@ fn until(what: &str, done: impl Fn() -> bool) {
 
 #[test]
 fn only_a_waiter_no_thread_of_its_client_can_release_to_reads_the_line() {
-    let mem = Arc::new(MemBackend::default());
     let line = Arc::new(Counting::default());
-    let core = Arc::new(mem_core(Reading { mem: mem.clone(), line: line.clone() }));
+    let mut mem = MemBackend::default();
+    mem.line = Some(line.clone());
+    let mem = Arc::new(mem);
+    let core = Arc::new(mem_core(mem.clone()));
     let calls = || line.calls.load(Ordering::SeqCst);
 
     // Another client holds it: the waiter reads (here: would read, then sleeps).
