@@ -54,11 +54,8 @@ if ARGV[5] == '1' then
     -- entry says until when (see release.lua: the notice to look again).
     local look
     if pttl >= 0 then look = now_ms() + pttl end
-    if queue_has(held[4], me) then
-      redis.call('HSET', KEYS[1], 'q', queue_set_look(held[4], me, look))
-    else
-      redis.call('HSET', KEYS[1], 'q', queue_push(held[4], me, ARGV[3], ARGV[6], look))
-    end
+    local q = queue_set_look(held[4], me, look) or queue_push(held[4], me, ARGV[3], ARGV[6], look)
+    redis.call('HSET', KEYS[1], 'q', q)
   end
 end
 return {0, pttl}

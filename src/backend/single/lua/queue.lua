@@ -53,10 +53,10 @@ local function parse_entry(e)
   if mark == '' then mark = '0' end
   return id, tonumber(span) or 0, mark, tonumber(look)
 end
--- The queue with client `id`'s `look` set (nil: not known), if it is queued.
+-- The queue with client `id`'s `look` set (nil: not known); nil when it is not queued.
 local function queue_set_look(q, id, look)
   local s, e = queue_find(q, id)
-  if not s then return q end
+  if not s then return nil end
   local _, span, mark = parse_entry(string.sub(q, s, e))
   local entry = id .. ':' .. span .. ':' .. mark
   if look then entry = entry .. ':' .. look end
