@@ -103,6 +103,8 @@ struct Count<'a, T> {
     count: &'a [bool],
     answered: usize,
     succeeded: usize,
+    /// Counting masters that answered without an error.
+    counted_answers: usize,
     started: Instant,
     /// Time the caller spent waiting for masters that did not answer in time, while
     /// the others' replies waited to be read.
@@ -114,14 +116,25 @@ struct Count<'a, T> {
 impl<T> Count<'_, T> {
     fn add(&mut self, i: usize, r: Result<T>, settles: &dyn Fn(&T) -> bool) {
         let ok = r.as_ref().is_ok_and(settles) && self.count[i];
-        if self.replies[i].replace(r).is_none() {
+        let first = self.replies[i].is_none();
+        let answer = r.is_ok() && self.count[i];
+        self.replies[i] = Some(r);
+        if first {
             self.answered += 1;
             self.succeeded += usize::from(ok);
+            self.counted_answers += usize::from(answer);
         }
         // Errors do not start it, nor masters that sit out, nor replies that cannot
         // make up the quorum: a master that fails (or says "not here") fast must not
-        // cut short the wait for one that is merely slow.
-        if ok && self.succeeded == self.quorum {
+        // cut short the wait for one that is merely slow. But once a quorum of
+        // counting masters answered and even the silent ones could not make up the
+        // quorum (the lock is held by another, a lease was not extended, the lock is
+        // gone), the outcome is known: waiting for a stopped master would hold every
+        // such round up for the whole timeout.
+        let silent = self.count.iter().zip(&self.replies).filter(|(c, r)| **c && r.is_none()).count();
+        let decided = (ok && self.succeeded == self.quorum)
+            || (first && self.counted_answers >= self.quorum && self.succeeded + silent < self.quorum);
+        if decided {
             // As long again as it took so far, for the slower ones.
             let grace = self.started.elapsed().saturating_sub(self.stalled).max(Duration::from_millis(1));
             self.until = self.until.min(later(Instant::now(), grace));
@@ -232,6 +245,7 @@ pub(super) fn run_ballot<T: Send + 'static>(
         count,
         answered: 0,
         succeeded: 0,
+        counted_answers: 0,
         started,
         stalled: Duration::ZERO,
         until: later(started, timeout),
@@ -311,6 +325,7 @@ mod tests {
             count: &[true; 5],
             answered: 0,
             succeeded: 0,
+            counted_answers: 0,
             started,
             stalled: Duration::ZERO,
             until,
@@ -342,6 +357,71 @@ mod tests {
         let r = counted(&rx, started, started + Duration::from_millis(30));
         assert!(started.elapsed() >= Duration::from_millis(30));
         assert_eq!(r.iter().filter(|r| r.is_some()).count(), 3);
+    }
+
+    #[test]
+    fn collecting_stops_soon_after_a_quorum_answered_that_no_master_left_can_turn() {
+        // Four of five answered at once, none with a reply that settles ("held by
+        // another", "not extended"): even the fifth could not make a quorum, so the
+        // round does not wait for it (a stopped master held every contended round for
+        // the whole timeout).
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 1..5 {
+            tx.send((i, Ok(0))).unwrap();
+        }
+        let started = Instant::now();
+        let mut c = Count {
+            replies: (0..5).map(|_| None).collect(),
+            count: &[true; 5],
+            answered: 0,
+            succeeded: 0,
+            counted_answers: 0,
+            started,
+            stalled: Duration::ZERO,
+            until: started + Duration::from_secs(10),
+            quorum: 3,
+        };
+        collect(&rx, &mut c, &|v: &usize| *v > 0);
+        assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+        assert_eq!(c.replies.iter().filter(|r| r.is_some()).count(), 4);
+        // Two that settle and two that do not: the fifth could still make a quorum.
+        for (i, v) in [(1, 1), (2, 1), (3, 0), (4, 0)] {
+            tx.send((i, Ok(v))).unwrap();
+        }
+        let started = Instant::now();
+        let mut c = Count {
+            replies: (0..5).map(|_| None).collect(),
+            count: &[true; 5],
+            answered: 0,
+            succeeded: 0,
+            counted_answers: 0,
+            started,
+            stalled: Duration::ZERO,
+            until: started + Duration::from_millis(300),
+            quorum: 3,
+        };
+        collect(&rx, &mut c, &|v: &usize| *v > 0);
+        assert!(started.elapsed() >= Duration::from_millis(300), "the fifth could still decide it");
+        // Errors are no answer: with two failed fast and two that do not settle, a
+        // merely slow fifth is waited for (no quorum answered).
+        tx.send((1, Err(redis_mutex_error()))).unwrap();
+        tx.send((2, Err(redis_mutex_error()))).unwrap();
+        tx.send((3, Ok(0))).unwrap();
+        tx.send((4, Ok(0))).unwrap();
+        let started = Instant::now();
+        let mut c = Count {
+            replies: (0..5).map(|_| None).collect(),
+            count: &[true; 5],
+            answered: 0,
+            succeeded: 0,
+            counted_answers: 0,
+            started,
+            stalled: Duration::ZERO,
+            until: started + Duration::from_millis(300),
+            quorum: 3,
+        };
+        collect(&rx, &mut c, &|v: &usize| *v > 0);
+        assert!(started.elapsed() >= Duration::from_millis(300), "two errors are not answers");
     }
 
     #[test]
