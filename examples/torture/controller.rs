@@ -13,7 +13,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_mutex_harness::{Cluster, Masters, RedisServer, SentinelGroup, XorShift, wall_clock_ns};
+use redis_mutex_harness::{Cluster, Masters, RedisServer, SentinelGroup, XorShift, process_stopped, wall_clock_ns};
 
 use super::checker::check;
 use super::config::{Config, Fault, Topology};
@@ -441,15 +441,26 @@ impl Controller {
 
     /// SIGSTOPs a worker that holds a lock (checked in Redis after the stop, so the
     /// stopped worker cannot have released it), for 1.5 leases + 1 s, then SIGCONTs it.
+    /// The stop counts only when it held: every thread of the worker seen stopped
+    /// (`/proc`) from just after the signal until the SIGCONT, looked at every 50 ms. One
+    /// that did not take, or that ended early, is noted and not counted: the checker
+    /// would take the sections the worker ran meanwhile for ones frozen past their lease.
     fn stop_holder(&mut self) -> bool {
         for _ in 0..50 {
             let Some(target) = self.find_holder() else {
                 thread::sleep(Duration::from_millis(20));
                 continue;
             };
-            self.fleet.signal(target, "-STOP");
+            let pid = self.fleet.pid(target);
+            let signalled = self.fleet.signal(target, "-STOP");
+            if !signalled || !until_stopped(pid, Duration::from_secs(1)) {
+                self.note(format!("stop: worker {target} (pid {pid}) did not stop (kill said {signalled}); again"));
+                self.fleet.signal(target, "-CONT");
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             let stop_ns = wall_clock_ns();
-            thread::sleep(Duration::from_millis(50));
+            let held = stayed_stopped(pid, Duration::from_millis(50));
             let client = self.fleet.client_id(target);
             let holds = client.is_some_and(|c| (0..self.cfg.locks).any(|k| self.lock_clients(k).contains(&c)));
             if !holds {
@@ -458,13 +469,21 @@ impl Controller {
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            thread::sleep(self.cfg.lease * 3 / 2 + Duration::from_secs(1));
+            let held = held && stayed_stopped(pid, self.cfg.lease * 3 / 2 + Duration::from_secs(1));
+            let cont_ns = wall_clock_ns();
             self.fleet.signal(target, "-CONT");
-            self.events.stops.push(StopEvent { worker: target, stop_ns, cont_ns: wall_clock_ns() });
-            self.note(format!(
-                "SIGSTOP worker {target} (holding a lock), SIGCONT after {:.1?}",
-                Duration::from_nanos(wall_clock_ns() - stop_ns)
-            ));
+            let frozen = Duration::from_nanos(cont_ns - stop_ns);
+            if !held {
+                // Not counted (no event): the checker would hold the worker's sections
+                // meanwhile to a stop that did not happen.
+                self.note(format!(
+                    "stop: worker {target} (pid {pid}) ran again before its SIGCONT, {frozen:.1?} after its SIGSTOP; \
+                     not counted"
+                ));
+                return false;
+            }
+            self.events.stops.push(StopEvent { worker: target, stop_ns, cont_ns });
+            self.note(format!("SIGSTOP worker {target} (holding a lock), SIGCONT after {frozen:.1?}"));
             return true;
         }
         self.note("stop: found no worker holding a lock in 50 tries".into());
@@ -673,6 +692,36 @@ impl Controller {
     }
 }
 
+/// Waits up to `limit` for every thread of process `pid` to show stopped.
+fn until_stopped(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if process_stopped(pid) == Some(true) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Watches process `pid` for `span`, every 50 ms: `false` as soon as one of its threads
+/// is seen not stopped (something let it run, or it is gone).
+fn stayed_stopped(pid: u32, span: Duration) -> bool {
+    let end = Instant::now() + span;
+    loop {
+        if process_stopped(pid) != Some(true) {
+            return false;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
 /// Runs the whole torture: server, workers, faults, checks.
 ///
 /// # Errors
@@ -823,4 +872,38 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         report.kept_dir = Some(dir.keep());
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{stayed_stopped, until_stopped};
+    use std::process::Command;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    fn kill(sig: &str, pid: u32) {
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    }
+
+    #[test]
+    fn a_stop_is_seen_to_hold_and_a_process_let_run_early_is_caught() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("`sleep` runs");
+        let pid = child.id();
+        assert!(!until_stopped(pid, Duration::from_millis(100)), "a running process is not stopped");
+        kill("-STOP", pid);
+        assert!(until_stopped(pid, Duration::from_secs(1)));
+        assert!(stayed_stopped(pid, Duration::from_millis(300)), "nothing let it run");
+        // Something else SIGCONTs it half-way: seen within a look or two.
+        let started = Instant::now();
+        let cont = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(200));
+            kill("-CONT", pid);
+        });
+        assert!(!stayed_stopped(pid, Duration::from_secs(5)), "a process that ran again must be caught");
+        assert!(started.elapsed() < Duration::from_secs(2), "caught at its next look: {:?}", started.elapsed());
+        cont.join().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!stayed_stopped(pid, Duration::from_millis(100)), "a process that is gone is not stopped");
+    }
 }

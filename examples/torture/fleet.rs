@@ -83,9 +83,15 @@ impl Fleet {
         p.client_id.clone()
     }
 
-    pub fn signal(&self, i: usize, sig: &str) {
+    /// Sends `sig` (`-STOP`, `-CONT`) to worker `i`; whether `kill` said it did.
+    pub fn signal(&self, i: usize, sig: &str) -> bool {
         let pid = self.procs[i].child.id().to_string();
-        let _ = Command::new("kill").args([sig, pid.as_str()]).status();
+        Command::new("kill").args([sig, pid.as_str()]).status().is_ok_and(|s| s.success())
+    }
+
+    /// Process id of worker `i`.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.procs[i].child.id()
     }
 
     /// Waits for every worker until `deadline`; kills those still running then.

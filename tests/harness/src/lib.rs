@@ -48,5 +48,5 @@ pub use replicated::Replicated;
 pub use rng::XorShift;
 pub use sentinel::SentinelGroup;
 pub use server::RedisServer;
-pub use sys::{process_cpu, wall_clock_ns};
+pub use sys::{process_cpu, process_stopped, wall_clock_ns};
 pub use tls::TlsFiles;
