@@ -1,8 +1,8 @@
 -- Release: hand the lock to a waiter of the caller's client, grant it to the client
 -- that has waited longest, or delete it. The script is fence.lua, this file, queue.lua,
--- then release_queued.lua: a release by an owner whose lock nobody queues for and that
--- is no grant not taken yet (the uncontended case) returns here, before the queue
--- helpers are defined (see acquire.lua).
+-- then release_queued.lua: the owner's release while nobody is queued and the lock is
+-- no grant (the uncontended case) returns here, before the queue helpers are defined
+-- (see acquire.lua).
 -- KEYS[1] lock hash, KEYS[2] fence counter
 -- ARGV[1] token, ARGV[2] caller's client id,
 -- ARGV[3] next owner's token in the caller's client ('' = no local waiter),
