@@ -24,6 +24,10 @@ if op == 'pop' then
   local first, span, mark, rest = queue_pop(q)
   return {first, tostring(span), mark, rest}
 end
+if op == 'peek' then
+  local first, span, mark, look = queue_peek(q)
+  return {first, tostring(span), mark, tostring(look)}
+end
 return redis.error_reply('unknown op ' .. op)
 ";
 
@@ -109,6 +113,8 @@ fn queue_helpers_find_exactly_the_entry_of_one_client() {
             assert_eq!(span, parts.next().filter(|s| !s.is_empty()).unwrap_or("0"), "queue_pop({q:?}) span");
             assert_eq!(mark, parts.next().filter(|m| !m.is_empty()).unwrap_or("0"), "queue_pop({q:?}) mark");
             assert_eq!(rest, q.split_whitespace().skip(1).collect::<Vec<_>>().join(" "), "queue_pop({q:?}) rest");
+            let peeked: (String, String, String, String) = run(&mut con, "peek", Some(&q), "");
+            assert_eq!((&peeked.0, &peeked.1, &peeked.2), (&id, &span, &mark), "queue_peek({q:?})");
         }
     }
     assert!(checked >= 800, "{checked} checks");
@@ -133,6 +139,10 @@ fn queue_helpers_take_an_absent_queue_and_stray_spaces() {
     let (id, span, mark, rest): (String, String, String, String) = run(&mut con, "pop", Some(q), "");
     assert_eq!((id.as_str(), span.as_str(), mark.as_str()), ("a", "0", "1"));
     assert_eq!(model_without(&rest, "-"), "ab:1:2 b");
+    let peeked: (String, String, String, String) = run(&mut con, "peek", Some(q), "");
+    assert_eq!(peeked, ("a".into(), "0".into(), "1".into(), "nil".into()), "no look");
+    let peeked: (String, String, String, String) = run(&mut con, "peek", Some("ab:2:x:1234 b"), "");
+    assert_eq!(peeked, ("ab".into(), "2".into(), "x".into(), "1234".into()), "with look");
 }
 
 fn pttl_calls(con: &mut redis::Connection) -> u64 {

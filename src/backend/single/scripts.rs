@@ -142,15 +142,19 @@ fn millis(ms: i64) -> Option<Duration> {
 impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
+            // The uncontended path of each runs before the queue helpers are defined
+            // (see acquire.lua).
             acquire: Script::new(concat!(
-                include_str!("lua/queue.lua"),
                 include_str!("lua/fence.lua"),
-                include_str!("lua/acquire.lua")
+                include_str!("lua/acquire.lua"),
+                include_str!("lua/queue.lua"),
+                include_str!("lua/acquire_held.lua")
             )),
             release: Script::new(concat!(
-                include_str!("lua/queue.lua"),
                 include_str!("lua/fence.lua"),
-                include_str!("lua/release.lua")
+                include_str!("lua/release.lua"),
+                include_str!("lua/queue.lua"),
+                include_str!("lua/release_queued.lua")
             )),
             leave: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/leave.lua"))),
             extend: Script::new(concat!(include_str!("lua/queue.lua"), include_str!("lua/extend.lua"))),

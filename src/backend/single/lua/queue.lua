@@ -40,11 +40,15 @@ local function queue_without(q, id)
   if s == 1 then return string.sub(q, e + 2) end
   return string.sub(q, 1, s - 2) .. string.sub(q, e + 1)
 end
+-- Each queue helper that writes builds the new queue in one concatenation: every
+-- string a script makes is hashed byte by byte, and the queue is ~40 bytes a client.
 local function queue_push(q, id, span, mark, look)
-  local e = id .. ':' .. span .. ':' .. mark
-  if look then e = e .. ':' .. look end
-  if not q or q == '' then return e end
-  return q .. ' ' .. e
+  if not q or q == '' then
+    if look then return id .. ':' .. span .. ':' .. mark .. ':' .. look end
+    return id .. ':' .. span .. ':' .. mark
+  end
+  if look then return q .. ' ' .. id .. ':' .. span .. ':' .. mark .. ':' .. look end
+  return q .. ' ' .. id .. ':' .. span .. ':' .. mark
 end
 -- An entry's id, span, mark and look (nil: not known). An entry without span or mark
 -- (written by hand, or by another version) counts as 0 and '0'.
@@ -58,21 +62,40 @@ local function queue_set_look(q, id, look)
   local s, e = queue_find(q, id)
   if not s then return nil end
   local _, span, mark = parse_entry(string.sub(q, s, e))
-  local entry = id .. ':' .. span .. ':' .. mark
-  if look then entry = entry .. ':' .. look end
-  return string.sub(q, 1, s - 1) .. entry .. string.sub(q, e + 1)
+  if look then
+    return string.sub(q, 1, s - 1) .. id .. ':' .. span .. ':' .. mark .. ':' .. look .. string.sub(q, e + 1)
+  end
+  return string.sub(q, 1, s - 1) .. id .. ':' .. span .. ':' .. mark .. string.sub(q, e + 1)
 end
 -- The server's clock in ms.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The first and last byte of the first entry of a queue that is not empty. Entries
+-- are written one space apart; stray spaces (a queue written by hand) cost a pattern.
+local function queue_head(q)
+  local s = 1
+  if string.byte(q, 1) == 32 then s = string.find(q, '%S') end
+  local space = string.find(q, ' ', s, true)
+  return s, (space or #q + 1) - 1
+end
+-- The first client's id, span, mark and look, without copying the rest of the queue.
+local function queue_peek(q)
+  local s, e = queue_head(q)
+  local id, span, mark, look = parse_entry(string.sub(q, s, e))
+  return id, span, mark, look
+end
 -- The first client's id, span and mark, the rest of the queue, and its look.
 local function queue_pop(q)
-  local s, e = string.find(q, '%S+')
+  local s, e = queue_head(q)
   local rest = ''
-  local space = string.find(q, '%S', e + 1)
-  if space then rest = string.sub(q, space) end
+  if string.byte(q, e + 2) and string.byte(q, e + 2) ~= 32 then
+    rest = string.sub(q, e + 2)
+  else
+    local from = string.find(q, '%S', e + 1)
+    if from then rest = string.sub(q, from) end
+  end
   local id, span, mark, look = parse_entry(string.sub(q, s, e))
   return id, span, mark, rest, look
 end
