@@ -79,13 +79,15 @@ struct Logged {
 /// command a connection sends, with that connection's name; commands run inside a
 /// Lua script are logged as coming from the script client (address `?:0`, no name).
 fn slowlog(con: &mut redis::Connection) -> Vec<Logged> {
-    type Entry = (i64, i64, i64, Vec<String>, String, String);
+    // Arguments as bytes: the log cuts each at 128 bytes, which may split a UTF-8
+    // character (a script's text names "µs" near its start).
+    type Entry = (i64, i64, i64, Vec<Vec<u8>>, String, String);
     let entries: Vec<Entry> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(con).expect("SLOWLOG GET");
     entries
         .into_iter()
         .map(|(id, _, _, args, _, client)| Logged {
             id,
-            command: args.first().map(|c| c.to_ascii_lowercase()).unwrap_or_default(),
+            command: args.first().map(|c| String::from_utf8_lossy(c).to_ascii_lowercase()).unwrap_or_default(),
             client,
         })
         .collect()
