@@ -300,7 +300,9 @@ fn a_writer_s_release_wakes_the_queued_readers_together_by_notification() {
         .collect();
     start.wait();
     let rw = b.rw_lock("board");
-    wait_until(Duration::from_secs(10), "6 readers to queue", || rw.waiting_threads() == 6);
+    // Queued, and each reader's first attempt made (a thread counts as waiting before
+    // its attempt is sent).
+    wait_until(Duration::from_secs(10), "6 readers to queue", || rw.waiting_threads() == 6 && b.stats().attempts >= 6);
     let quiet = b.stats();
     thread::sleep(Duration::from_millis(200));
     let before = b.stats();
