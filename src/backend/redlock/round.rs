@@ -319,7 +319,14 @@ mod tests {
         crate::error::Error::Connection(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
     }
 
-    fn counted(rx: &Receiver<(usize, Result<usize>)>, started: Instant, until: Instant) -> Replies<usize> {
+    /// The replies of five counting masters (quorum 3) a round collects from `rx` by
+    /// `until`, those that settle being `settles`'.
+    fn collected(
+        rx: &Receiver<(usize, Result<usize>)>,
+        started: Instant,
+        until: Instant,
+        settles: &dyn Fn(&usize) -> bool,
+    ) -> Replies<usize> {
         let mut c = Count {
             replies: (0..5).map(|_| None).collect(),
             count: &[true; 5],
@@ -331,8 +338,12 @@ mod tests {
             until,
             quorum: 3,
         };
-        collect(rx, &mut c, &|_| true);
+        collect(rx, &mut c, settles);
         c.replies
+    }
+
+    fn counted(rx: &Receiver<(usize, Result<usize>)>, started: Instant, until: Instant) -> Replies<usize> {
+        collected(rx, started, until, &|_| true)
     }
 
     #[test]
@@ -370,37 +381,15 @@ mod tests {
             tx.send((i, Ok(0))).unwrap();
         }
         let started = Instant::now();
-        let mut c = Count {
-            replies: (0..5).map(|_| None).collect(),
-            count: &[true; 5],
-            answered: 0,
-            succeeded: 0,
-            counted_answers: 0,
-            started,
-            stalled: Duration::ZERO,
-            until: started + Duration::from_secs(10),
-            quorum: 3,
-        };
-        collect(&rx, &mut c, &|v: &usize| *v > 0);
+        let replies = collected(&rx, started, started + Duration::from_secs(10), &|v| *v > 0);
         assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
-        assert_eq!(c.replies.iter().filter(|r| r.is_some()).count(), 4);
+        assert_eq!(replies.iter().filter(|r| r.is_some()).count(), 4);
         // Two that settle and two that do not: the fifth could still make a quorum.
         for (i, v) in [(1, 1), (2, 1), (3, 0), (4, 0)] {
             tx.send((i, Ok(v))).unwrap();
         }
         let started = Instant::now();
-        let mut c = Count {
-            replies: (0..5).map(|_| None).collect(),
-            count: &[true; 5],
-            answered: 0,
-            succeeded: 0,
-            counted_answers: 0,
-            started,
-            stalled: Duration::ZERO,
-            until: started + Duration::from_millis(300),
-            quorum: 3,
-        };
-        collect(&rx, &mut c, &|v: &usize| *v > 0);
+        collected(&rx, started, started + Duration::from_millis(300), &|v| *v > 0);
         assert!(started.elapsed() >= Duration::from_millis(300), "the fifth could still decide it");
         // Errors are no answer: with two failed fast and two that do not settle, a
         // merely slow fifth is waited for (no quorum answered).
@@ -409,18 +398,7 @@ mod tests {
         tx.send((3, Ok(0))).unwrap();
         tx.send((4, Ok(0))).unwrap();
         let started = Instant::now();
-        let mut c = Count {
-            replies: (0..5).map(|_| None).collect(),
-            count: &[true; 5],
-            answered: 0,
-            succeeded: 0,
-            counted_answers: 0,
-            started,
-            stalled: Duration::ZERO,
-            until: started + Duration::from_millis(300),
-            quorum: 3,
-        };
-        collect(&rx, &mut c, &|v: &usize| *v > 0);
+        collected(&rx, started, started + Duration::from_millis(300), &|v| *v > 0);
         assert!(started.elapsed() >= Duration::from_millis(300), "two errors are not answers");
     }
 
