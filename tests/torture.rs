@@ -73,6 +73,18 @@ fn checked_run(cfg: &Config) -> Report {
     report
 }
 
+/// A holder SIGSTOPped past its lease is told it lost the lock: when a stop caught a
+/// critical section under way, some section around it reports its lease lost. (A stop
+/// may catch none: the "holder" Redis names can be a client the lock was just granted
+/// to, whose thread wakes after the SIGCONT, asks Redis, finds the grant gone and
+/// waits on, rightly reporting nothing; CI saw that once.) A section a stop caught
+/// that was released normally is a violation either way (`released-after-stop`).
+fn assert_told_in_stops(report: &Report) {
+    if report.caught_in_stop >= 1 {
+        assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
+    }
+}
+
 fn config(secs: u64, faults: Vec<Fault>) -> Config {
     Config {
         topology: Topology::Single,
@@ -107,7 +119,7 @@ fn torture_with_every_fault_finds_no_violation() {
     // 40 s leaves room for every fault kind at least once (about 20 s a round).
     let cfg = config(env_u64("TORTURE_SECS").unwrap_or(40), Fault::all(Topology::Single));
     let report = checked_run(&cfg);
-    assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
+    assert_told_in_stops(&report);
     assert!(report.workers.local_handoffs >= 100, "in-process handoffs must be part of the run:\n{report}");
     assert!(report.workers.grants >= 100, "grants across processes must be part of the run:\n{report}");
 }
@@ -195,7 +207,7 @@ fn torture_on_redlock_masters_finds_no_violation() {
 fn shared_run(lock: LockKind) -> Report {
     let cfg = Config { lock, ..config(env_u64("TORTURE_SECS").unwrap_or(30), Fault::all(Topology::Single)) };
     let report = checked_run(&cfg);
-    assert!(report.lost_in_stop >= 1, "a holder SIGSTOPped past its lease must report its lease lost:\n{report}");
+    assert_told_in_stops(&report);
     // Waiters keep progressing: no lock sits unused for long (the longest faults, a
     // restart and a pause, stop everyone for about 2 s).
     for gap in &report.longest_gap {
