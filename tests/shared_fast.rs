@@ -231,9 +231,16 @@ fn threads_behind_their_client_s_representative_send_nothing_while_idle() {
         .collect();
     let sem = b.semaphore("quiet-fast", 1);
     wait_until(Duration::from_secs(10), "10 waiting threads", || sem.waiting_threads() == 10);
+    // A thread counts as waiting before its attempt is sent: the quiet window starts
+    // once the representative's attempt has queued it (the others send none).
+    let queue = || -> String {
+        let q: Option<String> =
+            redis::cmd("HGET").arg("redis-mutex:{quiet-fast}:sem:s").arg("q").query(&mut server.conn()).unwrap();
+        q.unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(10), "the client's representative queued", || !queue().is_empty());
     thread::sleep(Duration::from_millis(200));
-    let q: String =
-        redis::cmd("HGET").arg("redis-mutex:{quiet-fast}:sem:s").arg("q").query(&mut server.conn()).unwrap();
+    let q = queue();
     assert_eq!(q.split_whitespace().count(), 1, "one thread represents the client in the queue: {q}");
     let (calls, before) = (server.total_calls(), b.stats());
     thread::sleep(Duration::from_secs(2));
